@@ -1,0 +1,1 @@
+"""Builder: validate a CrewAI project, export a commit, build a release."""

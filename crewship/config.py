@@ -1,0 +1,156 @@
+"""Settings (flags and ``CREWSHIP_*`` variables) and the data directory layout."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RUNTIMES = ("process", "docker", "swarm")
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path(".crewship")
+    host: str = "127.0.0.1"
+    ssh_port: int = 2222
+    http_port: int = 8000
+    runtime: str = "process"
+    admin_keys: tuple[str, ...] = ()
+    # The interpreter crew environments are built with (uv never downloads one).
+    python: str = sys.executable
+    public_host: str = ""
+    health_timeout: float = 30.0
+    drain_timeout: float = 60.0
+    deploy_lock_timeout: float = 600.0
+    base_image: str = "python:3.12-slim"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def url_host(self) -> str:
+        return self.public_host or self.host
+
+    @property
+    def http_base(self) -> str:
+        return f"http://{self.url_host}:{self.http_port}"
+
+    def app_url(self, app: str) -> str:
+        return f"{self.http_base}/apps/{app}"
+
+    def git_url(self, app: str) -> str:
+        return f"ssh://git@{self.url_host}:{self.ssh_port}/{app}.git"
+
+
+def from_env(env: Mapping[str, str] | None = None, **flags: object) -> Settings:
+    """Settings from ``CREWSHIP_*`` variables, overridden by explicit flags (not None)."""
+    e = os.environ if env is None else env
+    values: dict[str, object] = {}
+    if "CREWSHIP_DATA_DIR" in e:
+        values["data_dir"] = Path(e["CREWSHIP_DATA_DIR"])
+    if "CREWSHIP_HOST" in e:
+        values["host"] = e["CREWSHIP_HOST"]
+    if "CREWSHIP_SSH_PORT" in e:
+        values["ssh_port"] = int(e["CREWSHIP_SSH_PORT"])
+    if "CREWSHIP_HTTP_PORT" in e:
+        values["http_port"] = int(e["CREWSHIP_HTTP_PORT"])
+    if "CREWSHIP_RUNTIME" in e:
+        values["runtime"] = e["CREWSHIP_RUNTIME"]
+    if "CREWSHIP_ADMIN_KEYS" in e:
+        values["admin_keys"] = tuple(k for k in e["CREWSHIP_ADMIN_KEYS"].split(":") if k)
+    if "CREWSHIP_PYTHON" in e:
+        values["python"] = e["CREWSHIP_PYTHON"]
+    if "CREWSHIP_PUBLIC_HOST" in e:
+        values["public_host"] = e["CREWSHIP_PUBLIC_HOST"]
+    if "CREWSHIP_HEALTH_TIMEOUT" in e:
+        values["health_timeout"] = float(e["CREWSHIP_HEALTH_TIMEOUT"])
+    if "CREWSHIP_DRAIN_TIMEOUT" in e:
+        values["drain_timeout"] = float(e["CREWSHIP_DRAIN_TIMEOUT"])
+    if "CREWSHIP_BASE_IMAGE" in e:
+        values["base_image"] = e["CREWSHIP_BASE_IMAGE"]
+    values.update({k: v for k, v in flags.items() if v is not None})
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.runtime not in RUNTIMES:
+        from crewship.errors import InvalidInputError
+
+        raise InvalidInputError(
+            f"unknown runtime {settings.runtime!r}: use one of {', '.join(RUNTIMES)}")
+    return settings
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything lives under the data directory (DESIGN.md section 3)."""
+
+    root: Path
+
+    @property
+    def state_db(self) -> Path:
+        return self.root / "state.db"
+
+    @property
+    def repos(self) -> Path:
+        return self.root / "repos"
+
+    def repo(self, app: str) -> Path:
+        return self.repos / f"{app}.git"
+
+    @property
+    def releases(self) -> Path:
+        return self.root / "releases"
+
+    def release_dir(self, app: str, version: int) -> Path:
+        return self.releases / app / f"v{version}"
+
+    @property
+    def envs(self) -> Path:
+        return self.root / "envs"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def app_logs(self, app: str) -> Path:
+        return self.logs / app
+
+    @property
+    def host_keys(self) -> Path:
+        return self.root / "host_keys"
+
+    @property
+    def backups(self) -> Path:
+        return self.root / "backups"
+
+    @property
+    def run(self) -> Path:
+        """Sockets and pid files of the running daemon."""
+        return self.root / "run"
+
+    @property
+    def hook_socket(self) -> Path:
+        return self.run / "hook.sock"
+
+    @property
+    def homes(self) -> Path:
+        """Each app's own HOME for its crew processes."""
+        return self.root / "homes"
+
+    def app_home(self, app: str) -> Path:
+        return self.homes / app
+
+    @property
+    def instances(self) -> Path:
+        """Records of running instances, so a restarted daemon adopts them."""
+        return self.root / "instances"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def ensure(self) -> None:
+        for path in (self.root, self.repos, self.releases, self.envs, self.logs,
+                     self.host_keys, self.backups, self.run, self.homes,
+                     self.instances, self.tmp):
+            path.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)

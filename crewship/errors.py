@@ -1,0 +1,76 @@
+"""Errors crewship raises on purpose.
+
+Every error here carries a message a user can act on; the front doors (SSH, HTTP,
+client) print ``str(error)`` as one line and map the class to an exit status or an
+HTTP code. Anything that is not a ``CrewshipError`` is a bug: it is logged with its
+traceback and reported as ``internal error (ref <id>)``.
+
+    CrewshipError
+    ├── InvalidInputError      bad name, bad argument, malformed JSON, oversized upload (400/422)
+    ├── NotFoundError          unknown app/user/key/release, or no access to it (404)
+    ├── PermissionDeniedError  known thing, not allowed (403)
+    ├── ConflictError          already exists, or busy (409)
+    ├── UnavailableError       nothing is running to answer (503)
+    ├── BuildError             the builder refused or failed the commit
+    │   └── ValidationError    a project check with a code (missing_tasks_yaml, ...)
+    └── DeployError            the release did not become live (health check, start)
+"""
+
+from __future__ import annotations
+
+
+class CrewshipError(Exception):
+    """Root of every error crewship raises deliberately."""
+
+    http_status = 500
+    exit_status = 1
+
+
+class InvalidInputError(CrewshipError):
+    http_status = 400
+
+
+class NotFoundError(CrewshipError):
+    http_status = 404
+
+
+class PermissionDeniedError(CrewshipError):
+    http_status = 403
+
+
+class ConflictError(CrewshipError):
+    http_status = 409
+
+
+class UnavailableError(CrewshipError):
+    http_status = 503
+
+
+class BuildError(CrewshipError):
+    """The builder could not turn a commit into a release."""
+
+    http_status = 422
+
+
+class ValidationError(BuildError):
+    """A pre-deploy check failed; ``code`` matches the crewai CLI's check codes."""
+
+    def __init__(self, code: str, message: str, fix: str = "") -> None:
+        self.code = code
+        self.message = message
+        self.fix = fix
+        text = f"{code}: {message}"
+        if fix:
+            text += f" (fix: {fix})"
+        super().__init__(text)
+
+
+class DeployError(CrewshipError):
+    """A built release could not be made live; the old release keeps serving."""
+
+    http_status = 500
+
+
+def app_not_found(name: str) -> NotFoundError:
+    """The one message for both "no such app" and "no access to it"."""
+    return NotFoundError(f"app not found: {name!r} (see 'apps' for the apps you can use)")

@@ -1,0 +1,1 @@
+"""SSH front door: auth, git transport, ssh commands."""

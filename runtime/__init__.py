@@ -1,0 +1,1 @@
+"""Runtime: supervisor policy over backends, and the in-crew runner."""
