@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,37 +43,36 @@ class Settings:
         return f"ssh://git@{self.url_host}:{self.ssh_port}/{app}.git"
 
 
+_ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "CREWSHIP_DATA_DIR": ("data_dir", Path),
+    "CREWSHIP_HOST": ("host", str),
+    "CREWSHIP_SSH_PORT": ("ssh_port", int),
+    "CREWSHIP_HTTP_PORT": ("http_port", int),
+    "CREWSHIP_RUNTIME": ("runtime", str),
+    "CREWSHIP_ADMIN_KEYS": ("admin_keys", lambda v: tuple(k for k in v.split(":") if k)),
+    "CREWSHIP_PYTHON": ("python", str),
+    "CREWSHIP_PUBLIC_HOST": ("public_host", str),
+    "CREWSHIP_HEALTH_TIMEOUT": ("health_timeout", float),
+    "CREWSHIP_DRAIN_TIMEOUT": ("drain_timeout", float),
+    "CREWSHIP_BASE_IMAGE": ("base_image", str),
+}
+
+
 def from_env(env: Mapping[str, str] | None = None, **flags: object) -> Settings:
     """Settings from ``CREWSHIP_*`` variables, overridden by explicit flags (not None)."""
+    from crewship.errors import InvalidInputError
+
     e = os.environ if env is None else env
     values: dict[str, object] = {}
-    if "CREWSHIP_DATA_DIR" in e:
-        values["data_dir"] = Path(e["CREWSHIP_DATA_DIR"])
-    if "CREWSHIP_HOST" in e:
-        values["host"] = e["CREWSHIP_HOST"]
-    if "CREWSHIP_SSH_PORT" in e:
-        values["ssh_port"] = int(e["CREWSHIP_SSH_PORT"])
-    if "CREWSHIP_HTTP_PORT" in e:
-        values["http_port"] = int(e["CREWSHIP_HTTP_PORT"])
-    if "CREWSHIP_RUNTIME" in e:
-        values["runtime"] = e["CREWSHIP_RUNTIME"]
-    if "CREWSHIP_ADMIN_KEYS" in e:
-        values["admin_keys"] = tuple(k for k in e["CREWSHIP_ADMIN_KEYS"].split(":") if k)
-    if "CREWSHIP_PYTHON" in e:
-        values["python"] = e["CREWSHIP_PYTHON"]
-    if "CREWSHIP_PUBLIC_HOST" in e:
-        values["public_host"] = e["CREWSHIP_PUBLIC_HOST"]
-    if "CREWSHIP_HEALTH_TIMEOUT" in e:
-        values["health_timeout"] = float(e["CREWSHIP_HEALTH_TIMEOUT"])
-    if "CREWSHIP_DRAIN_TIMEOUT" in e:
-        values["drain_timeout"] = float(e["CREWSHIP_DRAIN_TIMEOUT"])
-    if "CREWSHIP_BASE_IMAGE" in e:
-        values["base_image"] = e["CREWSHIP_BASE_IMAGE"]
+    for var, (name, convert) in _ENV_FIELDS.items():
+        if e.get(var):
+            try:
+                values[name] = convert(e[var])
+            except ValueError:
+                raise InvalidInputError(f"{var}={e[var]!r} is not a valid {name}") from None
     values.update({k: v for k, v in flags.items() if v is not None})
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.runtime not in RUNTIMES:
-        from crewship.errors import InvalidInputError
-
         raise InvalidInputError(
             f"unknown runtime {settings.runtime!r}: use one of {', '.join(RUNTIMES)}")
     return settings

@@ -1,0 +1,116 @@
+"""The ``crewship`` command: the server, offline admin tasks, and the deploy client."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from crewship import config
+from crewship.errors import CrewshipError
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, help="state and repos (default ./.crewship)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--ssh-port", type=int, help="SSH port (default 2222)")
+    p.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
+    p.add_argument("--runtime", choices=config.RUNTIMES, help="where crews run (default process)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crewship", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    server = sub.add_parser("server", help="run the crewship server")
+    _server_args(server)
+
+    admin = sub.add_parser("admin", help="offline administration of a data directory")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    add_key = admin_sub.add_parser("add-key", help="register an admin's public key")
+    add_key.add_argument("name", help="the admin's user name")
+    add_key.add_argument("pubkey_file", type=Path)
+    add_key.add_argument("--data-dir", type=Path)
+    boot = admin_sub.add_parser(
+        "bootstrap", help="make the operator's ~/.ssh/id_*.pub the first admin if none exists")
+    boot.add_argument("--data-dir", type=Path)
+    boot.add_argument("--ssh-dir", type=Path, default=Path.home() / ".ssh")
+    return parser
+
+
+def _open_platform(data_dir: Path | None) -> tuple[config.Settings, object]:
+    from crewship.config import Layout
+    from crewship.platform import Platform
+    from crewship.state import Database
+
+    settings = config.from_env(data_dir=data_dir)
+    layout = Layout(settings.data_dir.resolve())
+    layout.ensure()
+    return settings, Platform(settings, layout, Database(layout.state_db))
+
+
+def admin_add_key(name: str, pubkey_file: Path, data_dir: Path | None) -> int:
+    from crewship.platform import Platform
+
+    if not pubkey_file.is_file():
+        raise CrewshipError(f"no such file: {pubkey_file} (give the path of an OpenSSH .pub file)")
+    _, platform = _open_platform(data_dir)
+    assert isinstance(platform, Platform)
+    key = platform.register_admin_key(name, pubkey_file.read_text(), key_name=pubkey_file.stem)
+    print(f"{name} is an admin with key {key.fingerprint}")
+    return 0
+
+
+def admin_bootstrap(data_dir: Path | None, ssh_dir: Path) -> int:
+    from crewship.platform import Platform
+
+    settings, platform = _open_platform(data_dir)
+    assert isinstance(platform, Platform)
+    if platform.accounts.has_admin():
+        admins = [u.name for u in platform.accounts.users() if u.is_admin]
+        print(f"admin already registered ({', '.join(admins)})")
+        return 0
+    candidates = sorted(ssh_dir.glob("id_*.pub"))
+    if not candidates:
+        print(f"no public key in {ssh_dir}: make one with 'ssh-keygen -t ed25519', "
+              "then run 'make run' again (or 'crewship admin add-key NAME FILE.pub')",
+              file=sys.stderr)
+        return 1
+    name = _safe_user_name(getpass.getuser())
+    key = platform.register_admin_key(name, candidates[0].read_text(), candidates[0].stem)
+    print(f"registered {candidates[0]} as admin {name!r} ({key.fingerprint})")
+    print(f"next: in a CrewAI project, git remote add crewship {settings.git_url('APP')}")
+    return 0
+
+
+def _safe_user_name(raw: str) -> str:
+    import re
+
+    name = re.sub(r"[^a-z0-9_.-]", "", raw.lower()) or "admin"
+    return name if name[0].isalpha() else f"u{name}"[:39]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "server":
+            from crewship import daemon
+
+            settings = config.from_env(data_dir=args.data_dir, host=args.host,
+                                       ssh_port=args.ssh_port, http_port=args.http_port,
+                                       runtime=args.runtime)
+            daemon.run(settings)
+            return 0
+        if args.admin_command == "add-key":
+            return admin_add_key(args.name, args.pubkey_file, args.data_dir)
+        return admin_bootstrap(args.data_dir, args.ssh_dir)
+    except CrewshipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Wiring: every part of the server in one asyncio loop (floor 4, no business logic)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from crewship import log
+from crewship.config import Layout, Settings
+from crewship.platform import Platform
+from crewship.state import Database
+from gitserver.hooks import HookServer
+from gitserver.server import SSHGateway, load_host_key
+
+logger = log.get("crewship.daemon")
+
+
+def register_admin_keys(platform: Platform, keys: tuple[str, ...]) -> list[str]:
+    """``CREWSHIP_ADMIN_KEYS``: paths to public key files (or key lines), made admins."""
+    added = []
+    for index, item in enumerate(keys):
+        text = Path(item).read_text() if not item.startswith(("ssh-", "ecdsa-", "sk-")) else item
+        for line_no, line in enumerate(ln for ln in text.splitlines() if ln.strip()):
+            key = platform.register_admin_key("admin", line, f"admin-{index}-{line_no}")
+            added.append(key.fingerprint)
+    return added
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.layout = Layout(settings.data_dir.resolve())
+        self.layout.ensure()
+        self.db = Database(self.layout.state_db)
+        self.platform = Platform(settings, self.layout, self.db)
+        self.hooks = HookServer(self.platform, self.layout.hook_socket)
+        self.host_key = load_host_key(self.layout.host_keys)
+        self.ssh = SSHGateway(self.platform, self.hooks, self.host_key)
+        self._stop = asyncio.Event()
+        self._closers: list[Callable[[], object]] = []
+
+    @property
+    def host_fingerprint(self) -> str:
+        return str(self.host_key.get_fingerprint("sha256"))
+
+    async def start(self) -> None:
+        register_admin_keys(self.platform, self.settings.admin_keys)
+        for name in self.platform.repos.names():
+            self.platform.repos.install_hooks(name)
+        await self.hooks.start()
+        await self.ssh.start(self.settings.host, self.settings.ssh_port)
+        logger.info("server_started", ssh_port=self.ssh.port, http_port=self.settings.http_port,
+                    data_dir=str(self.layout.root), runtime=self.settings.runtime,
+                    host_key=self.host_fingerprint)
+
+    async def close(self) -> None:
+        await self.ssh.close()
+        await self.hooks.close()
+        self.db.close()
+        logger.info("server_stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, self.stop)
+        await self.start()
+        self.banner()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.close()
+
+    def banner(self) -> None:
+        s = self.settings
+        lines = [
+            f"crewship is running (data in {self.layout.root})",
+            f"  SSH   {s.host}:{self.ssh.port}   host key {self.host_fingerprint}",
+            f"  HTTP  {s.http_base}",
+        ]
+        if not self.platform.accounts.has_admin():
+            lines.append("  no admin key yet: run 'crewship admin add-key NAME ~/.ssh/id_ed25519.pub'")
+        lines.append(f"  deploy: git remote add crewship ssh://git@{s.url_host}:{self.ssh.port}/APP.git"
+                     " && git push crewship main")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def run(settings: Settings) -> None:
+    log.configure()
+    asyncio.run(Daemon(settings).serve_forever())

@@ -1,0 +1,99 @@
+"""Numbered schema migrations; ``PRAGMA user_version`` records the last one applied."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: users, keys, apps, access, pushes
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        is_admin INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE keys (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        fingerprint TEXT NOT NULL UNIQUE,
+        public_key TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (user_id, name)
+    );
+    CREATE TABLE apps (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        uuid TEXT NOT NULL UNIQUE,
+        owner_id INTEGER REFERENCES users(id) ON DELETE SET NULL,
+        deploy_branch TEXT,
+        scale INTEGER NOT NULL DEFAULT 1,
+        live_release INTEGER,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE access (
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        level INTEGER NOT NULL,
+        PRIMARY KEY (app_id, user_id)
+    );
+    CREATE TABLE pushes (
+        id INTEGER PRIMARY KEY,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        user_name TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        old_sha TEXT NOT NULL,
+        new_sha TEXT NOT NULL,
+        outcome TEXT,
+        created_at TEXT NOT NULL
+    );
+    """,
+    # 2: releases, config, app tokens, kickoffs
+    """
+    CREATE TABLE releases (
+        id INTEGER PRIMARY KEY,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        artifact TEXT,
+        config_json TEXT NOT NULL DEFAULT '{}',
+        config_digest TEXT NOT NULL DEFAULT '',
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        status TEXT NOT NULL,
+        error TEXT,
+        description TEXT NOT NULL DEFAULT '',
+        UNIQUE (app_id, version)
+    );
+    CREATE TABLE config (
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (app_id, key)
+    );
+    CREATE TABLE app_tokens (
+        app_id INTEGER PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
+        token_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE kickoffs (
+        id TEXT PRIMARY KEY,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        release INTEGER,
+        instance TEXT,
+        state TEXT NOT NULL,
+        inputs_json TEXT NOT NULL,
+        meta_json TEXT,
+        result TEXT,
+        result_json TEXT,
+        tasks_json TEXT,
+        token_usage_json TEXT,
+        error TEXT,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        execution_time REAL
+    );
+    CREATE INDEX kickoffs_app ON kickoffs (app_id, created_at);
+    """,
+]

@@ -1,0 +1,115 @@
+"""Value types and pure rules: names, access levels, config keys. No I/O."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from crewship.errors import InvalidInputError
+
+APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,38}$")
+USER_NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,38}$")
+KEY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+CONFIG_KEY_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+class AccessLevel(enum.IntEnum):
+    """Soft Serve's ladder: none < read (clone, status, logs) < deploy (push) < admin."""
+
+    NONE = 0
+    READ = 1
+    DEPLOY = 2
+    ADMIN = 3
+
+    @classmethod
+    def parse(cls, text: str) -> AccessLevel:
+        try:
+            level = cls[text.upper()]
+        except KeyError:
+            raise InvalidInputError(
+                f"unknown access level {text!r}: use read, deploy or admin") from None
+        if level is cls.NONE:
+            raise InvalidInputError("use access:remove to take access away")
+        return level
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+def validate_app_name(name: str) -> str:
+    """Return ``name`` if it is a valid app name; never rewrite it."""
+    if not APP_NAME_RE.match(name):
+        shown = name if len(name) <= 50 else name[:47] + "..."
+        raise InvalidInputError(
+            f"invalid app name {shown!r}: use 2-39 characters, lowercase letters, digits "
+            "and '-', starting with a letter")
+    return name
+
+
+def validate_user_name(name: str) -> str:
+    if not USER_NAME_RE.match(name):
+        raise InvalidInputError(
+            f"invalid user name {name[:50]!r}: use lowercase letters, digits, '_', '.', '-', "
+            "starting with a letter, at most 39 characters")
+    return name
+
+
+def validate_key_name(name: str) -> str:
+    if not KEY_NAME_RE.match(name):
+        raise InvalidInputError(
+            f"invalid key name {name[:70]!r}: use letters, digits, '_', '.', '@', '-' "
+            "(at most 64 characters)")
+    return name
+
+
+def validate_config_key(key: str) -> str:
+    if not CONFIG_KEY_RE.match(key):
+        raise InvalidInputError(
+            f"invalid config name {key[:70]!r}: use uppercase letters, digits and '_', "
+            "not starting with a digit (like OPENAI_API_KEY)")
+    return key
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    is_admin: bool
+
+
+@dataclass(frozen=True)
+class Key:
+    id: int
+    user: str
+    name: str
+    fingerprint: str
+    public_key: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class App:
+    id: int
+    name: str
+    uuid: str
+    owner: str | None
+    created_at: str
+    deploy_branch: str | None = None
+    scale: int = 1
+    live_release: int | None = None
+
+
+def access_level(user: User, app: App | None, grant: AccessLevel | None) -> AccessLevel:
+    """A user's level on an app: admin users and owners get admin, else their grant.
+
+    ``app`` None means the app does not exist: any known user may create it by pushing
+    (deploy level), as Soft Serve does for registered users.
+    """
+    if user.is_admin:
+        return AccessLevel.ADMIN
+    if app is None:
+        return AccessLevel.DEPLOY
+    if app.owner == user.name:
+        return AccessLevel.ADMIN
+    return grant or AccessLevel.NONE

@@ -1,0 +1,235 @@
+"""The one service behind every front door (SSH commands, HTTP, the client).
+
+Each use case takes the calling ``User`` and checks access here, so the SSH, HTTP and
+client paths cannot drift apart. Having no access to an app reads exactly like the
+app not existing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from crewship import log
+from crewship.accounts import Accounts
+from crewship.apps import AppStore
+from crewship.config import Layout, Settings
+from crewship.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    app_not_found,
+)
+from crewship.model import AccessLevel, App, Key, User, access_level, validate_app_name
+from crewship.reporter import Reporter
+from crewship.repos import Repos
+from crewship.state import Database
+
+if TYPE_CHECKING:
+    from crewship.deploys import Deployer
+
+logger = log.get("crewship.platform")
+
+
+@dataclass(frozen=True)
+class RefUpdate:
+    old: str
+    new: str
+    ref: str
+
+
+class Platform:
+    def __init__(self, settings: Settings, layout: Layout, db: Database) -> None:
+        self.settings = settings
+        self.layout = layout
+        self.db = db
+        self.accounts = Accounts(db)
+        self.apps_store = AppStore(db)
+        self.repos = Repos(layout.repos)
+        self.deployer: Deployer | None = None
+
+    # ----------------------------------------------------------------- identity
+    def authenticate(self, fingerprint: str) -> User | None:
+        return self.accounts.user_by_fingerprint(fingerprint)
+
+    def register_admin_key(self, user_name: str, public_key: str, key_name: str = "admin") -> Key:
+        """Bootstrap: make ``user_name`` an admin owning ``public_key`` (idempotent)."""
+        from crewship.accounts import parse_public_key
+
+        _, fingerprint = parse_public_key(public_key)
+        existing = self.accounts.key_by_fingerprint(fingerprint)
+        user = self.accounts.ensure_user(user_name, admin=True)
+        if existing is not None:
+            if existing.user != user_name:
+                raise ConflictError(f"key {fingerprint} already belongs to {existing.user}")
+            return existing
+        return self.accounts.add_key(user, key_name, public_key)
+
+    # --------------------------------------------------------------------- keys
+    def _target_user(self, caller: User, user_name: str | None, *, create: bool = False) -> User:
+        if user_name is None or user_name == caller.name:
+            return caller
+        if not caller.is_admin:
+            raise PermissionDeniedError("only an admin can manage another user's keys")
+        if create:
+            return self.accounts.ensure_user(user_name)
+        target = self.accounts.user(user_name)
+        if target is None:
+            raise NotFoundError(f"no user named {user_name!r}")
+        return target
+
+    def list_keys(self, caller: User, user_name: str | None = None, *,
+                  everyone: bool = False) -> list[Key]:
+        if everyone:
+            if not caller.is_admin:
+                raise PermissionDeniedError("only an admin can list every user's keys")
+            return self.accounts.list_keys()
+        return self.accounts.list_keys(self._target_user(caller, user_name).name)
+
+    def add_key(self, caller: User, key_name: str, public_key: str,
+                user_name: str | None = None) -> Key:
+        target = self._target_user(caller, user_name, create=True)
+        key = self.accounts.add_key(target, key_name, public_key)
+        logger.info("key_added", target=target.name, key=key_name, key_fp=key.fingerprint)
+        return key
+
+    def remove_key(self, caller: User, key_name: str, user_name: str | None = None) -> Key:
+        target = self._target_user(caller, user_name)
+        remaining = [k for k in self.accounts.list_keys(target.name) if k.name != key_name]
+        if target.is_admin and not remaining and not self._other_admin_keys(target):
+            raise ConflictError("refusing to remove the last admin key: add another admin key "
+                                "first, or the server could no longer be managed")
+        key = self.accounts.remove_key(target, key_name)
+        logger.info("key_removed", target=target.name, key=key_name, key_fp=key.fingerprint)
+        return key
+
+    def _other_admin_keys(self, user: User) -> bool:
+        return any(k.user != user.name for k in self.accounts.list_keys()
+                   if (u := self.accounts.user(k.user)) is not None and u.is_admin)
+
+    # --------------------------------------------------------------------- apps
+    def level(self, caller: User, app: App | None) -> AccessLevel:
+        grant = self.apps_store.grant(app, caller.id) if app is not None else None
+        return access_level(caller, app, grant)
+
+    def app_for(self, caller: User, name: str, need: AccessLevel = AccessLevel.READ) -> App:
+        """The app ``name`` if ``caller`` has at least ``need`` on it; else "not found"."""
+        validate_app_name(name)
+        app = self.apps_store.get(name)
+        if app is None:
+            raise app_not_found(name)
+        have = self.level(caller, app)
+        if have is AccessLevel.NONE:
+            raise app_not_found(name)
+        if have < need:
+            raise PermissionDeniedError(f"{caller.name} has {have} access to {name}; "
+                                        f"this needs {need} (ask the app's owner for access:add)")
+        return app
+
+    def app_by_uuid(self, caller: User, app_uuid: str,
+                    need: AccessLevel = AccessLevel.READ) -> App:
+        app = self.apps_store.by_uuid(app_uuid)
+        if app is None:
+            raise NotFoundError(f"no app with uuid {app_uuid!r}")
+        return self.app_for(caller, app.name, need)
+
+    def apps(self, caller: User) -> list[App]:
+        if caller.is_admin:
+            return self.apps_store.all()
+        return self.apps_store.apps_for(caller.id)
+
+    async def create_app(self, caller: User, name: str) -> App:
+        validate_app_name(name)
+        if self.apps_store.get(name) is not None:
+            if self.level(caller, self.apps_store.get(name)) is AccessLevel.NONE:
+                raise ConflictError(f"the name {name!r} is taken: pick another")
+            raise ConflictError(f"app {name!r} already exists")
+        app = self.apps_store.create(name, caller.id)
+        try:
+            await self.repos.create(name)
+        except BaseException:
+            self.apps_store.delete(app)
+            raise
+        logger.info("app_created", app=name, app_uuid=app.uuid, user=caller.name)
+        return app
+
+    async def destroy_app(self, caller: User, name: str, *, force: bool = False) -> App:
+        app = self.app_for(caller, name, AccessLevel.ADMIN)
+        if not force:
+            raise InvalidInputError(
+                f"destroying {name} removes its repo, releases, config and logs for good; "
+                f"run 'apps:destroy {name} --force' to confirm")
+        if self.deployer is not None:
+            await self.deployer.forget(app)
+        self.apps_store.delete(app)
+        self.repos.delete(name)
+        for path in (self.layout.releases / name, self.layout.app_logs(name),
+                     self.layout.app_home(name)):
+            _remove_tree(path)
+        logger.info("app_destroyed", app=name, user=caller.name)
+        return app
+
+    # ------------------------------------------------------------------- access
+    def access(self, caller: User, name: str) -> list[tuple[str, AccessLevel]]:
+        app = self.app_for(caller, name, AccessLevel.READ)
+        owner = [(app.owner, AccessLevel.ADMIN)] if app.owner else []
+        return owner + [g for g in self.apps_store.grants(app) if g[0] != app.owner]
+
+    def access_add(self, caller: User, name: str, user_name: str,
+                   level: AccessLevel = AccessLevel.READ) -> None:
+        app = self.app_for(caller, name, AccessLevel.ADMIN)
+        target = self.accounts.user(user_name)
+        if target is None:
+            raise NotFoundError(f"no user named {user_name!r} (an admin adds users with "
+                                f"'keys:add KEYNAME --user {user_name}')")
+        self.apps_store.set_grant(app, target.id, level)
+        logger.info("access_granted", app=name, target=user_name, level=str(level))
+
+    def access_remove(self, caller: User, name: str, user_name: str) -> None:
+        app = self.app_for(caller, name, AccessLevel.ADMIN)
+        target = self.accounts.user(user_name)
+        if target is None or not self.apps_store.remove_grant(app, target.id):
+            raise NotFoundError(f"{user_name} has no access grant on {name}")
+        logger.info("access_revoked", app=name, target=user_name)
+
+    # ---------------------------------------------------------------------- git
+    async def git_repo(self, caller: User, name: str, *, write: bool) -> tuple[App, Path]:
+        """Authorize a git transport; a push to an unknown app creates it."""
+        validate_app_name(name)
+        if write and self.apps_store.get(name) is None:
+            if self.level(caller, None) < AccessLevel.DEPLOY:
+                raise app_not_found(name)
+            app = await self.create_app(caller, name)
+        else:
+            app = self.app_for(caller, name, AccessLevel.DEPLOY if write else AccessLevel.READ)
+            if not self.repos.exists(name):
+                await self.repos.create(name)
+        return app, self.repos.path(name)
+
+    async def receive_push(self, app_name: str, user_name: str, updates: list[RefUpdate],
+                           report: Reporter) -> int:
+        """Called by the hook hand-off after git stored the refs; returns the exit status."""
+        app = self.apps_store.get(app_name)
+        user = self.accounts.user(user_name)
+        if app is None or user is None:
+            report.warn("push from an unknown app or user; nothing deployed")
+            return 1
+        if self.deployer is not None:
+            return await self.deployer.on_push(app, user, updates, report)
+        for update in updates:
+            self.apps_store.record_push(app, user.name, update.ref, update.old, update.new,
+                                        outcome="stored")
+            report.step(f"Stored {update.ref} at {update.new[:12]}")
+        return 0
+
+
+def _remove_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    for sub in [path, *path.rglob("*")]:
+        if not sub.is_symlink():
+            sub.chmod(0o755 if sub.is_dir() else 0o644)
+    shutil.rmtree(path, ignore_errors=True)
