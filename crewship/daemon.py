@@ -9,12 +9,21 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from builder.env import EnvBuilder
+from builder.release import ReleaseBuilder
 from crewship import log
+from crewship.api.server import HTTPServer
 from crewship.config import Layout, Settings
+from crewship.deploys import Deployer
+from crewship.errors import InvalidInputError
+from crewship.kickoffs import KickoffService
 from crewship.platform import Platform
 from crewship.state import Database
 from gitserver.hooks import HookServer
 from gitserver.server import SSHGateway, load_host_key
+from runtime.backend import Backend
+from runtime.process import ProcessBackend
+from runtime.supervisor import AppCrashed, InstanceExited, Supervisor, SupervisorEvent
 
 logger = log.get("crewship.daemon")
 
@@ -40,6 +49,18 @@ class Daemon:
         self.hooks = HookServer(self.platform, self.layout.hook_socket)
         self.host_key = load_host_key(self.layout.host_keys)
         self.ssh = SSHGateway(self.platform, self.hooks, self.host_key)
+        self.backend = make_backend(settings, self.layout)
+        self.supervisor = Supervisor(self.backend, self.layout,
+                                     health_timeout=settings.health_timeout,
+                                     drain_timeout=settings.drain_timeout,
+                                     on_event=self._on_event)
+        builder = ReleaseBuilder(self.layout, EnvBuilder(self.layout.envs, settings.python))
+        self.platform.deployer = Deployer(
+            settings, self.layout, self.platform.apps_store, self.platform.repos,
+            self.platform.releases, self.platform.config_store, builder, self.supervisor)
+        self.kickoffs = KickoffService(self.db, self.supervisor)
+        self.platform.kickoffs = self.kickoffs
+        self.http = HTTPServer(self.platform, settings.host, settings.http_port)
         self._stop = asyncio.Event()
         self._closers: list[Callable[[], object]] = []
 
@@ -51,17 +72,34 @@ class Daemon:
         register_admin_keys(self.platform, self.settings.admin_keys)
         for name in self.platform.repos.names():
             self.platform.repos.install_hooks(name)
+        self.kickoffs.fail_orphans()
         await self.hooks.start()
+        await self.http.start()
         await self.ssh.start(self.settings.host, self.settings.ssh_port)
-        logger.info("server_started", ssh_port=self.ssh.port, http_port=self.settings.http_port,
+        assert self.platform.deployer is not None
+        await self.platform.deployer.restore()
+        logger.info("server_started", ssh_port=self.ssh.port, http_port=self.http.port,
                     data_dir=str(self.layout.root), runtime=self.settings.runtime,
                     host_key=self.host_fingerprint)
 
     async def close(self) -> None:
         await self.ssh.close()
         await self.hooks.close()
+        await self.http.close()
+        await self.supervisor.aclose()
+        await self.kickoffs.aclose()
+        await self.backend.aclose()
         self.db.close()
         logger.info("server_stopped")
+
+    def _on_event(self, event: SupervisorEvent) -> None:
+        if isinstance(event, InstanceExited):
+            failed = self.kickoffs.instance_exited(event.app, event.instance_id, event.status)
+            logger.info("instance_exited", app=event.app, instance=event.instance_id,
+                        status=event.status, kickoffs_failed=failed)
+        elif isinstance(event, AppCrashed):
+            logger.warning("app_crashed", app=event.app, release=event.release,
+                           crashes=event.crashes)
 
     def stop(self) -> None:
         self._stop.set()
@@ -83,13 +121,20 @@ class Daemon:
         lines = [
             f"crewship is running (data in {self.layout.root})",
             f"  SSH   {s.host}:{self.ssh.port}   host key {self.host_fingerprint}",
-            f"  HTTP  {s.http_base}",
+            f"  HTTP  http://{s.url_host}:{self.http.port}",
         ]
         if not self.platform.accounts.has_admin():
             lines.append("  no admin key yet: run 'crewship admin add-key NAME ~/.ssh/id_ed25519.pub'")
         lines.append(f"  deploy: git remote add crewship ssh://git@{s.url_host}:{self.ssh.port}/APP.git"
                      " && git push crewship main")
         print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def make_backend(settings: Settings, layout: Layout) -> Backend:
+    if settings.runtime == "process":
+        return ProcessBackend(layout)
+    raise InvalidInputError(f"the {settings.runtime} runtime is not available yet: "
+                            "use --runtime process")
 
 
 def run(settings: Settings) -> None:

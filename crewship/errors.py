@@ -7,6 +7,7 @@ traceback and reported as ``internal error (ref <id>)``.
 
     CrewshipError
     ├── InvalidInputError      bad name, bad argument, malformed JSON, oversized upload (400/422)
+    │   └── MissingInputsError a kickoff without the crew's required inputs (422)
     ├── NotFoundError          unknown app/user/key/release, or no access to it (404)
     ├── PermissionDeniedError  known thing, not allowed (403)
     ├── ConflictError          already exists, or busy (409)
@@ -28,6 +29,14 @@ class CrewshipError(Exception):
 
 class InvalidInputError(CrewshipError):
     http_status = 400
+
+
+class MissingInputsError(InvalidInputError):
+    http_status = 422
+
+    def __init__(self, missing: list[str]) -> None:
+        self.missing = missing
+        super().__init__(f"missing required inputs: {', '.join(missing)}")
 
 
 class NotFoundError(CrewshipError):

@@ -74,6 +74,7 @@ MIGRATIONS: list[str] = [
     CREATE TABLE app_tokens (
         app_id INTEGER PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
         token_hash TEXT NOT NULL,
+        prefix TEXT NOT NULL,
         created_at TEXT NOT NULL
     );
     CREATE TABLE kickoffs (

@@ -24,12 +24,15 @@ from crewship.errors import (
     app_not_found,
 )
 from crewship.model import AccessLevel, App, Key, User, access_level, validate_app_name
+from crewship.operations import Operations
+from crewship.releases import ConfigStore, ReleaseStore, TokenStore
 from crewship.reporter import Reporter
 from crewship.repos import Repos
 from crewship.state import Database
 
 if TYPE_CHECKING:
     from crewship.deploys import Deployer
+    from crewship.kickoffs import KickoffService
 
 logger = log.get("crewship.platform")
 
@@ -41,7 +44,7 @@ class RefUpdate:
     ref: str
 
 
-class Platform:
+class Platform(Operations):
     def __init__(self, settings: Settings, layout: Layout, db: Database) -> None:
         self.settings = settings
         self.layout = layout
@@ -49,7 +52,11 @@ class Platform:
         self.accounts = Accounts(db)
         self.apps_store = AppStore(db)
         self.repos = Repos(layout.repos)
+        self.releases = ReleaseStore(db)
+        self.config_store = ConfigStore(db)
+        self.tokens = TokenStore(db)
         self.deployer: Deployer | None = None
+        self.kickoffs: KickoffService | None = None
 
     # ----------------------------------------------------------------- identity
     def authenticate(self, fingerprint: str) -> User | None:

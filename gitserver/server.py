@@ -20,7 +20,12 @@ from crewship import log
 from crewship.errors import CrewshipError, InvalidInputError
 from crewship.model import User
 from crewship.platform import Platform
-from gitserver import commands_accounts, commands_apps, transport  # noqa: F401 (registers)
+from gitserver import (  # noqa: F401 (importing registers the commands)
+    commands_accounts,
+    commands_apps,
+    commands_runtime,
+    transport,
+)
 from gitserver.command import REGISTRY, Context
 from gitserver.hooks import HookServer
 

@@ -1,0 +1,111 @@
+"""The deployed-crew API, per app at ``/apps/NAME`` (reference section C).
+
+``GET /`` health, ``GET /inputs``, ``POST /kickoff``, ``GET /status/{id}``,
+``POST /stop/{id}``; every route needs ``Authorization: Bearer <app token>``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from crewship.api.errors import error_response
+from crewship.errors import InvalidInputError
+from crewship.model import App
+from crewship.platform import Platform
+
+MAX_BODY = 1024 * 1024 + 4096
+
+
+def _platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _authorized(request: Request) -> App | None:
+    return _platform(request).app_by_token(request.path_params["app"], _bearer(request))
+
+
+def _unauthorized() -> JSONResponse:
+    return JSONResponse({"error": "Unauthorized", "message": "Invalid or missing bearer token"},
+                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise InvalidInputError("request body too large (limit 1 MiB)")
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError:
+        raise InvalidInputError("malformed JSON body") from None
+    if not isinstance(body, dict):
+        raise InvalidInputError("the body must be a JSON object like {\"inputs\": {...}}")
+    return body
+
+
+async def health(request: Request) -> Response:
+    app = _authorized(request)
+    if app is None:
+        return _unauthorized()
+    if not _platform(request).deployer or not _platform(request).deployer.supervisor.endpoints(  # type: ignore[union-attr]
+            app.name):
+        return error_response(503, f"{app.name} has no running instance")
+    return PlainTextResponse("Healthy")
+
+
+async def inputs(request: Request) -> Response:
+    app = _authorized(request)
+    if app is None:
+        return _unauthorized()
+    return JSONResponse({"inputs": await _platform(request).crew_inputs(app)})
+
+
+async def kickoff(request: Request) -> Response:
+    app = _authorized(request)
+    if app is None:
+        return _unauthorized()
+    body = await _json_body(request)
+    if "inputs" not in body:
+        body["inputs"] = {}
+    kickoff_id = await _platform(request).kickoff(app, body["inputs"], body.get("meta"))
+    return JSONResponse({"kickoff_id": kickoff_id})
+
+
+async def status(request: Request) -> Response:
+    app = _authorized(request)
+    if app is None:
+        return _unauthorized()
+    body = await _platform(request).kickoff_status(app, request.path_params["kickoff_id"])
+    return JSONResponse(body)
+
+
+async def stop(request: Request) -> Response:
+    app = _authorized(request)
+    if app is None:
+        return _unauthorized()
+    try:
+        body = await _platform(request).kickoff_stop(app, request.path_params["kickoff_id"])
+    except InvalidInputError as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+    return JSONResponse(body)
+
+
+routes = [
+    Route("/apps/{app}", health, methods=["GET"]),
+    Route("/apps/{app}/", health, methods=["GET"]),
+    Route("/apps/{app}/inputs", inputs, methods=["GET"]),
+    Route("/apps/{app}/kickoff", kickoff, methods=["POST"]),
+    Route("/apps/{app}/status/{kickoff_id}", status, methods=["GET"]),
+    Route("/apps/{app}/stop/{kickoff_id}", stop, methods=["POST"]),
+]

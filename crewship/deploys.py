@@ -1,0 +1,235 @@
+"""Deploying: commit -> release -> live, config changes, and restoring after a restart.
+
+Order for every change (push, config, rollback, restart): take the app's deploy lock,
+record a release, build it (pushes only), start it beside the old one through the
+supervisor's health-checked swap, then mark it live. A failure marks the release
+failed, puts the branch ref back (pushes), and leaves the old release serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.release import ReleaseBuilder, load_release, runner_argv
+from crewship import log
+from crewship.apps import AppStore
+from crewship.config import Layout, Settings
+from crewship.errors import CrewshipError, DeployError, UnavailableError
+from crewship.model import App, User
+from crewship.platform import RefUpdate
+from crewship.releases import ConfigStore, Release, ReleaseStore
+from crewship.reporter import Reporter
+from crewship.repos import ZERO_SHA, Repos
+from runtime.backend import InstanceSpec
+from runtime.logs import AppLog
+from runtime.supervisor import Supervisor
+
+logger = log.get("crewship.deploys")
+
+TELEMETRY_OFF = {
+    "CREWAI_DISABLE_TELEMETRY": "true",
+    "OTEL_SDK_DISABLED": "true",
+    "CREWAI_TRACING_ENABLED": "false",
+    "CREWAI_DISABLE_VERSION_CHECK": "true",
+}
+# Host settings a crew needs to reach its LLM the way the server would (proxies, CAs).
+PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR",
+               "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+               "http_proxy", "https_proxy", "no_proxy")
+DEPLOY_BRANCHES = ("refs/heads/main", "refs/heads/master")
+SpecFactory = Callable[[int, int], InstanceSpec]
+
+
+@dataclass
+class LockHolder:
+    user: str
+    what: str
+    since: float
+
+
+class Deployer:
+    def __init__(self, settings: Settings, layout: Layout, apps: AppStore, repos: Repos,
+                 releases: ReleaseStore, config: ConfigStore, builder: ReleaseBuilder,
+                 supervisor: Supervisor) -> None:
+        self.settings = settings
+        self.layout = layout
+        self.apps = apps
+        self.repos = repos
+        self.releases = releases
+        self.config = config
+        self.builder = builder
+        self.supervisor = supervisor
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._holders: dict[str, LockHolder] = {}
+
+    def app_log(self, app: str) -> AppLog:
+        return AppLog(self.layout.app_logs(app))
+
+    # ------------------------------------------------------------------ locking
+    @asynccontextmanager
+    async def locked(self, app: App, user: str, what: str,
+                     report: Reporter) -> AsyncIterator[None]:
+        """One deploy per app at a time; a second waits, saying for whom and what."""
+        lock = self._locks.setdefault(app.name, asyncio.Lock())
+        if lock.locked() and (holder := self._holders.get(app.name)):
+            ago = int(time.time() - holder.since)
+            report.step(f"Waiting for {holder.user}'s {holder.what} of {app.name} "
+                        f"(running for {ago}s)")
+        try:
+            await asyncio.wait_for(lock.acquire(), self.settings.deploy_lock_timeout)
+        except TimeoutError:
+            holder = self._holders.get(app.name)
+            who = f"{holder.user}'s {holder.what}" if holder else "another deploy"
+            raise UnavailableError(f"{app.name} is busy with {who}; try again when it is done") \
+                from None
+        self._holders[app.name] = LockHolder(user, what, time.time())
+        try:
+            yield
+        finally:
+            self._holders.pop(app.name, None)
+            lock.release()
+
+    # -------------------------------------------------------------------- pushes
+    def _is_deploy_ref(self, app: App, ref: str) -> bool:
+        if app.deploy_branch:
+            return ref == app.deploy_branch
+        return ref in DEPLOY_BRANCHES
+
+    async def on_push(self, app: App, user: User, updates: list[RefUpdate],
+                      report: Reporter) -> int:
+        status = 0
+        for update in updates:
+            if update.new == ZERO_SHA or not self._is_deploy_ref(app, update.ref):
+                self.apps.record_push(app, user.name, update.ref, update.old, update.new,
+                                      outcome="stored")
+                branch = app.deploy_branch or "main"
+                report.step(f"Stored {update.ref} (not deployed: the deploy branch is "
+                            f"{branch.removeprefix('refs/heads/')})")
+                continue
+            if not app.deploy_branch:
+                self.apps.set_deploy_branch(app, update.ref)
+            push_id = self.apps.record_push(app, user.name, update.ref, update.old, update.new)
+            try:
+                await self.deploy_commit(app, user.name, update.new, report)
+                self.apps.set_push_outcome(push_id, "deployed")
+            except CrewshipError as exc:
+                self.apps.set_push_outcome(push_id, "failed")
+                await self._revert_ref(app, update, report)
+                report.warn(f"Deploy failed: {exc}")
+                status = 1
+        return status
+
+    async def _revert_ref(self, app: App, update: RefUpdate, report: Reporter) -> None:
+        try:
+            await self.repos.update_ref(app.name, update.ref, update.old, update.new)
+        except CrewshipError as exc:
+            logger.warning("ref_revert_failed", app=app.name, ref=update.ref, error=str(exc))
+            return
+        old = "deleted" if update.old == ZERO_SHA else f"back at {update.old[:12]}"
+        report.info(f"{update.ref.removeprefix('refs/heads/')} is {old}; "
+                    "the previous release keeps serving")
+
+    async def deploy_commit(self, app: App, user: str, commit: str, report: Reporter) -> Release:
+        async with self.locked(app, user, f"deploy of {commit[:12]}", report):
+            config = self.config.get(app)
+            release = self.releases.create(app, kind="push", commit=commit, config=config,
+                                           created_by=user, description=f"Deploy {commit[:12]}")
+            self.app_log(app.name).system(f"deploy v{release.version} ({commit[:12]}) by {user}")
+            try:
+                built = await self.builder.build(app.name, release.version,
+                                                 self.repos.path(app.name), commit, report,
+                                                 config_keys=set(config))
+                self.releases.set_artifact(app, release.version, str(built.dir))
+                await self._activate(app, release.version, built.dir, config, report)
+            except CrewshipError as exc:
+                self._fail(app, release.version, exc)
+                raise
+            return release
+
+    # --------------------------------------------------------------- new releases
+    async def release_from(self, app: App, user: str, *, kind: str, description: str,
+                           base: Release, config: dict[str, str], report: Reporter) -> Release:
+        """A release reusing ``base``'s artifact with ``config`` (config, rollback, restart)."""
+        if base.artifact is None:
+            raise DeployError(f"v{base.version} has no artifact to run")
+        release = self.releases.create(app, kind=kind, commit=base.commit, config=config,
+                                       created_by=user, description=description,
+                                       artifact=base.artifact)
+        self.app_log(app.name).system(f"{description} as v{release.version} by {user}")
+        try:
+            await self._activate(app, release.version, Path(base.artifact), config, report)
+        except CrewshipError as exc:
+            self._fail(app, release.version, exc)
+            raise
+        return release
+
+    def _fail(self, app: App, version: int, exc: CrewshipError) -> None:
+        self.releases.mark_failed(app, version, str(exc))
+        self.app_log(app.name).system(f"deploy v{version} failed: {exc}")
+        logger.info("deploy_failed", app=app.name, release=version, error=str(exc))
+
+    async def _activate(self, app: App, version: int, artifact: Path, config: dict[str, str],
+                        report: Reporter) -> None:
+        started = time.monotonic()
+        make_spec = self.spec_factory(app.name, version, artifact, config)
+        current = self.apps.get(app.name) or app
+        await self.supervisor.deploy(app.name, version, make_spec,
+                                     scale=max(current.scale, 1) if current.scale else 1,
+                                     report=report)
+        if current.scale == 0:
+            self.apps.set_scale(current, 1)
+        self.releases.mark_live(app, version)
+        self.app_log(app.name).system(f"v{version} is live")
+        logger.info("deploy_succeeded", app=app.name, release=version,
+                    duration_ms=round((time.monotonic() - started) * 1000))
+        report.done(f"{app.name} v{version} is live at {self.settings.app_url(app.name)}")
+
+    def spec_factory(self, app: str, version: int, artifact: Path,
+                     config: dict[str, str]) -> SpecFactory:
+        meta = load_release(artifact)
+        home = self.layout.app_home(app)
+        home.mkdir(parents=True, exist_ok=True)
+        env = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}
+        env.update(config)
+        env.update(TELEMETRY_OFF)
+        env.update({"HOME": str(home), "CREWSHIP_APP": app, "CREWSHIP_RELEASE": f"v{version}",
+                    "PYTHONUNBUFFERED": "1"})
+
+        def make_spec(index: int, port: int) -> InstanceSpec:
+            instance = f"v{version}.{index}"
+            return InstanceSpec(app=app, release=version, index=index,
+                                argv=runner_argv(meta, "127.0.0.1", port, instance),
+                                env=dict(env), cwd=meta.app_dir, port=port)
+        return make_spec
+
+    # ------------------------------------------------------------------ lifecycle
+    async def restore(self) -> None:
+        """After a daemon (re)start: adopt or start each app's live release."""
+        self.releases.fail_unfinished()
+        for app in self.apps.all():
+            if app.live_release is None or app.scale == 0:
+                continue
+            release = self.releases.get(app, app.live_release)
+            if release is None or release.artifact is None:
+                continue
+            try:
+                make_spec = self.spec_factory(app.name, release.version,
+                                              Path(release.artifact), release.config)
+                await self.supervisor.adopt(app.name, release.version, make_spec, app.scale)
+            except CrewshipError as exc:
+                logger.warning("restore_failed", app=app.name, error=str(exc))
+
+    async def forget(self, app: App) -> None:
+        await self.supervisor.stop(app.name)
+
+    def live(self, app: App) -> Release | None:
+        fresh = self.apps.get(app.name)
+        if fresh is None or fresh.live_release is None:
+            return None
+        return self.releases.get(fresh, fresh.live_release)

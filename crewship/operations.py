@@ -1,0 +1,175 @@
+"""The platform's use cases for running apps: status, logs, config, tokens, kickoffs.
+
+Mixed into ``Platform`` (crewship/platform.py), so every front door still reaches
+one service; split out only to keep modules small.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from crewship.errors import InvalidInputError, NotFoundError, UnavailableError
+from crewship.model import AccessLevel, App, User, validate_config_key
+from crewship.releases import Release
+from crewship.reporter import Reporter
+
+if TYPE_CHECKING:
+    from crewship.apps import AppStore
+    from crewship.config import Settings
+    from crewship.deploys import Deployer
+    from crewship.kickoffs import KickoffService
+    from crewship.releases import ConfigStore, TokenStore
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, str]:
+    """``K=V`` arguments; names ``^[A-Z_][A-Z0-9_]*$``; the value may contain '='."""
+    if not pairs:
+        raise InvalidInputError("give at least one KEY=VALUE")
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidInputError(f"{key[:60]!r} is not KEY=VALUE")
+        out[validate_config_key(key)] = value
+    return out
+
+
+class Operations(abc.ABC):
+    """Use cases over live apps; needs a deployer and a kickoff service."""
+
+    settings: Settings
+    apps_store: AppStore
+    config_store: ConfigStore
+    tokens: TokenStore
+    deployer: Deployer | None
+    kickoffs: KickoffService | None
+
+    @abc.abstractmethod
+    def app_for(self, caller: User, name: str, need: AccessLevel = AccessLevel.READ) -> App:
+        """The app if the caller has ``need`` on it (crewship/platform.py)."""
+
+    def _deployer(self) -> Deployer:
+        if self.deployer is None:
+            raise UnavailableError("this server runs without a runtime")
+        return self.deployer
+
+    def _kickoffs(self) -> KickoffService:
+        if self.kickoffs is None:
+            raise UnavailableError("this server runs without a runtime")
+        return self.kickoffs
+
+    # -------------------------------------------------------------------- status
+    def status(self, caller: User, name: str) -> dict[str, Any]:
+        app = self.app_for(caller, name, AccessLevel.READ)
+        deployer = self._deployer()
+        runtime = deployer.supervisor.status(app.name)
+        live = deployer.live(app)
+        fresh = self.apps_store.get(app.name) or app
+        uptime = int(time.time() - runtime.since) if runtime.since else None
+        return {
+            "app": app.name, "uuid": app.uuid, "state": runtime.state,
+            "release": f"v{live.version}" if live else None,
+            "commit": live.commit if live else None, "uptime_seconds": uptime,
+            "restarts": runtime.restarts, "scale": fresh.scale,
+            "url": self.settings.app_url(app.name), "git_url": self.settings.git_url(app.name),
+            "instances": [{"id": i.id, "port": i.port, "pid": i.pid, "state": i.state,
+                           "restarts": i.restarts} for i in runtime.instances],
+        }
+
+    # ---------------------------------------------------------------------- logs
+    async def logs(self, caller: User, name: str, *, lines: int = 100,
+                   follow: bool = False) -> AsyncIterator[str]:
+        app = self.app_for(caller, name, AccessLevel.READ)
+        if lines < 0 or lines > 100_000:
+            raise InvalidInputError("-n must be between 0 and 100000")
+        log = self._deployer().app_log(app.name)
+        if not follow:
+            for line in log.tail(lines):
+                yield line
+            return
+        async for line in log.follow(lines):
+            yield line
+
+    # -------------------------------------------------------------------- config
+    def config(self, caller: User, name: str, *, show: bool = False) -> dict[str, str]:
+        app = self.app_for(caller, name, AccessLevel.DEPLOY if show else AccessLevel.READ)
+        config = self.config_store.get(app)
+        return config if show else {k: "*****" for k in config}
+
+    async def config_set(self, caller: User, name: str, changes: dict[str, str],
+                         report: Reporter, *, unset: bool = False,
+                         restart: bool = True) -> Release | None:
+        """Change config; a live app gets a new release through the health-checked swap.
+
+        The stored config changes only when the new release is live (or the app has
+        none): a failed swap changes nothing.
+        """
+        app = self.app_for(caller, name, AccessLevel.DEPLOY)
+        deployer = self._deployer()
+        async with deployer.locked(app, caller.name, "config change", report):
+            current = self.config_store.get(app)
+            new = dict(current)
+            for key, value in changes.items():
+                if unset:
+                    if key not in new:
+                        raise NotFoundError(f"{name} has no config var {key}")
+                    new.pop(key)
+                else:
+                    new[key] = value
+            live = deployer.live(app)
+            keys = ", ".join(sorted(changes))
+            if live is None or not restart:
+                self.config_store.replace(app, new)
+                report.step(f"{'Unset' if unset else 'Set'} {keys} "
+                            f"({'applies on the next deploy' if live is None else 'not restarted'})")
+                return None
+            report.step(f"{'Unsetting' if unset else 'Setting'} {keys} and restarting {name}")
+            release = await deployer.release_from(
+                app, caller.name, kind="config", base=live, config=new, report=report,
+                description=f"{'Unset' if unset else 'Set'} {keys}")
+            self.config_store.replace(app, new)
+            return release
+
+    # -------------------------------------------------------------------- tokens
+    def token_info(self, caller: User, name: str) -> tuple[str, str, str | None]:
+        """(prefix, created_at, new token or None): the first call makes one."""
+        app = self.app_for(caller, name, AccessLevel.DEPLOY)
+        info = self.tokens.info(app)
+        if info is None:
+            token = self.tokens.rotate(app)
+            info = self.tokens.info(app)
+            assert info is not None
+            return info[0], info[1], token
+        return info[0], info[1], None
+
+    def rotate_token(self, caller: User, name: str) -> str:
+        app = self.app_for(caller, name, AccessLevel.DEPLOY)
+        return self.tokens.rotate(app)
+
+    def app_by_token(self, name: str, token: str) -> App | None:
+        """The app if ``token`` is its bearer token (the crew API's auth)."""
+        app = self.apps_store.get(name)
+        if app is None or not token or not self.tokens.check(app, token):
+            return None
+        return app
+
+    # ------------------------------------------------------------------ kickoffs
+    async def kickoff(self, app: App, inputs: Any, meta: Any = None) -> str:
+        return await self._kickoffs().kickoff(self.apps_store.get(app.name) or app, inputs, meta)
+
+    async def kickoff_status(self, app: App, kickoff_id: str) -> dict[str, Any]:
+        return await self._kickoffs().status(app, kickoff_id)
+
+    async def kickoff_stop(self, app: App, kickoff_id: str) -> dict[str, Any]:
+        return await self._kickoffs().stop(app, kickoff_id)
+
+    async def crew_inputs(self, app: App) -> list[str]:
+        return await self._kickoffs().inputs(self.apps_store.get(app.name) or app)
+
+    def kickoff_history(self, caller: User, name: str, *, limit: int = 20,
+                        state: str | None = None) -> list[dict[str, Any]]:
+        app = self.app_for(caller, name, AccessLevel.READ)
+        return self._kickoffs().history(app, limit, state)

@@ -1,0 +1,148 @@
+"""Releases, config vars and per-app API tokens in SQLite.
+
+A release is immutable: code commit + config snapshot + artifact (a release directory
+holding the source and a pointer to its environment). Config changes and rollbacks
+make new releases that reuse an earlier artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+from dataclasses import dataclass
+
+from crewship.model import App, validate_config_key
+from crewship.state import Database, now
+
+
+@dataclass(frozen=True)
+class Release:
+    app_id: int
+    version: int
+    kind: str          # push | config | rollback | restart
+    commit: str
+    artifact: str | None
+    config: dict[str, str]
+    config_digest: str
+    created_by: str
+    created_at: str
+    status: str        # building | live | failed | superseded
+    error: str | None
+    description: str
+
+
+def config_digest(config: dict[str, str]) -> str:
+    if not config:
+        return ""
+    blob = json.dumps(config, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _release(row: sqlite3.Row) -> Release:
+    return Release(app_id=row["app_id"], version=row["version"], kind=row["kind"],
+                   commit=row["commit_sha"], artifact=row["artifact"],
+                   config=json.loads(row["config_json"]), config_digest=row["config_digest"],
+                   created_by=row["created_by"], created_at=row["created_at"],
+                   status=row["status"], error=row["error"], description=row["description"])
+
+
+class ReleaseStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(self, app: App, *, kind: str, commit: str, config: dict[str, str],
+               created_by: str, description: str, artifact: str | None = None) -> Release:
+        with self.db.tx() as c:
+            row = c.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM releases WHERE app_id = ?",
+                            (app.id,)).fetchone()
+            version = int(row[0])
+            c.execute("INSERT INTO releases (app_id, version, kind, commit_sha, artifact, "
+                      "config_json, config_digest, created_by, created_at, status, description) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'building', ?)",
+                      (app.id, version, kind, commit, artifact, json.dumps(config),
+                       config_digest(config), created_by, now(), description))
+        release = self.get(app, version)
+        assert release is not None
+        return release
+
+    def get(self, app: App, version: int) -> Release | None:
+        row = self.db.one("SELECT * FROM releases WHERE app_id = ? AND version = ?",
+                          app.id, version)
+        return _release(row) if row else None
+
+    def list(self, app: App, limit: int = 50) -> list[Release]:
+        rows = self.db.all("SELECT * FROM releases WHERE app_id = ? ORDER BY version DESC "
+                           "LIMIT ?", app.id, limit)
+        return [_release(r) for r in rows]
+
+    def set_artifact(self, app: App, version: int, artifact: str) -> None:
+        self.db.execute("UPDATE releases SET artifact = ? WHERE app_id = ? AND version = ?",
+                        artifact, app.id, version)
+
+    def mark_live(self, app: App, version: int) -> None:
+        with self.db.tx() as c:
+            c.execute("UPDATE releases SET status = 'superseded' WHERE app_id = ? "
+                      "AND status = 'live'", (app.id,))
+            c.execute("UPDATE releases SET status = 'live' WHERE app_id = ? AND version = ?",
+                      (app.id, version))
+            c.execute("UPDATE apps SET live_release = ? WHERE id = ?", (version, app.id))
+
+    def mark_failed(self, app: App, version: int, error: str) -> None:
+        self.db.execute("UPDATE releases SET status = 'failed', error = ? WHERE app_id = ? "
+                        "AND version = ?", error[:2000], app.id, version)
+
+    def fail_unfinished(self) -> int:
+        """Releases left 'building' by a daemon that stopped mid-deploy."""
+        before = self.db.one("SELECT COUNT(*) FROM releases WHERE status = 'building'")
+        self.db.execute("UPDATE releases SET status = 'failed', "
+                        "error = 'the server stopped during the deploy' WHERE status = 'building'")
+        return int(before[0]) if before else 0
+
+
+class ConfigStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get(self, app: App) -> dict[str, str]:
+        rows = self.db.all("SELECT key, value FROM config WHERE app_id = ? ORDER BY key", app.id)
+        return {r["key"]: r["value"] for r in rows}
+
+    def replace(self, app: App, config: dict[str, str]) -> None:
+        for key in config:
+            validate_config_key(key)
+        with self.db.tx() as c:
+            c.execute("DELETE FROM config WHERE app_id = ?", (app.id,))
+            c.executemany("INSERT INTO config (app_id, key, value) VALUES (?, ?, ?)",
+                          [(app.id, k, v) for k, v in sorted(config.items())])
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenStore:
+    """Per-app bearer tokens for the crew API, stored hashed; shown once when made."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def rotate(self, app: App) -> str:
+        token = f"cs_{secrets.token_urlsafe(32)}"
+        self.db.execute("INSERT INTO app_tokens (app_id, token_hash, prefix, created_at) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (app_id) DO UPDATE SET "
+                        "token_hash = excluded.token_hash, prefix = excluded.prefix, "
+                        "created_at = excluded.created_at",
+                        app.id, _hash_token(token), token[:10], now())
+        return token
+
+    def info(self, app: App) -> tuple[str, str] | None:
+        """(prefix, created_at) of the app's token, if it has one."""
+        row = self.db.one("SELECT prefix, created_at FROM app_tokens WHERE app_id = ?", app.id)
+        return (row["prefix"], row["created_at"]) if row else None
+
+    def check(self, app: App, token: str) -> bool:
+        row = self.db.one("SELECT token_hash FROM app_tokens WHERE app_id = ?", app.id)
+        return row is not None and hmac.compare_digest(row["token_hash"], _hash_token(token))
