@@ -19,11 +19,11 @@ def parse_public_key(text: str) -> tuple[str, str]:
     if not line:
         raise InvalidInputError("no public key given: send an OpenSSH public key on stdin "
                                 "(e.g. ssh ... keys:add laptop < ~/.ssh/id_ed25519.pub)")
-    if len(line) > MAX_KEY_BYTES or "\n" in line:
-        raise InvalidInputError("send exactly one OpenSSH public key line")
     if "PRIVATE KEY" in line:
         raise InvalidInputError("that is a private key: send the .pub file instead, "
                                 "and consider that key compromised")
+    if len(line) > MAX_KEY_BYTES or "\n" in line:
+        raise InvalidInputError("send exactly one OpenSSH public key line")
     try:
         key = asyncssh.import_public_key(line)
     except (asyncssh.KeyImportError, ValueError) as exc:

@@ -39,7 +39,7 @@ class AccessLevel(enum.IntEnum):
 
 def validate_app_name(name: str) -> str:
     """Return ``name`` if it is a valid app name; never rewrite it."""
-    if not APP_NAME_RE.match(name):
+    if not APP_NAME_RE.fullmatch(name):
         shown = name if len(name) <= 50 else name[:47] + "..."
         raise InvalidInputError(
             f"invalid app name {shown!r}: use 2-39 characters, lowercase letters, digits "
@@ -48,7 +48,7 @@ def validate_app_name(name: str) -> str:
 
 
 def validate_user_name(name: str) -> str:
-    if not USER_NAME_RE.match(name):
+    if not USER_NAME_RE.fullmatch(name):
         raise InvalidInputError(
             f"invalid user name {name[:50]!r}: use lowercase letters, digits, '_', '.', '-', "
             "starting with a letter, at most 39 characters")
@@ -56,7 +56,7 @@ def validate_user_name(name: str) -> str:
 
 
 def validate_key_name(name: str) -> str:
-    if not KEY_NAME_RE.match(name):
+    if not KEY_NAME_RE.fullmatch(name):
         raise InvalidInputError(
             f"invalid key name {name[:70]!r}: use letters, digits, '_', '.', '@', '-' "
             "(at most 64 characters)")
@@ -64,7 +64,7 @@ def validate_key_name(name: str) -> str:
 
 
 def validate_config_key(key: str) -> str:
-    if not CONFIG_KEY_RE.match(key):
+    if not CONFIG_KEY_RE.fullmatch(key):
         raise InvalidInputError(
             f"invalid config name {key[:70]!r}: use uppercase letters, digits and '_', "
             "not starting with a digit (like OPENAI_API_KEY)")

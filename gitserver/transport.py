@@ -1,14 +1,19 @@
 """Git over SSH: pipe the channel to the real ``git-receive-pack``/``git-upload-pack``.
 
-The child's stdin/stdout/stderr are plain OS pipes handed to asyncssh's
-``redirect`` with a large buffer, so pack data never passes through Python objects
-line by line.
+The child's stdio are asyncio streams handed to asyncssh's ``redirect`` with a
+256 KiB buffer, so pack data moves in large chunks.
+
+Its stdin goes through an ``asyncio.StreamWriter``, not a bare pipe: asyncssh's pipe
+writer calls ``write_eof`` from inside the transport's ``resume_writing`` callback, and
+CPython's ``_UnixWritePipeTransport._write_ready`` then closes the pipe with data still
+buffered. A big push whose client sends EOF right after the pack (git does) lost its
+tail ("fatal: early EOF" from unpack-objects). The stream writer writes EOF from its
+own task, after the last byte.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,21 +38,11 @@ def repo_name(arg: str) -> str:
 
 async def serve(process: Any, service: str, repo: Path, env: Mapping[str, str]) -> int:
     """Run ``service`` on ``repo`` with the SSH channel as its stdio; return its status."""
-    child_env = proc.base_env(env)
-    in_r, in_w = os.pipe()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+    child = await asyncio.create_subprocess_exec(
+        service, str(repo), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=proc.base_env(env), limit=REDIRECT_BUFSIZE)
     try:
-        child = await asyncio.create_subprocess_exec(
-            service, str(repo), stdin=in_r, stdout=out_w, stderr=err_w, env=child_env)
-    except BaseException:
-        for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
-            os.close(fd)
-        raise
-    for fd in (in_r, out_w, err_w):
-        os.close(fd)
-    try:
-        await process.redirect(stdin=in_w, stdout=out_r, stderr=err_r,
+        await process.redirect(stdin=child.stdin, stdout=child.stdout, stderr=child.stderr,
                                bufsize=REDIRECT_BUFSIZE, send_eof=False)
         status = await child.wait()
         await process.stdout.drain()

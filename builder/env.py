@@ -1,0 +1,198 @@
+"""Dependency environments, one per (uv.lock, interpreter), shared by every release.
+
+``envs/<key>/`` is built in place by ``uv sync --frozen --no-install-project`` with
+``UV_PROJECT_ENVIRONMENT`` pointing at it; the project's own code is never installed
+(the runner puts the release's ``app/`` and ``app/src`` on ``sys.path``). The marker
+``.crewship-ready`` is written last: a directory without it is a half-built env and
+is removed and rebuilt. A cache hit touches nothing in the env.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+from builder.validate import lockfile_finding
+from crewship import proc
+from crewship.errors import BuildError, ValidationError
+from crewship.reporter import Reporter
+
+READY_MARKER = ".crewship-ready"
+SYNC_TIMEOUT = 1800.0
+KEY_LENGTH = 24  # hex chars; short enough to keep script shebangs well under 127 bytes
+_PROBE = ("import json, os, platform, sys; print(json.dumps({'version': platform.python_version(),"
+          " 'full': sys.version, 'executable': os.path.realpath(sys.executable)}))")
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """The Python crew environments are built with, as it reports itself."""
+
+    path: str
+    version: str       # "3.11.7"
+    full: str          # sys.version: version, build, compiler
+    executable: str    # realpath of sys.executable
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    key: str
+    path: Path
+    python_path: Path
+    python_version: str
+    cache_hit: bool
+
+
+def default_uv() -> str:
+    """The uv next to our own interpreter (a dependency of crewship), else uv on PATH."""
+    found = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if found is None:
+        raise BuildError("uv not found: install crewship's dependencies (uv is one of them)")
+    return found
+
+
+def env_key(lock: bytes, interpreter: Interpreter) -> str:
+    digest = hashlib.sha256(lock)
+    digest.update(b"\0" + interpreter.full.encode() + b"\0" + interpreter.executable.encode())
+    return digest.hexdigest()[:KEY_LENGTH]
+
+
+def requires_python_error(requires: str | None, interpreter: Interpreter) -> BuildError | None:
+    """Why the project's ``requires-python`` excludes the server's interpreter, if it does."""
+    if not requires:
+        return None
+    try:
+        spec = SpecifierSet(requires)
+    except InvalidSpecifier:
+        return ValidationError(
+            "invalid_pyproject", f"requires-python = {requires!r} is not a valid specifier",
+            'Use a PEP 440 specifier such as ">=3.10,<3.14".')
+    if spec.contains(interpreter.version, prereleases=True):
+        return None
+    return BuildError(
+        f"the project requires Python {requires} but this server builds with Python "
+        f"{interpreter.version} ({interpreter.path}); widen requires-python in pyproject.toml "
+        f"(and run `uv lock`), or start the server with CREWSHIP_PYTHON=<path to a Python "
+        f"matching {requires}>")
+
+
+def _requires_python(project_dir: Path) -> str | None:
+    try:
+        with (project_dir / "pyproject.toml").open("rb") as f:
+            value = tomllib.load(f).get("project", {}).get("requires-python")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+class EnvBuilder:
+    """Builds and reuses ``envs/<key>/``; one build per key at a time."""
+
+    def __init__(self, envs_dir: Path, python: str, uv: str | None = None) -> None:
+        self.envs_dir = envs_dir
+        self.python = python
+        self.uv = uv or default_uv()
+        self._interpreter: Interpreter | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def interpreter(self) -> Interpreter:
+        """Ask the configured interpreter who it is (once)."""
+        if self._interpreter is None:
+            try:
+                result = await proc.run([self.python, "-c", _PROBE], timeout=30.0)
+                data = json.loads(result.text)
+            except (proc.CommandError, OSError, ValueError) as exc:
+                raise BuildError(f"cannot run the build interpreter {self.python}: {exc} "
+                                 "(set CREWSHIP_PYTHON to a working python)") from exc
+            self._interpreter = Interpreter(self.python, str(data["version"]),
+                                            str(data["full"]), str(data["executable"]))
+        return self._interpreter
+
+    def _ref(self, key: str, interpreter: Interpreter, cache_hit: bool) -> EnvRef:
+        path = self.envs_dir / key
+        return EnvRef(key, path, path / "bin" / "python", interpreter.version, cache_hit)
+
+    async def key_for(self, project_dir: Path) -> str:
+        """The env key of a project tree (raises ``missing_lockfile`` without uv.lock)."""
+        finding = lockfile_finding(project_dir)
+        if finding is not None:
+            raise ValidationError(finding.code, finding.message, finding.fix)
+        return env_key((project_dir / "uv.lock").read_bytes(), await self.interpreter())
+
+    async def ensure(self, project_dir: Path, report: Reporter) -> EnvRef:
+        """The environment for ``project_dir``'s uv.lock, built unless it exists."""
+        key = await self.key_for(project_dir)
+        interpreter = await self.interpreter()
+        error = requires_python_error(_requires_python(project_dir), interpreter)
+        if error is not None:
+            raise error
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            path = self.envs_dir / key
+            if (path / READY_MARKER).is_file():
+                report.step("Installing dependencies (cache hit)")
+                return self._ref(key, interpreter, cache_hit=True)
+            report.step("Installing dependencies")
+            await self._build(project_dir, path, report)
+            _write_marker(path, key, interpreter)
+            return self._ref(key, interpreter, cache_hit=False)
+
+    async def _build(self, project_dir: Path, path: Path, report: Reporter) -> None:
+        await asyncio.to_thread(_reset_dir, path)
+        argv = [self.uv, "sync", "--frozen", "--no-install-project", "--compile-bytecode",
+                "--python", self.python]
+        env = proc.base_env({
+            "UV_PROJECT_ENVIRONMENT": str(path),
+            "UV_PYTHON_DOWNLOADS": "never",
+            "UV_NO_PROGRESS": "1",
+        })
+        for name in ("VIRTUAL_ENV", "UV_PYTHON", "PYTHONHOME", "PYTHONPATH"):
+            env.pop(name, None)
+        try:
+            await proc.stream(argv, report.info, env=env, cwd=project_dir,
+                              timeout=SYNC_TIMEOUT)
+        except (proc.CommandError, OSError) as exc:
+            await asyncio.to_thread(shutil.rmtree, path, True)
+            tail = "\n".join(getattr(exc, "output", str(exc)).strip().splitlines()[-8:])
+            raise BuildError(f"installing dependencies failed (uv sync):\n{tail}") from exc
+
+    def gc(self, keep: set[str]) -> list[str]:
+        """Remove every env whose key is not in ``keep`` (and not being built)."""
+        removed: list[str] = []
+        if not self.envs_dir.is_dir():
+            return removed
+        for entry in sorted(self.envs_dir.iterdir()):
+            lock = self._locks.get(entry.name)
+            if entry.name in keep or (lock is not None and lock.locked()):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry.name)
+        return removed
+
+
+def _reset_dir(path: Path) -> None:
+    """Remove a half-built env and make sure its parent exists."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _write_marker(path: Path, key: str, interpreter: Interpreter) -> None:
+    data = {"key": key, "python": interpreter.path, "python_version": interpreter.version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    tmp = path / f"{READY_MARKER}.tmp"
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path / READY_MARKER)

@@ -1,0 +1,223 @@
+"""Turn a pushed commit into an immutable release directory.
+
+    releases/<app>/v<N>/
+        app/                  the commit's tree (read-only)
+        crewship_runner.py    the stdlib-only runner, copied from runtime/runner.py
+        release.json          what the runtime needs to start it (``ReleaseMeta``)
+
+Order: validate (layout errors fail within 2 s, before anything is installed), then
+the dependency environment (``EnvBuilder``, shared by key), then the release is
+assembled under ``tmp/`` and renamed into place in one step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import Set as AbstractSet
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from builder.env import EnvBuilder, EnvRef
+from builder.export import export_commit
+from builder.project import Finding, ProjectInfo
+from builder.validate import check_lockfile, validate
+from crewship.config import Layout
+from crewship.errors import BuildError, ConflictError, NotFoundError, ValidationError
+from crewship.reporter import Reporter
+
+RELEASE_FILE = "release.json"
+RUNNER_FILE = "crewship_runner.py"
+
+
+@dataclass(frozen=True)
+class ReleaseMeta:
+    """The contents of ``release.json``."""
+
+    app: str
+    version: int
+    commit: str
+    dir: Path
+    env_key: str
+    env_path: Path
+    python: str
+    kind: str
+    package: str
+    definition: str | None
+    entrypoint: str | None
+    created_at: str
+
+    @property
+    def app_dir(self) -> Path:
+        return self.dir / "app"
+
+    @property
+    def python_path(self) -> Path:
+        return self.env_path / "bin" / "python"
+
+    @property
+    def runner(self) -> Path:
+        return self.dir / RUNNER_FILE
+
+
+@dataclass(frozen=True)
+class BuiltRelease:
+    app: str
+    version: int
+    commit: str
+    dir: Path
+    env: EnvRef
+    info: ProjectInfo
+    meta: ReleaseMeta
+
+
+def default_runner_source() -> Path:
+    """``runtime/runner.py``, found without importing the runtime package."""
+    spec = importlib.util.find_spec("runtime")
+    if spec is None or spec.origin is None:
+        raise BuildError("the runtime package is not installed: cannot place the runner")
+    return Path(spec.origin).parent / "runner.py"
+
+
+def load_release(release_dir: Path) -> ReleaseMeta:
+    """Read ``release.json`` of a built release."""
+    try:
+        data: dict[str, Any] = json.loads((release_dir / RELEASE_FILE).read_text())
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"release not found: {release_dir}") from exc
+    except ValueError as exc:
+        raise BuildError(f"corrupt {RELEASE_FILE} in {release_dir}: {exc}") from exc
+    data["dir"] = release_dir
+    data["env_path"] = Path(data["env_path"])
+    data["version"] = int(data["version"])
+    return ReleaseMeta(**data)
+
+
+def runner_argv(release: ReleaseMeta | BuiltRelease, host: str, port: int,
+                instance: str) -> list[str]:
+    """The command that starts one instance of a release, run from any directory."""
+    meta = release.meta if isinstance(release, BuiltRelease) else release
+    argv = [str(meta.python_path), str(meta.runner), "--app-dir", str(meta.app_dir),
+            "--kind", meta.kind, "--package", meta.package]
+    if meta.definition:
+        argv += ["--definition", meta.definition]
+    if meta.entrypoint:
+        argv += ["--entrypoint", meta.entrypoint]
+    return [*argv, "--host", host, "--port", str(port), "--instance", instance]
+
+
+def report_findings(findings: list[Finding] | tuple[Finding, ...], report: Reporter) -> None:
+    """Every finding as ``<severity> <code>: <message>`` plus its detail and ``fix:`` lines."""
+    for finding in findings:
+        report.warn(f"{finding.severity} {finding.code}: {finding.message}")
+        if finding.detail:
+            report.info(finding.detail)
+        if finding.fix:
+            report.info(f"fix: {finding.fix}")
+
+
+def _set_writable(root: Path, writable: bool) -> None:
+    """Add or remove every write bit below ``root`` (directories keep theirs)."""
+    for dirpath, _dirnames, filenames in os.walk(root):
+        if writable:
+            Path(dirpath).chmod(Path(dirpath).stat().st_mode | stat.S_IWUSR)
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                continue
+            mode = path.stat().st_mode
+            no_write = mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+            path.chmod(mode | stat.S_IWUSR if writable else no_write)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class ReleaseBuilder:
+    """Builds ``releases/<app>/v<N>/`` from a commit of ``repos/<app>.git``."""
+
+    def __init__(self, layout: Layout, envs: EnvBuilder,
+                 runner_source: Path | None = None) -> None:
+        self.layout = layout
+        self.envs = envs
+        self.runner_source = runner_source
+
+    async def build(self, app: str, version: int, repo: Path, commit: str, report: Reporter,
+                    config_keys: AbstractSet[str] = frozenset()) -> BuiltRelease:
+        dest = self.layout.release_dir(app, version)
+        if dest.exists():
+            raise ConflictError(f"release v{version} of {app} already exists")
+        self.layout.tmp.mkdir(parents=True, exist_ok=True)
+        work = self.layout.tmp / f"build-{app}-v{version}-{uuid.uuid4().hex[:8]}"
+        work.mkdir()
+        try:
+            report.step("Validating")
+            info = await self._validate(repo, commit, work / "app", report, config_keys)
+            env = await self.envs.ensure(work / "app", report)
+            self._assemble(app, version, commit, work, env, info)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(work, dest)
+            except OSError as exc:
+                raise ConflictError(f"release v{version} of {app} already exists") from exc
+        finally:
+            if work.exists():
+                await asyncio.to_thread(_remove_tree, work)
+        meta = load_release(dest)
+        report.info(f"release v{version}: {info.kind} {info.package}, env {env.key[:12]}, "
+                    f"Python {env.python_version}")
+        return BuiltRelease(app, version, commit, dest, env, info, meta)
+
+    async def _validate(self, repo: Path, commit: str, tree: Path, report: Reporter,
+                        config_keys: AbstractSet[str]) -> ProjectInfo:
+        await export_commit(repo, commit, tree)
+        result = await asyncio.to_thread(validate, tree, config_keys)
+        findings = list(result.findings)
+        if result.ok:
+            stale = await check_lockfile(tree, self.envs.uv, self.envs.python)
+            findings += [stale] if stale else []
+        report_findings(findings, report)
+        if result.errors:
+            first = result.errors[0]
+            raise ValidationError(first.code, first.message, first.fix)
+        assert result.info is not None
+        return result.info
+
+    def _assemble(self, app: str, version: int, commit: str, work: Path, env: EnvRef,
+                  info: ProjectInfo) -> None:
+        runner = self.runner_source or default_runner_source()
+        if not runner.is_file():
+            raise BuildError(f"the runner is missing at {runner}: reinstall crewship")
+        shutil.copyfile(runner, work / RUNNER_FILE)
+        dest = self.layout.release_dir(app, version)
+        meta = ReleaseMeta(
+            app=app, version=version, commit=commit, dir=dest, env_key=env.key,
+            env_path=env.path, python=env.python_version, kind=info.kind,
+            package=info.package, definition=info.definition, entrypoint=info.entrypoint,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        data = asdict(meta)
+        del data["dir"]
+        data["env_path"] = str(env.path)
+        _write_json(work / RELEASE_FILE, data)
+        _set_writable(work, writable=False)
+
+    def remove_release(self, app: str, version: int) -> None:
+        """Delete a release directory (restoring write bits first); idempotent."""
+        path = self.layout.release_dir(app, version)
+        if path.exists():
+            _remove_tree(path)
+
+
+def _remove_tree(path: Path) -> None:
+    _set_writable(path, writable=True)
+    shutil.rmtree(path)

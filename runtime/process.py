@@ -1,0 +1,292 @@
+"""ProcessBackend: each instance is a child process in its own session.
+
+- The argv runs with the spec's explicit environment, stdout and stderr appended
+  (``O_APPEND``) to the app's log file, in a new session (``start_new_session``) so
+  it outlives the daemon: a restarted daemon adopts it instead of starting a twin.
+- Each instance is recorded in ``instances/<id>.json`` (written atomically) with its
+  pid and the start time from ``/proc/<pid>/stat``, so a recycled pid is never
+  mistaken for ours. The record goes when the instance is stopped or reaped.
+- Exits are noticed through a pidfd (also for adopted processes, which are not our
+  children), falling back to polling ``/proc``.
+
+Why ``subprocess.Popen`` and not ``asyncio.create_subprocess_exec`` (the house
+helper): asyncio's subprocess transport kills a still-running child when it is
+closed or garbage-collected, and these children must survive the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crewship.config import Layout
+from crewship.log import get as get_logger
+from runtime.backend import STATUS_UNKNOWN, BackendError, InstanceRef, InstanceSpec
+from runtime.logs import LOG_NAME, open_append
+
+_SAFE_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+_KILL_WAIT = 10.0
+log = get_logger(__name__)
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks) of ``pid`` from ``/proc``, or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[19])  # fields 3 and 22 of proc(5)
+
+
+def is_running(pid: int, start: int) -> bool:
+    """``pid`` is alive (not a zombie) and is the process that started at ``start``."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X") and stat[1] == start
+
+
+@dataclass
+class _Tracked:
+    ref: InstanceRef
+    pid: int
+    start: int
+    popen: subprocess.Popen[bytes] | None = None
+    exited: asyncio.Future[int] | None = None
+    watcher: asyncio.Task[None] | None = None
+
+
+class ProcessBackend:
+    """Instances as local processes; see the module docstring."""
+
+    def __init__(self, layout: Layout, poll_interval: float = 0.2) -> None:
+        self._layout = layout
+        self._poll = poll_interval
+        self._tracked: dict[str, _Tracked] = {}
+        self._statuses: OrderedDict[str, int] = OrderedDict()
+
+    # -- start -------------------------------------------------------------
+
+    async def start(self, spec: InstanceSpec) -> InstanceRef:
+        if not spec.argv:
+            raise BackendError(f"cannot start {spec.name}: empty command")
+        ident = f"{spec.app}-{spec.name}-{secrets.token_hex(3)}"
+        if not _SAFE_ID.match(ident):
+            raise BackendError(f"cannot start {spec.name}: unsafe app name {spec.app!r}")
+        fd = open_append(self._layout.app_logs(spec.app) / LOG_NAME)
+        try:
+            popen = await asyncio.to_thread(_spawn, spec, fd)
+        except OSError as exc:
+            raise BackendError(f"cannot start {spec.name}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
+        stat = proc_stat(popen.pid)
+        ref = InstanceRef(id=ident, app=spec.app, release=spec.release, index=spec.index,
+                          host=spec.host, port=spec.port, pid=popen.pid,
+                          started_at=time.time())
+        tracked = _Tracked(ref, popen.pid, stat[1] if stat else -1, popen)
+        self._tracked[ident] = tracked
+        self._write_record(tracked, spec.argv[0])
+        log.info("instance_started", app=spec.app, instance=ident, pid=popen.pid)
+        return ref
+
+    def _record_path(self, ident: str) -> Path:
+        return self._layout.instances / f"{ident}.json"
+
+    def _write_record(self, tracked: _Tracked, argv0: str) -> None:
+        ref = tracked.ref
+        record = {"id": ref.id, "app": ref.app, "release": ref.release, "index": ref.index,
+                  "pid": tracked.pid, "proc_start": tracked.start, "host": ref.host,
+                  "port": ref.port, "started_at": ref.started_at, "argv0": argv0}
+        path = self._record_path(ref.id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record, sort_keys=True))
+        os.replace(tmp, path)
+
+    # -- stop and wait -----------------------------------------------------
+
+    async def stop(self, ref: InstanceRef, grace: float) -> None:
+        tracked = self._find(ref)
+        if tracked is None:
+            return  # gone and forgotten already: stopping is idempotent
+        exited = self._exit_future(tracked)
+        if exited.done():
+            return
+        self._signal(tracked, signal.SIGTERM, group=False)
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), grace)
+            return
+        except TimeoutError:
+            pass
+        log.info("instance_killed", app=ref.app, instance=ref.id, grace=grace)
+        self._signal(tracked, signal.SIGKILL, group=True)
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), _KILL_WAIT)
+        except TimeoutError:
+            raise BackendError(f"{ref.name} (pid {tracked.pid}) survived SIGKILL") from None
+
+    async def wait(self, ref: InstanceRef) -> int:
+        tracked = self._find(ref)
+        if tracked is None:
+            if ref.id in self._statuses:
+                return self._statuses[ref.id]
+            raise BackendError(f"unknown instance {ref.id}")
+        return await asyncio.shield(self._exit_future(tracked))
+
+    def _find(self, ref: InstanceRef) -> _Tracked | None:
+        tracked = self._tracked.get(ref.id)
+        if tracked is not None:
+            return tracked
+        record = self._read_record(self._record_path(ref.id))
+        if record is None or record["pid"] != ref.pid:
+            return None
+        tracked = _Tracked(ref, int(record["pid"]), int(record["proc_start"]))
+        self._tracked[ref.id] = tracked
+        return tracked
+
+    def _signal(self, tracked: _Tracked, signum: signal.Signals, *, group: bool) -> None:
+        if tracked.popen is None and not is_running(tracked.pid, tracked.start):
+            return  # not ours (any more): never signal a recycled pid
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(tracked.pid, signum)
+            else:
+                os.kill(tracked.pid, signum)
+
+    def _exit_future(self, tracked: _Tracked) -> asyncio.Future[int]:
+        if tracked.exited is None:
+            tracked.exited = asyncio.get_running_loop().create_future()
+            tracked.watcher = asyncio.create_task(self._watch(tracked),
+                                                  name=f"watch-{tracked.ref.id}")
+        return tracked.exited
+
+    async def _watch(self, tracked: _Tracked) -> None:
+        await self._until_gone(tracked)
+        status = await self._reap(tracked)
+        self._record_path(tracked.ref.id).unlink(missing_ok=True)
+        self._tracked.pop(tracked.ref.id, None)
+        self._statuses[tracked.ref.id] = status
+        while len(self._statuses) > 1024:
+            self._statuses.popitem(last=False)
+        log.info("instance_exited", app=tracked.ref.app, instance=tracked.ref.id,
+                 status=status)
+        assert tracked.exited is not None
+        if not tracked.exited.done():
+            tracked.exited.set_result(status)
+
+    async def _until_gone(self, tracked: _Tracked) -> None:
+        try:
+            pidfd = os.pidfd_open(tracked.pid)
+        except ProcessLookupError:
+            return
+        except OSError:  # no pidfd here (old kernel, seccomp): poll /proc
+            while True:
+                if not self._alive(tracked):
+                    return
+                await asyncio.sleep(self._poll)
+        loop = asyncio.get_running_loop()
+        gone: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(pidfd, _resolve, gone)
+        try:
+            if self._alive(tracked):  # the pidfd may name a newer process
+                await gone
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+
+    def _alive(self, tracked: _Tracked) -> bool:
+        # /proc, not waitpid: an exited child stays a zombie (its pid ours) until _reap
+        if tracked.popen is not None and tracked.popen.returncode is not None:
+            return False
+        return is_running(tracked.pid, tracked.start)
+
+    async def _reap(self, tracked: _Tracked) -> int:
+        """The exit status; also SIGKILLs what is left of the instance's group."""
+        if tracked.popen is None:
+            return _reap_foreign(tracked)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(tracked.pid, signal.SIGKILL)  # the leader is a zombie: pid still ours
+        for _ in range(100):
+            code = tracked.popen.poll()
+            if code is not None:
+                return code
+            await asyncio.sleep(0.01)
+        return STATUS_UNKNOWN
+
+    # -- list and close ----------------------------------------------------
+
+    async def list(self, app: str | None = None) -> list[InstanceRef]:
+        refs = []
+        for path in sorted(self._layout.instances.glob("*.json")):
+            record = self._read_record(path)
+            if record is None or (app is not None and record["app"] != app):
+                continue
+            pid, start = int(record["pid"]), int(record["proc_start"])
+            if not is_running(pid, start):
+                path.unlink(missing_ok=True)
+                continue
+            ref = _ref_from(record)
+            self._tracked.setdefault(ref.id, _Tracked(ref, pid, start))
+            refs.append(ref)
+        return refs
+
+    def _read_record(self, path: Path) -> dict[str, Any] | None:
+        try:
+            record: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            log.warning("instance_record_unreadable", path=str(path))
+            return None
+        return record
+
+    async def aclose(self) -> None:
+        """Stop watching; the instances keep running for the next daemon to adopt."""
+        tasks = [t.watcher for t in self._tracked.values() if t.watcher is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for tracked in self._tracked.values():
+            if tracked.exited is not None and not tracked.exited.done():
+                tracked.exited.cancel()
+        self._tracked.clear()
+
+
+def _spawn(spec: InstanceSpec, log_fd: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        spec.argv, env=spec.env, cwd=spec.cwd, stdin=subprocess.DEVNULL,
+        stdout=log_fd, stderr=log_fd, start_new_session=True, close_fds=True)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _reap_foreign(tracked: _Tracked) -> int:
+    """An adopted instance: its status is known only if it happens to be our child."""
+    if proc_stat(tracked.pid) != ("Z", tracked.start):
+        return STATUS_UNKNOWN  # reaped by someone else; never waitpid a recycled pid
+    try:
+        pid, status = os.waitpid(tracked.pid, os.WNOHANG)
+    except ChildProcessError:
+        return STATUS_UNKNOWN
+    return os.waitstatus_to_exitcode(status) if pid else STATUS_UNKNOWN
+
+
+def _ref_from(record: dict[str, Any]) -> InstanceRef:
+    return InstanceRef(id=str(record["id"]), app=str(record["app"]),
+                       release=int(record["release"]), index=int(record["index"]),
+                       host=str(record["host"]), port=int(record["port"]),
+                       pid=int(record["pid"]), started_at=float(record["started_at"]))

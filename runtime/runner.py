@@ -1,0 +1,590 @@
+"""crewship's in-crew runner: loads one CrewAI project and serves the daemon's internal API.
+
+The builder copies this file into every release as ``crewship_runner.py``; the supervisor
+starts it with the release's own interpreter (which has crewai, the daemon never does)::
+
+    python crewship_runner.py --app-dir APP --kind crew|json_crew|flow|declarative_flow|entrypoint
+        --package PKG [--definition REL_PATH] [--entrypoint pkg.mod:callable]
+        --host 127.0.0.1 --port N --instance v3.1
+
+Standard library only (crewai is imported lazily), Python 3.10+. The crew is loaded
+before the port is bound, so a crew that cannot load exits non-zero with its traceback.
+HTTP API (JSON bodies): ``GET /healthz``, ``GET /inputs``, ``POST /runs`` (blocks until
+the run ends), ``GET /runs/{id}``, ``POST /runs/{id}/stop``. SIGTERM/SIGINT: refuse new
+runs (503), let running ones finish, exit 0. Every output line is written as
+``<ISO-8601 UTC ms>Z [<instance>] <text>`` to the inherited stdout/stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import inspect
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+KINDS = ("crew", "json_crew", "flow", "declarative_flow", "entrypoint")
+TELEMETRY_ENV = {
+    "CREWAI_DISABLE_TELEMETRY": "true",
+    "OTEL_SDK_DISABLED": "true",
+    "CREWAI_TRACING_ENABLED": "false",
+    "CREWAI_DISABLE_VERSION_CHECK": "true",
+}
+FINISHED_KEPT = 1000
+TEXT_LIMIT = 2000
+
+
+# ---- output: one timestamped, instance-tagged line per write ---------------------------------
+
+
+def timestamp() -> str:
+    now = datetime.now(timezone.utc)  # noqa: UP017 (the runner also runs on Python 3.10)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+class LinePrefixer:
+    """A text stream that writes each complete line to ``fd`` as ``<ts> [<tag>] <line>``.
+
+    Partial lines are buffered per thread, so concurrent runs do not splice each other's
+    lines; each finished line is one ``os.write`` (atomic on an O_APPEND log file).
+    """
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, fd: int, tag: str) -> None:
+        self._fd = fd
+        self._tag = tag
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        pending = getattr(self._local, "pending", "") + text
+        *lines, self._local.pending = pending.split("\n")
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def _emit(self, line: str) -> None:
+        data = f"{timestamp()} [{self._tag}] {line.rstrip(chr(13))}\n".encode("utf-8", "replace")
+        with self._lock:
+            while data:
+                data = data[os.write(self._fd, data) :]
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        """Complete lines are already written; a partial line waits for its newline."""
+
+    def close_line(self) -> None:
+        pending = getattr(self._local, "pending", "")
+        if pending:
+            self._local.pending = ""
+            self._emit(pending)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+
+def install_output(instance: str) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    sys.stdout = LinePrefixer(1, instance)  # type: ignore[assignment]
+    sys.stderr = LinePrefixer(2, instance)  # type: ignore[assignment]
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stdout, flush=True)
+
+
+# ---- loading the project ---------------------------------------------------------------------
+
+
+class Project:
+    """A loaded project: ``build()`` makes a fresh crew/flow/callable for one run."""
+
+    def __init__(
+        self,
+        kind: str,
+        build: Callable[[], Any],
+        inputs: list[str],
+        defaults: dict[str, Any] | None = None,
+        total_tasks: int = 0,
+    ) -> None:
+        self.kind = kind
+        self.build = build
+        self.inputs = inputs
+        self.defaults = defaults or {}
+        self.total_tasks = total_tasks
+
+
+def _module_classes(module: Any, accept: Callable[[type], bool]) -> list[type]:
+    return [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type) and value.__module__ == module.__name__ and accept(value)
+    ]
+
+
+def _is_crew_class(value: Any) -> bool:
+    return bool(getattr(value, "is_crew_class", False))
+
+
+def _is_flow_class(value: Any) -> bool:
+    from crewai.flow import Flow
+
+    return isinstance(value, type) and issubclass(value, Flow) and value is not Flow
+
+
+def _flow_inputs(flow: Any) -> list[str]:
+    state = flow.state
+    fields = state.keys() if isinstance(state, dict) else type(state).model_fields
+    return [name for name in fields if name != "id"]
+
+
+def _crew_project(kind: str, build: Callable[[], Any], defaults: dict[str, Any]) -> Project:
+    crew = build()
+    inputs = sorted(set(crew.fetch_inputs()) - set(defaults))
+    return Project(kind, build, inputs, defaults, total_tasks=len(crew.tasks))
+
+
+def load_project(args: argparse.Namespace) -> Project:
+    kind = args.kind
+    if kind == "crew":
+        module = importlib.import_module(f"{args.package}.crew")
+        classes = _module_classes(module, _is_crew_class)
+        if not classes:
+            raise LookupError(f"no @CrewBase class in src/{args.package}/crew.py")
+        return _crew_project(kind, lambda: classes[0]().crew(), {})
+    if kind == "json_crew":
+        from crewai.project.crew_loader import load_crew
+
+        path = Path(args.definition or "crew.jsonc").resolve()
+        _, defaults = load_crew(path)
+        return _crew_project(kind, lambda: load_crew(path)[0], dict(defaults or {}))
+    if kind == "flow":
+        module = importlib.import_module(f"{args.package}.main")
+        classes = _module_classes(module, _is_flow_class)
+        leaves = [c for c in classes if not any(o is not c and issubclass(o, c) for o in classes)]
+        if not leaves:
+            raise LookupError(f"no Flow subclass in src/{args.package}/main.py")
+        return Project(kind, leaves[0], _flow_inputs(leaves[0]()))
+    if kind == "declarative_flow":
+        from crewai.flow import Flow
+
+        if not args.definition:
+            raise ValueError("--definition is required for a declarative flow")
+        path = Path(args.definition).resolve()
+        return Project(
+            kind, lambda: Flow.from_declaration(path=path), _flow_inputs(Flow.from_declaration(path=path))
+        )
+    return _entrypoint_project(args.entrypoint)
+
+
+def _entrypoint_project(spec: str | None) -> Project:
+    """``pkg.mod:callable``: a crew class, a Flow class, a factory, or a function of inputs."""
+    if not spec or ":" not in spec:
+        raise ValueError("--entrypoint must look like pkg.module:callable")
+    module_name, _, attr = spec.partition(":")
+    target = getattr(importlib.import_module(module_name), attr)
+    if _is_crew_class(target):
+        return _crew_project("entrypoint", lambda: target().crew(), {})
+    if _is_flow_class(target):
+        return Project("entrypoint", target, _flow_inputs(target()))
+    params = [
+        p
+        for p in inspect.signature(target).parameters.values()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if params:
+        return Project("entrypoint", lambda: target, list(getattr(target, "inputs", [])))
+    sample = target()
+    if hasattr(sample, "fetch_inputs"):
+        return _crew_project("entrypoint", target, {})
+    if hasattr(sample, "kickoff"):
+        return Project("entrypoint", target, _flow_inputs(sample))
+    raise TypeError(f"{spec} returned {type(sample).__name__}, not a Crew or a Flow")
+
+
+# ---- runs ------------------------------------------------------------------------------------
+
+
+def _clip(value: Any) -> str | None:
+    return None if value is None else str(value)[:TEXT_LIMIT]
+
+
+def _usage(metrics: Any) -> dict[str, int] | None:
+    if metrics is None:
+        return None
+    keys = ("total_tokens", "prompt_tokens", "completion_tokens")
+    return {k: int(getattr(metrics, k, 0) or 0) for k in keys}
+
+
+class Run:
+    def __init__(self, kickoff_id: str, total_tasks: int) -> None:
+        self.kickoff_id = kickoff_id
+        self.state = "RUNNING"
+        self.started = time.monotonic()
+        self.task_names: list[str] = []
+        self.completed_tasks = 0
+        self.total_tasks = total_tasks
+        self.last_step: dict[str, Any] | None = None
+        self.task_times: list[float] = []
+        self.outcome: dict[str, Any] = {}
+        self.finished = threading.Event()
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+    def check_revoked(self) -> None:
+        """Called from crewAI's callbacks: a revoked run stops at its next step (best effort)."""
+        if self.state == "REVOKED":
+            raise RuntimeError(f"kickoff {self.kickoff_id} was stopped")
+
+    def on_step(self, step: Any) -> None:
+        self.check_revoked()
+        self.last_step = {
+            "thought": _clip(getattr(step, "thought", None)),
+            "tool": _clip(getattr(step, "tool", None)),
+            "tool_input": _clip(getattr(step, "tool_input", None)),
+            "result": _clip(getattr(step, "result", None) or getattr(step, "output", None)),
+        }
+
+    def current_task(self) -> str | None:
+        names = self.task_names
+        return names[self.completed_tasks] if self.completed_tasks < len(names) else None
+
+    def on_task(self, output: Any) -> None:
+        self.task_times.append(time.monotonic())
+        self.completed_tasks += 1
+        self.check_revoked()
+
+    def status(self) -> dict[str, Any]:
+        if self.state != "RUNNING":
+            return {"kickoff_id": self.kickoff_id, **self.outcome}
+        return {
+            "kickoff_id": self.kickoff_id,
+            "state": "RUNNING",
+            "current_task": self.current_task(),
+            "progress": {"completed_tasks": self.completed_tasks, "total_tasks": self.total_tasks},
+            "last_step": self.last_step,
+            "execution_time": self.elapsed(),
+        }
+
+
+def _chain(first: Callable[[Any], Any], then: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    def callback(value: Any) -> Any:
+        first(value)
+        return then(value) if then else None
+
+    return callback
+
+
+def _crew_result(run: Run, output: Any) -> dict[str, Any]:
+    marks = [run.started, *run.task_times]
+    tasks = [
+        {
+            "task_id": task.name or f"task_{i + 1}",
+            "output": task.raw,
+            "agent": (task.agent or "").strip(),
+            "execution_time": round(marks[i + 1] - marks[i], 3) if i + 1 < len(marks) else None,
+        }
+        for i, task in enumerate(output.tasks_output)
+    ]
+    return {
+        "result": output.raw,
+        "result_json": output.json_dict,
+        "tasks": tasks,
+        "token_usage": _usage(output.token_usage),
+    }
+
+
+def _flow_result(flow: Any, output: Any) -> dict[str, Any]:
+    if hasattr(output, "tasks_output"):  # a flow whose last step returned a CrewOutput
+        return _crew_result(Run("", 0), output)
+    if hasattr(output, "raw"):  # an agent's output: keep its text, not its transcript
+        result, result_json = str(output.raw), getattr(output, "json_dict", None)
+    elif isinstance(output, dict):
+        result, result_json = json.dumps(output, default=str), output
+    elif hasattr(output, "model_dump"):
+        result, result_json = str(output), output.model_dump(mode="json")
+    else:
+        result, result_json = ("" if output is None else str(output)), None
+    return {
+        "result": result,
+        "result_json": result_json,
+        "tasks": [],
+        "token_usage": _usage(getattr(flow, "usage_metrics", None)),
+    }
+
+
+class Runner:
+    """Holds the project and the runs; the HTTP handler is a thin skin over it."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.runs: dict[str, Run] = {}
+        self.lock = threading.Lock()
+        self.draining = False
+
+    def running(self) -> int:
+        with self.lock:
+            return sum(1 for r in self.runs.values() if r.state == "RUNNING")
+
+    def start(self, kickoff_id: str, inputs: dict[str, Any]) -> Run | None:
+        with self.lock:
+            if kickoff_id in self.runs:
+                return None
+            run = Run(kickoff_id, self.project.total_tasks)
+            self.runs[kickoff_id] = run
+            finished = [k for k, r in self.runs.items() if r.state != "RUNNING"]
+            for old in finished[: max(0, len(finished) - FINISHED_KEPT)]:
+                del self.runs[old]
+        thread = threading.Thread(
+            target=self._work, args=(run, inputs), name=f"run-{kickoff_id[:8]}", daemon=True
+        )
+        thread.start()
+        return run
+
+    def _work(self, run: Run, inputs: dict[str, Any]) -> None:
+        say(f"kickoff {run.kickoff_id} started")
+        try:
+            outcome = {"state": "SUCCESS", **self._execute(run, inputs)}
+        except BaseException as exc:  # a run's failure must never take the runner down
+            traceback.print_exc()
+            outcome = {"state": "FAILURE", "error": f"{type(exc).__name__}: {exc}"}
+        self.finish(run, {**outcome, "execution_time": run.elapsed()})
+
+    def _execute(self, run: Run, inputs: dict[str, Any]) -> dict[str, Any]:
+        target = self.project.build()
+        if hasattr(target, "fetch_inputs"):  # a Crew
+            target.step_callback = _chain(run.on_step, target.step_callback)
+            target.task_callback = _chain(run.on_task, target.task_callback)
+            run.task_names = [t.name or f"task_{i + 1}" for i, t in enumerate(target.tasks)]
+            run.total_tasks = len(target.tasks)
+            output = target.kickoff(inputs={**self.project.defaults, **inputs})
+            return _crew_result(run, output)
+        if hasattr(target, "kickoff"):  # a Flow
+            return _flow_result(target, target.kickoff(inputs=inputs))
+        output = target(inputs)
+        if hasattr(output, "tasks_output"):
+            return _crew_result(run, output)
+        return _flow_result(None, output)
+
+    def finish(self, run: Run, outcome: dict[str, Any]) -> None:
+        with self.lock:
+            if run.state != "RUNNING":  # revoked: the late result is discarded
+                return
+            run.state = outcome["state"]
+            run.outcome = outcome
+        run.finished.set()
+        say(f"kickoff {run.kickoff_id} finished {run.state} in {outcome['execution_time']:.1f}s")
+
+    def stop(self, kickoff_id: str) -> tuple[int, dict[str, Any]]:
+        run = self.runs.get(kickoff_id)
+        if run is None:
+            return 404, _not_found(kickoff_id)
+        if run.state != "RUNNING":
+            return 409, {
+                "kickoff_id": kickoff_id,
+                "state": run.state,
+                "error": f"Cannot stop execution. Current state: {run.state}",
+            }
+        self.finish(run, {"state": "REVOKED", "error": "stopped", "execution_time": run.elapsed()})
+        return 200, {"kickoff_id": kickoff_id, "state": "REVOKED"}
+
+
+def _not_found(kickoff_id: str) -> dict[str, Any]:
+    return {
+        "state": "NOT FOUND",
+        "error": "Execution not found",
+        "message": f"No execution found with ID: {kickoff_id}",
+    }
+
+
+# ---- HTTP ------------------------------------------------------------------------------------
+
+RUN_PATH = re.compile(r"^/runs/([^/]+)(/stop)?$")
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: RunnerServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the daemon logs its own requests; kickoffs log their lifecycle."""
+
+    def reply(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body, default=str).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        runner = self.server.runner
+        path = self.path.split("?", 1)[0]
+        match = RUN_PATH.match(path)
+        if path == "/healthz":
+            status = "draining" if runner.draining else "ok"
+            self.reply(
+                503 if runner.draining else 200,
+                {
+                    "status": status,
+                    "kind": runner.project.kind,
+                    "inputs": runner.project.inputs,
+                    "running": runner.running(),
+                },
+            )
+        elif path == "/inputs":
+            self.reply(200, {"inputs": runner.project.inputs})
+        elif match and not match.group(2):
+            run = runner.runs.get(match.group(1))
+            if run is None:
+                self.reply(404, _not_found(match.group(1)))
+            else:
+                self.reply(200, run.status())
+        else:
+            self.reply(404, {"error": "Not Found", "message": f"no route GET {path}"})
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        match = RUN_PATH.match(path)
+        if match and match.group(2):
+            self.reply(*self.server.runner.stop(match.group(1)))
+        elif path == "/runs":
+            self._kickoff()
+        else:
+            self.reply(404, {"error": "Not Found", "message": f"no route POST {path}"})
+
+    def _kickoff(self) -> None:
+        runner = self.server.runner
+        try:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        except ValueError as exc:
+            self.reply(400, {"error": "Bad Request", "message": f"invalid JSON: {exc}"})
+            return
+        inputs = body.get("inputs", {}) if isinstance(body, dict) else None
+        kickoff_id = str(body.get("kickoff_id") or uuid.uuid4()) if isinstance(body, dict) else ""
+        if not isinstance(inputs, dict):
+            self.reply(400, {"error": "Bad Request", "message": "inputs must be a JSON object"})
+            return
+        if runner.draining:
+            self.reply(503, {"error": "Service Unavailable", "message": "runner is stopping"})
+            return
+        run = runner.start(kickoff_id, inputs)
+        if run is None:
+            self.reply(409, {"error": "Conflict", "message": f"kickoff {kickoff_id} exists"})
+            return
+        run.finished.wait()
+        self.reply(200, run.status())
+
+
+class RunnerServer(ThreadingHTTPServer):
+    daemon_threads = False  # server_close() waits for in-flight replies
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], runner: Runner) -> None:
+        super().__init__(address, Handler)
+        self.runner = runner
+
+
+def _drain(server: RunnerServer) -> None:
+    while server.runner.running():
+        time.sleep(0.1)
+    server.shutdown()
+
+
+def install_signals(server: RunnerServer) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
+        if server.runner.draining:
+            return
+        server.runner.draining = True
+        name = signal.Signals(signum).name
+        say(f"{name} received: draining {server.runner.running()} running kickoff(s)")
+        threading.Thread(target=_drain, args=(server,), name="drain", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def warm_up() -> None:
+    """Import what the first LLM call would import lazily (the OpenAI SDK's resources, ~4 s)."""
+    with contextlib.suppress(Exception):
+        importlib.import_module("openai.resources")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="crewship_runner", description=__doc__.split("\n")[0])
+    parser.add_argument("--app-dir", required=True, type=Path)
+    parser.add_argument("--kind", required=True, choices=KINDS)
+    parser.add_argument("--package", default="")
+    parser.add_argument("--definition")
+    parser.add_argument("--entrypoint")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--instance", default="runner")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for key, value in TELEMETRY_ENV.items():
+        os.environ.setdefault(key, value)
+    install_output(args.instance)
+    app_dir = args.app_dir.resolve()
+    os.chdir(app_dir)
+    for entry in (app_dir, app_dir / "src"):
+        if str(entry) not in sys.path:
+            sys.path.insert(0, str(entry))
+    started = time.monotonic()
+    say(f"loading {args.kind} from {app_dir}")
+    try:
+        runner = Runner(load_project(args))
+        server = RunnerServer((args.host, args.port), runner)
+    except Exception:
+        say("failed to load the crew:")
+        traceback.print_exc()
+        return 1
+    install_signals(server)
+    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
+    say(f"loaded in {time.monotonic() - started:.1f}s; inputs: {', '.join(runner.project.inputs)}")
+    say(f"listening on {args.host}:{server.server_address[1]}")
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+    say("stopped")
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, LinePrefixer):
+            stream.close_line()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

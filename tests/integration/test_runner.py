@@ -1,0 +1,320 @@
+"""The in-crew runner (runtime/runner.py) against real crewAI projects and a fake LLM.
+
+Each test crew in tests/fixtures/ gets a real uv environment (cached, see
+tests/support/crewenv.py); the runner runs as a child process with that interpreter,
+exactly as the supervisor starts it, its output appended to a log file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import crewenv
+from tests.support.fakellm import ANSWER_PREFIX, FakeLLM
+
+pytestmark = pytest.mark.slow
+
+RUNNER = Path(__file__).resolve().parents[2] / "runtime" / "runner.py"
+INSTANCE = "v1.1"
+LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[v1\.1\] ")
+HEALTH_TIMEOUT = 90.0
+
+FIXTURES: dict[str, dict[str, Any]] = {
+    "classic_crew": {
+        "args": ["--kind", "crew", "--package", "demo_crew"],
+        "inputs": ["audience", "topic"],
+        "kickoff": {"topic": "quantum kittens", "audience": "platform engineers"},
+        "missing": {"topic": "quantum kittens"},
+    },
+    "json_crew": {
+        "args": ["--kind", "json_crew", "--definition", "crew.jsonc"],
+        "inputs": ["topic"],  # audience has a default in crew.jsonc
+        "kickoff": {"topic": "quantum kittens"},
+        "missing": {"audience": "SREs"},
+    },
+    "flow": {
+        "args": ["--kind", "flow", "--package", "demo_flow"],
+        "inputs": ["topic"],
+        "kickoff": {"topic": "quantum kittens"},
+        "missing": {"topic": ""},  # the flow's first step refuses an empty topic
+    },
+    "declarative_flow": {
+        "args": ["--kind", "declarative_flow", "--definition", "src/demo_decl/flow.yaml"],
+        "inputs": ["topic"],
+        "kickoff": {"topic": "quantum kittens"},
+        "missing": None,  # state.topic has a default: nothing is ever missing
+    },
+    "entrypoint": {
+        "fixture": "classic_crew",  # [tool.crewship] entrypoint = "demo_crew.crew:DemoCrew"
+        "args": ["--kind", "entrypoint", "--entrypoint", "demo_crew.crew:DemoCrew"],
+        "inputs": ["audience", "topic"],
+        "kickoff": {"topic": "quantum kittens", "audience": "platform engineers"},
+        "missing": {"audience": "SREs"},
+    },
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def call(
+    port: int, method: str, path: str, body: Any = None, raw: bytes | None = None, timeout: float = 60.0
+) -> tuple[int, dict[str, Any]]:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+class RunnerProcess:
+    """One runner child process laid out like a release: <dir>/crewship_runner.py + app."""
+
+    def __init__(self, project: Path, python: Path, args: list[str], llm: FakeLLM) -> None:
+        release = project.parent
+        self.script = release / "crewship_runner.py"
+        shutil.copyfile(RUNNER, self.script)
+        self.log = release / f"app-{time.monotonic_ns()}.log"
+        self.port = free_port()
+        home = release / "home"
+        home.mkdir(exist_ok=True)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "LANG": "C.UTF-8",
+            **llm.env(),
+        }
+        argv = [
+            str(python),
+            str(self.script),
+            "--app-dir",
+            str(project),
+            *args,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--instance",
+            INSTANCE,
+        ]
+        fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self.proc = subprocess.Popen(
+                argv, cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd
+            )
+        finally:
+            os.close(fd)
+        self.started = time.monotonic()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_healthy(self) -> dict[str, Any]:
+        deadline = time.monotonic() + HEALTH_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"runner exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                status, body = call(self.port, "GET", "/healthz", timeout=2)
+            except OSError:
+                time.sleep(0.2)
+                continue
+            if status == 200:
+                return body
+            time.sleep(0.2)
+        pytest.fail(f"runner not healthy after {HEALTH_TIMEOUT}s:\n{self.output()}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[FakeLLM]:
+    with FakeLLM() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def env_for(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``env_for(name)`` -> (project_dir, env_python), built once per fixture name."""
+    built: dict[str, tuple[Path, Path]] = {}
+
+    def get(name: str) -> tuple[Path, Path]:
+        if name not in built:
+            started = time.monotonic()
+            built[name] = crewenv.prepare(name, tmp_path_factory.mktemp(name))
+            print(f"env for {name} ready in {time.monotonic() - started:.1f}s")
+        return built[name]
+
+    return get
+
+
+@pytest.fixture
+def start_runner(env_for: Any, llm: FakeLLM) -> Iterator[Any]:
+    started: list[RunnerProcess] = []
+
+    def start(name: str, args: list[str] | None = None) -> RunnerProcess:
+        spec = FIXTURES[name]
+        project, python = env_for(spec.get("fixture", name))
+        runner = RunnerProcess(project, python, args or spec["args"], llm)
+        started.append(runner)
+        return runner
+
+    yield start
+    for runner in started:
+        runner.kill()
+
+
+@pytest.mark.parametrize("name", list(FIXTURES))
+def test_runner_serves_kickoffs(name: str, start_runner: Any, llm: FakeLLM) -> None:
+    spec = FIXTURES[name]
+    runner = start_runner(name)
+    health = runner.wait_healthy()
+    print(f"{name}: healthy {time.monotonic() - runner.started:.1f}s after start")
+    assert health["status"] == "ok"
+    assert health["inputs"] == spec["inputs"]
+    assert call(runner.port, "GET", "/inputs") == (200, {"inputs": spec["inputs"]})
+
+    status, body = call(runner.port, "POST", "/runs", {"kickoff_id": "k-ok", "inputs": spec["kickoff"]})
+    assert status == 200
+    assert body["state"] == "SUCCESS", body
+    assert ANSWER_PREFIX in body["result"]
+    for value in spec["kickoff"].values():
+        assert value in body["result"]
+    assert body["token_usage"]["total_tokens"] > 0
+    assert body["execution_time"] >= 0
+    if "crew" in name or name == "entrypoint":
+        assert [t["task_id"] for t in body["tasks"]] == ["research_task"]
+        assert ANSWER_PREFIX in body["tasks"][0]["output"]
+    assert call(runner.port, "GET", "/runs/k-ok")[1]["state"] == "SUCCESS"
+    assert any(spec["kickoff"]["topic"] in json.dumps(r) for r in llm.chat_requests())
+
+    if spec["missing"] is not None:
+        status, body = call(runner.port, "POST", "/runs", {"kickoff_id": "k-bad", "inputs": spec["missing"]})
+        assert status == 200
+        assert body["state"] == "FAILURE"
+        assert body["error"].startswith("ValueError: ")
+
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.proc.wait(timeout=30) == 0
+    lines = [line for line in runner.output().splitlines() if line]
+    assert all(LINE.match(line) for line in lines), [ln for ln in lines if not LINE.match(ln)]
+    text = runner.output()
+    assert f"listening on 127.0.0.1:{runner.port}" in text
+    assert re.search(r"kickoff k-ok finished SUCCESS in \d+\.\ds", text)
+    assert "sk-fake-test-key" not in text
+
+
+def test_runner_rejects_bad_requests(start_runner: Any) -> None:
+    runner = start_runner("classic_crew")
+    runner.wait_healthy()
+    assert call(runner.port, "POST", "/runs", raw=b"{not json")[0] == 400
+    assert call(runner.port, "POST", "/runs", {"inputs": ["a"]})[0] == 400
+    assert call(runner.port, "GET", "/nowhere")[0] == 404
+    assert call(runner.port, "GET", "/runs/unknown") == (
+        404,
+        {
+            "state": "NOT FOUND",
+            "error": "Execution not found",
+            "message": "No execution found with ID: unknown",
+        },
+    )
+    assert call(runner.port, "POST", "/runs/unknown/stop")[0] == 404
+
+
+def _kickoff_in_thread(port: int, kickoff_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+
+    def post() -> None:
+        try:
+            result["reply"] = call(port, "POST", "/runs", {"kickoff_id": kickoff_id, "inputs": inputs})
+        except OSError as exc:  # the runner died: the test's own assertions report it
+            result["reply"] = (0, {"error": repr(exc)})
+
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    result["thread"] = thread
+    return result
+
+
+def _wait_running(port: int, kickoff_id: str) -> dict[str, Any]:
+    """The run's status once its crew is built and its first task is under way."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status, body = call(port, "GET", f"/runs/{kickoff_id}")
+        if status == 200 and body["state"] == "RUNNING" and body["current_task"]:
+            return body
+        time.sleep(0.1)
+    pytest.fail(f"{kickoff_id} never showed as RUNNING")
+
+
+def test_stop_revokes_a_running_kickoff(start_runner: Any, llm: FakeLLM) -> None:
+    runner = start_runner("classic_crew")
+    runner.wait_healthy()
+    llm.delay = 5.0
+    try:
+        pending = _kickoff_in_thread(runner.port, "k-stop", FIXTURES["classic_crew"]["kickoff"])
+        progress = _wait_running(runner.port, "k-stop")
+        assert progress["progress"] == {"completed_tasks": 0, "total_tasks": 1}
+        assert progress["current_task"] == "research_task"
+        stopped_at = time.monotonic()
+        assert call(runner.port, "POST", "/runs/k-stop/stop") == (
+            200,
+            {"kickoff_id": "k-stop", "state": "REVOKED"},
+        )
+        pending["thread"].join(timeout=10)
+        assert time.monotonic() - stopped_at < 3
+        assert pending["reply"][1]["state"] == "REVOKED"
+        assert call(runner.port, "POST", "/runs/k-stop/stop")[0] == 409
+    finally:
+        llm.delay = 0.0
+
+
+def test_sigterm_lets_running_kickoffs_finish(start_runner: Any, llm: FakeLLM) -> None:
+    runner = start_runner("classic_crew")
+    runner.wait_healthy()
+    llm.delay = 3.0
+    try:
+        pending = _kickoff_in_thread(runner.port, "k-drain", FIXTURES["classic_crew"]["kickoff"])
+        _wait_running(runner.port, "k-drain")
+        runner.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        status, _ = call(runner.port, "POST", "/runs", {"kickoff_id": "k-late", "inputs": {}})
+        assert status == 503
+        assert call(runner.port, "GET", "/healthz")[0] == 503
+        pending["thread"].join(timeout=60)
+        assert pending["reply"][1]["state"] == "SUCCESS"
+        assert runner.proc.wait(timeout=30) == 0
+    finally:
+        llm.delay = 0.0
+    assert "SIGTERM received: draining 1 running kickoff(s)" in runner.output()
+
+
+def test_load_failure_exits_nonzero_with_traceback(start_runner: Any) -> None:
+    runner = start_runner("classic_crew", ["--kind", "crew", "--package", "no_such_pkg"])
+    assert runner.proc.wait(timeout=60) != 0
+    output = runner.output()
+    assert "ModuleNotFoundError: No module named 'no_such_pkg'" in output
+    assert all(LINE.match(line) for line in output.splitlines() if line)
