@@ -26,6 +26,8 @@ class Settings:
     drain_timeout: float = 60.0
     deploy_lock_timeout: float = 600.0
     base_image: str = "python:3.12-slim"
+    # Shared dependency environments (default: DATA_DIR/envs); servers may share one.
+    envs_dir: Path | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -55,6 +57,7 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_HEALTH_TIMEOUT": ("health_timeout", float),
     "CREWSHIP_DRAIN_TIMEOUT": ("drain_timeout", float),
     "CREWSHIP_BASE_IMAGE": ("base_image", str),
+    "CREWSHIP_ENVS_DIR": ("envs_dir", Path),
 }
 
 

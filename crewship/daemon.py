@@ -23,7 +23,13 @@ from gitserver.hooks import HookServer
 from gitserver.server import SSHGateway, load_host_key
 from runtime.backend import Backend
 from runtime.process import ProcessBackend
-from runtime.supervisor import AppCrashed, InstanceExited, Supervisor, SupervisorEvent
+from runtime.supervisor import (
+    AppCrashed,
+    InstanceExited,
+    InstanceRetired,
+    Supervisor,
+    SupervisorEvent,
+)
 
 logger = log.get("crewship.daemon")
 
@@ -54,7 +60,8 @@ class Daemon:
                                      health_timeout=settings.health_timeout,
                                      drain_timeout=settings.drain_timeout,
                                      on_event=self._on_event)
-        builder = ReleaseBuilder(self.layout, EnvBuilder(self.layout.envs, settings.python))
+        envs_dir = settings.envs_dir.resolve() if settings.envs_dir else self.layout.envs
+        builder = ReleaseBuilder(self.layout, EnvBuilder(envs_dir, settings.python))
         self.platform.deployer = Deployer(
             settings, self.layout, self.platform.apps_store, self.platform.repos,
             self.platform.releases, self.platform.config_store, builder, self.supervisor)
@@ -97,6 +104,8 @@ class Daemon:
             failed = self.kickoffs.instance_exited(event.app, event.instance_id, event.status)
             logger.info("instance_exited", app=event.app, instance=event.instance_id,
                         status=event.status, kickoffs_failed=failed)
+        elif isinstance(event, InstanceRetired):
+            self.kickoffs.instance_exited(event.app, event.instance_id, event.status)
         elif isinstance(event, AppCrashed):
             logger.warning("app_crashed", app=event.app, release=event.release,
                            crashes=event.crashes)

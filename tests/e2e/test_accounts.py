@@ -56,7 +56,8 @@ def test_user_adds_and_removes_their_own_key(server: CrewshipServer) -> None:
     removed = server.ssh(bob, "keys:remove", "desktop", check=True)
     assert key_fingerprint(second) in removed.stdout
     refused = server.ssh(second, "whoami")
-    assert refused.returncode == 255 and "Permission denied (publickey)" in refused.stderr
+    assert refused.returncode == 255
+    assert "Permission denied (publickey)" in refused.stderr
     assert [k["name"] for k in server.ssh_json(bob, "keys")] == ["laptop"]
     missing = error_line(server.ssh(bob, "keys:remove", "desktop"))
     assert "no key named 'desktop'" in missing
@@ -119,7 +120,8 @@ def test_access_levels(server: CrewshipServer, workdir: Path) -> None:
 
     # none: reads exactly like an app that does not exist
     hidden = server.git(bob, "clone", server.git_url("shared"), "c0", cwd=workdir, check=False)
-    assert hidden.returncode != 0 and "app not found: 'shared'" in hidden.stderr
+    assert hidden.returncode != 0
+    assert "app not found: 'shared'" in hidden.stderr
     assert server.ssh_json(bob, "apps") == []
     hidden_cmd = server.ssh(bob, "access", "shared")
 

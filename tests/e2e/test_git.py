@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -43,6 +44,17 @@ def test_push_clone_push_fetch(server: CrewshipServer, workdir: Path) -> None:
     assert served == second
 
 
+def test_large_pushes_arrive_intact(server: CrewshipServer, workdir: Path) -> None:
+    """Regression: the end of a big pack was lost when EOF followed it closely."""
+    head = server.init_repo(workdir, {"blob.bin": os.urandom(24 * 1024 * 1024)}, branch=BRANCH)
+    for app in ("big-one", "big-two", "big-three"):
+        result = server.git(server.admin_key, "push", server.git_url(app), BRANCH, cwd=workdir,
+                            check=False)
+        assert result.returncode == 0, result.stderr
+        assert server.git(None, "rev-parse", BRANCH, cwd=server.repo_path(app)).stdout.strip() == head
+    server.git(None, "fsck", "--strict", cwd=server.repo_path("big-three"))
+
+
 def test_push_to_unknown_app_creates_it(server: CrewshipServer, workdir: Path) -> None:
     assert server.ssh_json(server.admin_key, "apps") == []
     server.init_repo(workdir, FILES, branch=BRANCH)
@@ -54,7 +66,8 @@ def test_push_to_unknown_app_creates_it(server: CrewshipServer, workdir: Path) -
     assert apps[0]["owner"] == server.admin_name
     assert (server.repo_path("fresh-app") / "HEAD").is_file()
     plain = server.ssh(server.admin_key, "apps", check=True).stdout
-    assert "fresh-app" in plain and apps[0]["uuid"] in plain
+    assert "fresh-app" in plain
+    assert apps[0]["uuid"] in plain
 
 
 def test_clone_of_an_empty_new_app_works(server: CrewshipServer, workdir: Path) -> None:
@@ -65,7 +78,8 @@ def test_clone_of_an_empty_new_app_works(server: CrewshipServer, workdir: Path) 
 
 def test_json_output_of_read_commands(server: CrewshipServer) -> None:
     me = server.ssh_json(server.admin_key, "whoami")
-    assert me["user"] == server.admin_name and me["admin"] is True
+    assert me["user"] == server.admin_name
+    assert me["admin"] is True
     assert me["key"].startswith("SHA256:")
 
     keys = server.ssh_json(server.admin_key, "keys")
@@ -83,12 +97,14 @@ def test_each_command_logs_one_canonical_line(server: CrewshipServer, workdir: P
     line = server.wait_for_log("command_finished", command="whoami")
     assert line["user"] == server.admin_name
     assert line["status"] == 0
-    assert isinstance(line["duration_ms"], int | float) and line["duration_ms"] >= 0
+    assert isinstance(line["duration_ms"], int | float)
+    assert line["duration_ms"] >= 0
     assert line["conn_id"]
 
     assert server.ssh(server.admin_key, "apps:destroy", "nope", "--force").returncode == 1
     failed = server.wait_for_log("command_finished", command="apps:destroy")
-    assert failed["status"] == 1 and failed["user"] == server.admin_name
+    assert failed["status"] == 1
+    assert failed["user"] == server.admin_name
 
     server.init_repo(workdir, FILES, branch=BRANCH)
     server.git(server.admin_key, "push", server.git_url("logged"), BRANCH, cwd=workdir)
@@ -101,7 +117,8 @@ def test_each_command_logs_one_canonical_line(server: CrewshipServer, workdir: P
 
 def test_host_key_is_made_once_and_kept_across_restarts(server: CrewshipServer) -> None:
     key_file = server.data_dir / "host_keys" / "ssh_host_ed25519_key"
-    assert key_file.is_file() and key_file.stat().st_mode & 0o077 == 0
+    assert key_file.is_file()
+    assert key_file.stat().st_mode & 0o077 == 0
     printed = server.host_fingerprint
     assert printed == _served_fingerprint(server)
     assert server.logs("host_key_created")

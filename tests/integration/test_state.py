@@ -107,14 +107,19 @@ def test_deleting_a_user_cascades_keys_and_grants_and_orphans_apps(db: Database)
     assert apps.grants(app) == []
     db.execute("DELETE FROM users WHERE id = ?", olive.id)
     still = apps.get("demo")
-    assert still is not None and still.owner is None
+    assert still is not None
+    assert still.owner is None
 
 
 def test_failed_transaction_changes_nothing(db: Database) -> None:
     accounts = Accounts(db)
-    with pytest.raises(RuntimeError), db.tx() as c:
-        c.execute("INSERT INTO users (name, created_at) VALUES ('ghost', 'now')")
-        raise RuntimeError("boom")
+    def insert_then_fail() -> None:
+        with db.tx() as c:
+            c.execute("INSERT INTO users (name, created_at) VALUES ('ghost', 'now')")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        insert_then_fail()
     assert accounts.user("ghost") is None
 
 
@@ -125,7 +130,8 @@ def test_ensure_user_is_idempotent_and_promotes(db: Database) -> None:
     assert not first.is_admin
     assert accounts.ensure_user("bob") == first
     promoted = accounts.ensure_user("bob", admin=True)
-    assert promoted.is_admin and promoted.id == first.id
+    assert promoted.is_admin
+    assert promoted.id == first.id
     assert [u.name for u in accounts.users()] == ["bob"]
     with pytest.raises(InvalidInputError):
         accounts.ensure_user("Bob")
@@ -182,7 +188,9 @@ def test_app_store(db: Database) -> None:
     olive, otto = accounts.ensure_user("olive"), accounts.ensure_user("otto")
     app = apps.create("demo", olive.id)
     other = apps.create("other", olive.id)
-    assert app.owner == "olive" and len(app.uuid) == 36 and app.uuid != other.uuid
+    assert app.owner == "olive"
+    assert len(app.uuid) == 36
+    assert app.uuid != other.uuid
     assert apps.by_uuid(app.uuid) == app
     with pytest.raises(ConflictError, match="already exists"):
         apps.create("demo", otto.id)

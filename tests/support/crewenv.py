@@ -104,3 +104,12 @@ def ensure_env(project: Path) -> Path:
         _run(argv, project, _uv_env({"UV_PROJECT_ENVIRONMENT": str(venv)}), SYNC_TIMEOUT)
         (venv / ".complete").write_text(key)
     return python
+
+
+def locked_copy(fixture: str | Path, dest: Path) -> Path:
+    """Copy ``fixture`` into ``dest`` and generate its ``uv.lock`` (never committed)."""
+    source = Path(fixture) if Path(fixture).is_absolute() else FIXTURES / fixture
+    project = dest / source.name
+    shutil.copytree(source, project, ignore=shutil.ignore_patterns("__pycache__", ".venv"))
+    _run([uv_binary(), "lock", "--python", sys.executable], project, _uv_env(), LOCK_TIMEOUT)
+    return project
