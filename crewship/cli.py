@@ -73,10 +73,10 @@ def admin_bootstrap(data_dir: Path | None, ssh_dir: Path) -> int:
         return 0
     candidates = sorted(ssh_dir.glob("id_*.pub"))
     if not candidates:
-        print(f"no public key in {ssh_dir}: make one with 'ssh-keygen -t ed25519', "
-              "then run 'make run' again (or 'crewship admin add-key NAME FILE.pub')",
-              file=sys.stderr)
-        return 1
+        print(f"no admin yet and no public key in {ssh_dir}: make one with "
+              "'ssh-keygen -t ed25519' and run 'make run' again, or register any key with "
+              "'crewship admin add-key NAME FILE.pub'", file=sys.stderr)
+        return 0
     name = _safe_user_name(getpass.getuser())
     key = platform.register_admin_key(name, candidates[0].read_text(), candidates[0].stem)
     print(f"registered {candidates[0]} as admin {name!r} ({key.fingerprint})")
