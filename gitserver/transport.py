@@ -26,7 +26,7 @@ SERVICES = ("git-receive-pack", "git-upload-pack")
 
 def repo_name(arg: str) -> str:
     """The app name from a git path argument: ``/name.git``, ``name.git``, ``name``."""
-    name = arg.strip()
+    name = arg  # validated as given, never trimmed or rewritten
     if name.startswith("/"):
         name = name[1:]
     if name.endswith(".git"):
