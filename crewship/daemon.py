@@ -22,14 +22,14 @@ from crewship.state import Database
 from gitserver.hooks import HookServer
 from gitserver.server import SSHGateway, load_host_key
 from runtime.backend import Backend
-from runtime.process import ProcessBackend
-from runtime.supervisor import (
+from runtime.events import (
     AppCrashed,
     InstanceExited,
     InstanceRetired,
-    Supervisor,
     SupervisorEvent,
 )
+from runtime.process import ProcessBackend
+from runtime.supervisor import Supervisor
 
 logger = log.get("crewship.daemon")
 

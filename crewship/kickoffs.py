@@ -26,7 +26,8 @@ from crewship.errors import (
 )
 from crewship.model import App
 from crewship.state import Database, now
-from runtime.supervisor import Endpoint, Supervisor
+from runtime.events import Endpoint
+from runtime.supervisor import Supervisor
 
 logger = log.get("crewship.kickoffs")
 
@@ -102,6 +103,9 @@ class KickoffService:
     # ----------------------------------------------------------------- kickoffs
     def _endpoints(self, app: App) -> list[Endpoint]:
         endpoints = self.supervisor.endpoints(app.name)
+        if not endpoints and app.scale == 0:
+            raise UnavailableError(
+                f"{app.name} is scaled to 0 (stopped): start it with 'ps:scale {app.name} 1'")
         if not endpoints:
             raise UnavailableError(
                 f"{app.name} has no running instance: push a release, or scale it up with "
@@ -126,6 +130,7 @@ class KickoffService:
         encoded = json.dumps(inputs)
         if len(encoded) > MAX_INPUTS_BYTES:
             raise InvalidInputError("inputs too large (more than 1 MiB)")
+        self._endpoints(app)  # nothing running: 503 now, not a kickoff that fails later
         missing = [name for name in await self.inputs(app) if name not in inputs]
         if missing:
             raise MissingInputsError(missing)

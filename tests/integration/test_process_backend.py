@@ -22,16 +22,16 @@ import pytest
 from crewship.config import Layout
 from crewship.errors import DeployError
 from runtime.backend import InstanceSpec
-from runtime.logs import AppLog
-from runtime.process import ProcessBackend, is_running, proc_stat
-from runtime.supervisor import (
+from runtime.events import (
     InstanceExited,
     InstanceFailedError,
     InstanceRetired,
     MakeSpec,
-    Supervisor,
     SupervisorEvent,
 )
+from runtime.logs import AppLog
+from runtime.process import ProcessBackend, is_running, proc_stat
+from runtime.supervisor import Supervisor
 
 APP = "demo"
 FAKERUNNER = Path(__file__).resolve().parents[1] / "support" / "fakerunner.py"

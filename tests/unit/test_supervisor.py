@@ -16,15 +16,15 @@ from crewship.errors import DeployError
 from crewship.reporter import LineReporter
 from runtime.backend import InstanceSpec
 from runtime.backoff import BackoffPolicy
-from runtime.supervisor import (
+from runtime.events import (
     AppCrashed,
     InstanceExited,
     InstanceFailedError,
     InstanceRetired,
     MakeSpec,
-    Supervisor,
     SupervisorEvent,
 )
+from runtime.supervisor import Supervisor
 from tests.support.fakebackend import Behaviour, FakeBackend
 
 APP = "demo"
