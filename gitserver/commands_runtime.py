@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 
-from crewship.errors import InvalidInputError
+from crewship.errors import CrewshipError, InvalidInputError
 from crewship.operations import parse_assignments
 from crewship.reporter import LineReporter
 from gitserver.command import ArgumentParser, Context, command
@@ -56,19 +56,28 @@ def _logs_args(p: ArgumentParser) -> None:
 @command("logs", "show an app's log; -t follows across restarts and deploys", _logs_args)
 async def logs(ctx: Context, args: argparse.Namespace) -> int:
     stream = ctx.platform.logs(ctx.user, args.app, lines=args.num, follow=args.tail)
-    closed = asyncio.ensure_future(ctx.process.wait_closed()) if args.tail else None
-    try:
+
+    async def pump() -> None:
         async for line in stream:
             ctx.out(line)
-            if closed is not None and (closed.done() or ctx.process.is_closing()):
-                break
             await ctx.process.stdout.drain()
-    except (BrokenPipeError, ConnectionError):
-        pass
+
+    if not args.tail:
+        await pump()
+        return 0
+    # Follow until the client goes away, even while the log is quiet.
+    pumping = asyncio.ensure_future(pump())
+    closed = asyncio.ensure_future(ctx.process.wait_closed())
+    try:
+        await asyncio.wait({pumping, closed}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for task in (pumping, closed):
+            task.cancel()
+        await asyncio.gather(pumping, closed, return_exceptions=True)
         await stream.aclose()  # type: ignore[attr-defined]
-        if closed is not None:
-            closed.cancel()
+    failure = pumping.exception() if pumping.done() and not pumping.cancelled() else None
+    if isinstance(failure, CrewshipError):  # e.g. no such app; a closed channel is not one
+        raise failure
     return 0
 
 

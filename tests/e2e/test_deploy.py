@@ -4,7 +4,9 @@ the daemon's crew API and supervised, against a fake OpenAI-compatible LLM."""
 from __future__ import annotations
 
 import os
+import select
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +74,27 @@ def instance_pid(srv: CrewshipServer, app: str) -> int | None:
     return int(pids[0]) if pids else None
 
 
+def read_until(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
+    """What a follower printed until ``needle`` appeared; then the follower is stopped."""
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if ready:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                seen.append(line)
+                if needle in line:
+                    break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return "".join(seen)
+
+
 def wait_until(predicate, timeout: float = 60.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -105,7 +128,11 @@ def test_classic_crew_push_to_live_redeploy_broken_push_and_crash(
     assert done["tasks"][0]["task_id"] == "research_task"
     assert done["token_usage"]["total_tokens"] > 0
 
-    # 3. a code-only push redeploys without reinstalling anything.
+    # 3. a code-only push redeploys without reinstalling anything, while `logs -t`
+    #    keeps following across the redeploy.
+    follower = subprocess.Popen([*srv.ssh_argv(srv.admin_key), "logs", "demo", "-t", "-n", "1"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
     env_dirs = {p.name: p.stat().st_ino for p in (cache_root() / "server-envs").iterdir()}
     tasks = project / "src/demo_crew/config/tasks.yaml"
     tasks.write_text(tasks.read_text().replace("short briefing", "crisp briefing"))
@@ -117,6 +144,8 @@ def test_classic_crew_push_to_live_redeploy_broken_push_and_crash(
     assert "=====> demo v2 is live" in out
     assert {p.name: p.stat().st_ino for p in (cache_root() / "server-envs").iterdir()} == env_dirs
     assert "crisp briefing" in api.run({"topic": "a", "audience": "b"})["result"]
+    followed = read_until(follower, "[v2.1]", timeout=30)
+    assert "[system] deploy v2" in followed, followed
 
     # 4. a broken crew fails the push by name; the ref goes back; v2 keeps serving.
     tasks.unlink()
