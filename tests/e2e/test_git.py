@@ -137,3 +137,27 @@ def _served_fingerprint(server: CrewshipServer) -> str:
     listed = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", "-"], input=scan,
                             capture_output=True, text=True, timeout=30, check=True).stdout
     return listed.split()[1]
+
+
+def test_other_branches_are_stored_not_deployed_and_say_so(server: CrewshipServer,
+                                                           workdir: Path) -> None:
+    server.init_repo(workdir, FILES, branch="feature")
+    result = server.git(server.admin_key, "push", server.git_url("demo"), "feature", cwd=workdir)
+    assert "Stored refs/heads/feature (not deployed: the deploy branch is main)" in result.stderr
+    assert server.ssh_json(server.admin_key, "status", "demo")["release"] is None
+
+
+def test_a_failed_deploy_puts_the_branch_back(server: CrewshipServer, workdir: Path) -> None:
+    """A commit that is not a CrewAI project fails validation; main is not left pointing at it."""
+    server.init_repo(workdir, {"README.md": "not a crew\n"})
+    result = server.git(server.admin_key, "push", server.git_url("plain"), "main", cwd=workdir,
+                        check=False)
+    assert result.returncode != 0
+    assert "missing_pyproject" in result.stderr
+    refs = server.git(None, "for-each-ref", cwd=server.repo_path("plain")).stdout
+    assert "refs/heads/main" not in refs
+    # The same commit can be pushed again (and fails the same way, changing nothing).
+    again = server.git(server.admin_key, "push", server.git_url("plain"), "main", cwd=workdir,
+                       check=False)
+    assert again.returncode != 0
+    assert "missing_pyproject" in again.stderr
