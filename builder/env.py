@@ -28,6 +28,7 @@ from crewship.errors import BuildError, ValidationError
 from crewship.reporter import Reporter
 
 READY_MARKER = ".crewship-ready"
+TRASH_PREFIX = ".removing-"
 SYNC_TIMEOUT = 1800.0
 KEY_LENGTH = 24  # hex chars; short enough to keep script shebangs well under 127 bytes
 _PROBE = ("import json, os, platform, sys; print(json.dumps({'version': platform.python_version(),"
@@ -174,19 +175,37 @@ class EnvBuilder:
 
     def gc(self, keep: set[str]) -> list[str]:
         """Remove every env whose key is not in ``keep`` (and not being built)."""
-        removed: list[str] = []
+        detached = self.detach(keep)
+        for _name, path in detached:
+            remove_detached(path)
+        return [name for name, _path in detached]
+
+    def detach(self, keep: set[str]) -> list[tuple[str, Path]]:
+        """Rename every env not in ``keep`` (and not being built) out of the way.
+
+        Fast and synchronous, so no build on the event loop can pick one of them up
+        halfway through; delete the returned paths with ``remove_detached`` later.
+        """
+        detached: list[tuple[str, Path]] = []
         if not self.envs_dir.is_dir():
-            return removed
+            return detached
         for entry in sorted(self.envs_dir.iterdir()):
             lock = self._locks.get(entry.name)
             if entry.name in keep or (lock is not None and lock.locked()):
                 continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-            removed.append(entry.name)
-        return removed
+            trash = entry if entry.name.startswith(TRASH_PREFIX) else \
+                entry.with_name(f"{TRASH_PREFIX}{entry.name}-{os.getpid()}-{id(entry):x}")
+            if trash != entry:
+                entry.rename(trash)
+            detached.append((entry.name, trash))
+        return detached
+
+
+def remove_detached(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _reset_dir(path: Path) -> None:

@@ -56,6 +56,7 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_PUBLIC_HOST": ("public_host", str),
     "CREWSHIP_HEALTH_TIMEOUT": ("health_timeout", float),
     "CREWSHIP_DRAIN_TIMEOUT": ("drain_timeout", float),
+    "CREWSHIP_DEPLOY_LOCK_TIMEOUT": ("deploy_lock_timeout", float),
     "CREWSHIP_BASE_IMAGE": ("base_image", str),
     "CREWSHIP_ENVS_DIR": ("envs_dir", Path),
 }

@@ -16,16 +16,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.env import remove_detached
 from builder.release import ReleaseBuilder, load_release, runner_argv
 from crewship import log
 from crewship.apps import AppStore
 from crewship.config import Layout, Settings
-from crewship.errors import CrewshipError, DeployError, UnavailableError
+from crewship.errors import ConflictError, CrewshipError, DeployError
 from crewship.model import App, User
 from crewship.platform import RefUpdate
 from crewship.releases import ConfigStore, Release, ReleaseStore
 from crewship.reporter import Reporter
 from crewship.repos import ZERO_SHA, Repos
+from crewship.retention import KEEP, Pruned, builds_to_prune, env_keys_in_use
 from runtime.backend import InstanceSpec
 from runtime.logs import AppLog
 from runtime.supervisor import Supervisor
@@ -52,6 +54,16 @@ class LockHolder:
     what: str
     since: float
 
+    def describe(self, app: str) -> str:
+        started = time.strftime("%H:%M:%S", time.gmtime(self.since))
+        return (f"{self.user}'s {self.what} of {app} (started {started} UTC, "
+                f"{_seconds(time.time() - self.since)} ago)")
+
+
+def _seconds(value: float) -> str:
+    whole = int(value)
+    return f"{whole // 60}m{whole % 60:02d}s" if whole >= 60 else f"{whole}s"
+
 
 class Deployer:
     def __init__(self, settings: Settings, layout: Layout, apps: AppStore, repos: Repos,
@@ -77,17 +89,17 @@ class Deployer:
                      report: Reporter) -> AsyncIterator[None]:
         """One deploy per app at a time; a second waits, saying for whom and what."""
         lock = self._locks.setdefault(app.name, asyncio.Lock())
+        limit = self.settings.deploy_lock_timeout
         if lock.locked() and (holder := self._holders.get(app.name)):
-            ago = int(time.time() - holder.since)
-            report.step(f"Waiting for {holder.user}'s {holder.what} of {app.name} "
-                        f"(running for {ago}s)")
+            report.step(f"Waiting for {holder.describe(app.name)} to finish "
+                        f"(waiting up to {_seconds(limit)})")
         try:
-            await asyncio.wait_for(lock.acquire(), self.settings.deploy_lock_timeout)
+            await asyncio.wait_for(lock.acquire(), limit)
         except TimeoutError:
             holder = self._holders.get(app.name)
-            who = f"{holder.user}'s {holder.what}" if holder else "another deploy"
-            raise UnavailableError(f"{app.name} is busy with {who}; try again when it is done") \
-                from None
+            who = holder.describe(app.name) if holder else f"another deploy of {app.name}"
+            raise ConflictError(f"gave up after {_seconds(limit)}: {who} is still running; "
+                                "try again when it is done") from None
         self._holders[app.name] = LockHolder(user, what, time.time())
         try:
             yield
@@ -179,16 +191,76 @@ class Deployer:
         started = time.monotonic()
         make_spec = self.spec_factory(app.name, version, artifact, config)
         current = self.apps.get(app.name) or app
+        if current.scale == 0:
+            report.info(f"{app.name} was scaled to 0: this deploy starts 1 instance")
         await self.supervisor.deploy(app.name, version, make_spec,
-                                     scale=max(current.scale, 1) if current.scale else 1,
-                                     report=report)
+                                     scale=max(current.scale, 1), report=report)
         if current.scale == 0:
             self.apps.set_scale(current, 1)
         self.releases.mark_live(app, version)
         self.app_log(app.name).system(f"v{version} is live")
         logger.info("deploy_succeeded", app=app.name, release=version,
                     duration_ms=round((time.monotonic() - started) * 1000))
+        await self.prune(app, report)
         report.done(f"{app.name} v{version} is live at {self.settings.app_url(app.name)}")
+
+    # -------------------------------------------------------------------- scale
+    async def scale_live(self, app: App, n: int, report: Reporter) -> None:
+        """Run ``n`` instances of the live release; the caller holds the app's lock."""
+        live = self.live(app)
+        fresh = self.apps.get(app.name) or app
+        if live is not None:
+            if self.supervisor.status(app.name).release == live.version:
+                await self.supervisor.scale(app.name, n, report)
+            elif n > 0:  # nothing running (scaled to 0 before the daemon started)
+                assert live.artifact is not None
+                make_spec = self.spec_factory(app.name, live.version, Path(live.artifact),
+                                              live.config)
+                await self.supervisor.deploy(app.name, live.version, make_spec, scale=n,
+                                             report=report)
+            self.app_log(app.name).system(f"scaled to {n} (v{live.version})")
+        self.apps.set_scale(fresh, n)
+        logger.info("app_scaled", app=app.name, scale=n)
+
+    # ---------------------------------------------------------------- retention
+    async def prune(self, app: App, report: Reporter) -> Pruned:
+        """Remove the builds no kept release uses, then unused envs; never fails a deploy."""
+        try:
+            pruned = await self._prune(app)
+        except (OSError, CrewshipError) as exc:
+            logger.warning("prune_failed", app=app.name, error=str(exc))
+            return Pruned([], [], f"pruning failed: {exc}")
+        if pruned.builds:
+            report.info(f"Removed old builds {', '.join(pruned.builds)} "
+                        f"(keeping the last {KEEP} and any a kept release uses)")
+        logger.info("builds_pruned", app=app.name, builds=pruned.builds, envs=pruned.envs,
+                    envs_skipped=pruned.envs_skipped)
+        return pruned
+
+    async def _prune(self, app: App) -> Pruned:
+        fresh = self.apps.get(app.name) or app
+        root = self.layout.releases / app.name
+        on_disk = [p.name for p in root.iterdir()] if root.is_dir() else []
+        doomed = builds_to_prune(self.releases.all(fresh), fresh.live_release, on_disk)
+        for name in doomed:
+            await asyncio.to_thread(self.builder.remove_release, app.name, int(name[1:]))
+        envs, skipped = await self._prune_envs(app)
+        return Pruned(doomed, envs, skipped)
+
+    async def _prune_envs(self, app: App) -> tuple[list[str], str | None]:
+        envs = self.builder.envs
+        if self.settings.envs_dir is not None or envs.envs_dir != self.layout.envs:
+            return [], "the envs directory may be shared with other servers (CREWSHIP_ENVS_DIR)"
+        busy = sorted(n for n, lock in self._locks.items() if n != app.name and lock.locked())
+        if busy:
+            return [], f"other deploys are running ({', '.join(busy)})"
+        keys = env_keys_in_use(self.layout.releases)
+        if keys is None:
+            return [], "a build's release.json could not be read"
+        detached = envs.detach(keys)  # synchronous: no build can start in between
+        for _key, path in detached:
+            await asyncio.to_thread(remove_detached, path)
+        return [key for key, _path in detached], None
 
     def spec_factory(self, app: str, version: int, artifact: Path,
                      config: dict[str, str]) -> SpecFactory:

@@ -97,4 +97,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX kickoffs_app ON kickoffs (app_id, created_at);
     """,
+    # 3: user API tokens for the HTTP side (stored hashed; revoking deletes the row)
+    """
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT,
+        last_used_at TEXT
+    );
+    CREATE INDEX api_tokens_user ON api_tokens (user_id);
+    """,
 ]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from crewship import log
 from crewship.accounts import Accounts
+from crewship.apitokens import ApiToken, ApiTokenStore
 from crewship.apps import AppStore
 from crewship.config import Layout, Settings
 from crewship.errors import (
@@ -23,6 +24,7 @@ from crewship.errors import (
     PermissionDeniedError,
     app_not_found,
 )
+from crewship.lifecycle import Lifecycle
 from crewship.model import AccessLevel, App, Key, User, access_level, validate_app_name
 from crewship.operations import Operations
 from crewship.releases import ConfigStore, ReleaseStore, TokenStore
@@ -44,7 +46,7 @@ class RefUpdate:
     ref: str
 
 
-class Platform(Operations):
+class Platform(Operations, Lifecycle):
     def __init__(self, settings: Settings, layout: Layout, db: Database) -> None:
         self.settings = settings
         self.layout = layout
@@ -55,6 +57,7 @@ class Platform(Operations):
         self.releases = ReleaseStore(db)
         self.config_store = ConfigStore(db)
         self.tokens = TokenStore(db)
+        self.api_tokens = ApiTokenStore(db)
         self.deployer: Deployer | None = None
         self.kickoffs: KickoffService | None = None
 
@@ -74,6 +77,27 @@ class Platform(Operations):
                 raise ConflictError(f"key {fingerprint} already belongs to {existing.user}")
             return existing
         return self.accounts.add_key(user, key_name, public_key)
+
+    # --------------------------------------------------------------- API tokens
+    def create_api_token(self, caller: User, expires_days: int | None = None) -> tuple[ApiToken, str]:
+        """A user API token for the HTTP side: (record, token); the token is shown once."""
+        record, token = self.api_tokens.create(caller, expires_days)
+        logger.info("api_token_created", token_id=record.id, prefix=record.prefix,
+                    expires_at=record.expires_at)
+        return record, token
+
+    def list_api_tokens(self, caller: User) -> list[ApiToken]:
+        return self.api_tokens.list(caller)
+
+    def revoke_api_token(self, caller: User, token_id: int) -> ApiToken:
+        record = self.api_tokens.revoke(caller, token_id)
+        logger.info("api_token_revoked", token_id=record.id, prefix=record.prefix)
+        return record
+
+    def user_by_api_token(self, token: str) -> User | None:
+        """The user a (known, unexpired) API token belongs to; records the use."""
+        user_id = self.api_tokens.user_id_for(token) if token else None
+        return self.accounts.user_by_id(user_id) if user_id is not None else None
 
     # --------------------------------------------------------------------- keys
     def _target_user(self, caller: User, user_name: str | None, *, create: bool = False) -> User:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from crewship.errors import InvalidInputError, NotFoundError
 from crewship.model import App, validate_config_key
 from crewship.state import Database, now
 
@@ -39,6 +42,51 @@ def config_digest(config: dict[str, str]) -> str:
         return ""
     blob = json.dumps(config, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+VERSION_RE = re.compile(r"^v?([1-9][0-9]{0,8})$")
+UNUSABLE = ("failed", "building")
+
+
+def parse_version(text: str) -> int:
+    """``v3`` or ``3`` -> 3."""
+    found = VERSION_RE.fullmatch(text)
+    if found is None:
+        raise InvalidInputError(f"{text[:40]!r} is not a release: use vN, e.g. v3 "
+                                "(see 'releases APP')")
+    return int(found.group(1))
+
+
+def rollback_target(releases: Sequence[Release], live: int | None,
+                    version: int | None = None) -> Release:
+    """The release a rollback returns to (pure: the artifact's presence is checked later).
+
+    Given ``version``: that release, unless it is live or never went live. Default: the
+    newest release before the live one that went live and differs from it (so a restart
+    or a failed deploy in between is skipped).
+    """
+    by_version = {r.version: r for r in releases}
+    current = by_version.get(live) if live is not None else None
+    if current is None:
+        raise InvalidInputError("nothing is live to roll back from: push a release first")
+    if version is not None:
+        target = by_version.get(version)
+        if target is None:
+            raise NotFoundError(f"there is no release v{version} (see 'releases')")
+        if target.version == current.version:
+            raise InvalidInputError(f"v{version} is already live (use 'restart' to restart it)")
+        if target.status in UNUSABLE or target.artifact is None:
+            raise InvalidInputError(f"v{version} never went live ({target.status}): "
+                                    "pick a release that did (see 'releases')")
+        return target
+    for release in sorted(releases, key=lambda r: -r.version):
+        if release.version >= current.version or release.status in UNUSABLE:
+            continue
+        if release.artifact is None:
+            continue
+        if (release.artifact, release.config_digest) != (current.artifact, current.config_digest):
+            return release
+    raise InvalidInputError(f"there is no release before v{current.version} to roll back to")
 
 
 def _release(row: sqlite3.Row) -> Release:
@@ -72,6 +120,11 @@ class ReleaseStore:
         row = self.db.one("SELECT * FROM releases WHERE app_id = ? AND version = ?",
                           app.id, version)
         return _release(row) if row else None
+
+    def all(self, app: App) -> list[Release]:
+        rows = self.db.all("SELECT * FROM releases WHERE app_id = ? ORDER BY version DESC",
+                           app.id)
+        return [_release(r) for r in rows]
 
     def list(self, app: App, limit: int = 50) -> list[Release]:
         rows = self.db.all("SELECT * FROM releases WHERE app_id = ? ORDER BY version DESC "

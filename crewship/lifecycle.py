@@ -1,0 +1,138 @@
+"""The platform's use cases over an app's releases: history, rollback, restart, scale.
+
+Mixed into ``Platform`` (crewship/platform.py) like ``Operations``. Each change takes
+the app's deploy lock first and decides what to do only once it holds it (the live
+release may have changed while it waited); each new release goes through the same
+health-checked swap as a push, and a failed one changes nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from crewship.errors import ConflictError, InvalidInputError, NotFoundError
+from crewship.model import AccessLevel, App, User
+from crewship.releases import Release, rollback_target
+from crewship.reporter import Reporter
+
+if TYPE_CHECKING:
+    from crewship.apps import AppStore
+    from crewship.deploys import Deployer
+    from crewship.releases import ConfigStore, ReleaseStore
+
+MAX_SCALE = 10
+
+
+def release_info(release: Release, live: int | None, available: bool) -> dict[str, Any]:
+    """One row of ``releases --json``."""
+    return {
+        "version": f"v{release.version}", "number": release.version, "kind": release.kind,
+        "commit": release.commit, "config_digest": release.config_digest,
+        "created_by": release.created_by, "created_at": release.created_at,
+        "status": release.status, "live": release.version == live,
+        "description": release.description, "error": release.error,
+        "build": Path(release.artifact).name if release.artifact else None,
+        "build_available": available,
+    }
+
+
+def build_available(release: Release) -> bool:
+    return release.artifact is not None and (Path(release.artifact) / "release.json").is_file()
+
+
+class Lifecycle(abc.ABC):
+    """Releases, rollback, restart and scale; needs a deployer."""
+
+    apps_store: AppStore
+    releases: ReleaseStore
+    config_store: ConfigStore
+
+    @abc.abstractmethod
+    def app_for(self, caller: User, name: str, need: AccessLevel = AccessLevel.READ) -> App:
+        """The app if the caller has ``need`` on it (crewship/platform.py)."""
+
+    @abc.abstractmethod
+    def _deployer(self) -> Deployer:
+        """The deployer, or UnavailableError (crewship/operations.py)."""
+
+    # ------------------------------------------------------------------ history
+    def release_history(self, caller: User, name: str, *, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first; ``live`` marks the one serving."""
+        app = self.app_for(caller, name, AccessLevel.READ)
+        if not 1 <= limit <= 1000:
+            raise InvalidInputError("-n must be between 1 and 1000")
+        fresh = self.apps_store.get(app.name) or app
+        return [release_info(r, fresh.live_release, build_available(r))
+                for r in self.releases.list(fresh, limit)]
+
+    # ----------------------------------------------------------------- rollback
+    async def rollback(self, caller: User, name: str, version: int | None,
+                       report: Reporter) -> Release:
+        """A new release running an earlier release's build with that release's config."""
+        app = self.app_for(caller, name, AccessLevel.DEPLOY)
+        deployer = self._deployer()
+        what = f"rollback to v{version}" if version else "rollback"
+        async with deployer.locked(app, caller.name, what, report):
+            fresh = self.apps_store.get(app.name) or app
+            target = rollback_target(self.releases.all(fresh), fresh.live_release, version)
+            if not build_available(target):
+                raise NotFoundError(
+                    f"v{target.version}'s build was removed (crewship keeps the last 5 builds "
+                    f"per app): push its commit {target.commit[:12]} again to run that code")
+            built_by = Path(target.artifact or "").name
+            report.step(f"Rolling back {name} to v{target.version} "
+                        f"({target.commit[:12]}, config {target.config_digest or 'empty'})")
+            report.step(f"Reusing {built_by}'s build (no install)")
+            release = await deployer.release_from(
+                fresh, caller.name, kind="rollback", base=target, config=target.config,
+                report=report, description=f"Rollback to v{target.version}")
+            self.config_store.replace(fresh, target.config)
+            return release
+
+    # ------------------------------------------------------------------ restart
+    async def restart(self, caller: User, name: str, report: Reporter) -> Release:
+        """The live build again, with the stored config, through the health-checked swap."""
+        app = self.app_for(caller, name, AccessLevel.DEPLOY)
+        deployer = self._deployer()
+        async with deployer.locked(app, caller.name, "restart", report):
+            fresh = self.apps_store.get(app.name) or app
+            live = deployer.live(fresh)
+            if live is None:
+                raise ConflictError(f"{name} has nothing live to restart: push a release first")
+            if fresh.scale == 0:
+                raise ConflictError(f"{name} is scaled to 0: start it with 'ps:scale {name} 1'")
+            if not build_available(live):
+                raise NotFoundError(f"v{live.version}'s build is missing: push again to rebuild")
+            config = self.config_store.get(fresh)
+            changed = sorted(k for k in set(config) | set(live.config)
+                             if config.get(k) != live.config.get(k))
+            report.step(f"Restarting {name} (v{live.version}, {live.commit[:12]}, no install)")
+            if changed:
+                report.info(f"applying config stored since v{live.version}: {', '.join(changed)}")
+            return await deployer.release_from(
+                fresh, caller.name, kind="restart", base=live, config=config, report=report,
+                description=f"Restart of v{live.version}")
+
+    # -------------------------------------------------------------------- scale
+    async def scale(self, caller: User, name: str, n: int, report: Reporter) -> int:
+        """Run ``n`` instances of the live release (0 stops the app); stored for restarts."""
+        app = self.app_for(caller, name, AccessLevel.DEPLOY)
+        if not 0 <= n <= MAX_SCALE:
+            raise InvalidInputError(f"scale must be between 0 and {MAX_SCALE}, not {n}")
+        deployer = self._deployer()
+        async with deployer.locked(app, caller.name, f"scale to {n}", report):
+            fresh = self.apps_store.get(app.name) or app
+            live = deployer.live(fresh)
+            if live is None:
+                if n == 0:
+                    raise ConflictError(f"{name} has nothing running to stop: no release is live")
+                self.apps_store.set_scale(fresh, n)
+                report.step(f"{name} will run {n} instance(s) once a release is live")
+                return n
+            report.step(f"Scaling {name} from {fresh.scale} to {n} (v{live.version})")
+            await deployer.scale_live(fresh, n, report)
+            report.done(f"{name} is stopped: kickoffs get 503 until 'ps:scale {name} 1'"
+                        if n == 0 else f"{name} runs {n} instance(s) of v{live.version}")
+            return n

@@ -1,0 +1,143 @@
+"""SSH commands for releases and running apps: releases, rollback, restart, ps:scale,
+and the user's API tokens: api-tokens, api-tokens:create, api-tokens:revoke."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from crewship.apitokens import ApiToken
+from crewship.errors import InvalidInputError
+from crewship.releases import parse_version
+from crewship.reporter import LineReporter
+from gitserver.command import ArgumentParser, Context, command, table
+
+
+def _name(p: ArgumentParser) -> None:
+    p.add_argument("app")
+
+
+def _reporter(ctx: Context) -> LineReporter:
+    return LineReporter(ctx.out)
+
+
+def _when(stamp: str | None) -> str:
+    return stamp.replace("T", " ").removesuffix("Z") if stamp else "-"
+
+
+def _releases_args(p: ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("-n", "--num", type=int, default=20, help="how many (default 20)")
+
+
+def _release_row(r: dict[str, Any]) -> list[str]:
+    return ["*" if r["live"] else "", r["version"], r["kind"], r["commit"][:12],
+            r["config_digest"] or "-", r["created_by"], _when(r["created_at"]), r["status"],
+            r["description"] + ("" if r["build_available"] or not r["build"]
+                                else f" (build {r['build']} removed)")]
+
+
+@command("releases", "list an app's releases, newest first; * marks the live one",
+         _releases_args, read=True)
+async def releases(ctx: Context, args: argparse.Namespace) -> int:
+    found = ctx.platform.release_history(ctx.user, args.app, limit=args.num)
+    if args.json:
+        ctx.out_json(found)
+    elif not found:
+        ctx.out(f"{args.app} has no releases yet: git push to deploy it")
+    else:
+        ctx.out(f"=== {args.app} releases")
+        ctx.out(table([_release_row(r) for r in found],
+                      ["", "RELEASE", "KIND", "COMMIT", "CONFIG", "BY", "WHEN (UTC)", "STATUS",
+                       "DESCRIPTION"]))
+    return 0
+
+
+def _rollback_args(p: ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("version", nargs="?", metavar="vN",
+                   help="the release to return to (default: the one before the live one)")
+
+
+@command("rollback", "a new release running an earlier release's build and config "
+         "(nothing is installed)", _rollback_args)
+async def rollback(ctx: Context, args: argparse.Namespace) -> int:
+    version = parse_version(args.version) if args.version is not None else None
+    await ctx.platform.rollback(ctx.user, args.app, version, _reporter(ctx))
+    return 0
+
+
+@command("restart", "restart the live release through a health-checked swap (a new release)",
+         _name)
+async def restart(ctx: Context, args: argparse.Namespace) -> int:
+    await ctx.platform.restart(ctx.user, args.app, _reporter(ctx))
+    return 0
+
+
+def _scale_args(p: ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("count", metavar="N", help="instances to run, 0-10 (0 stops the app)")
+
+
+@command("ps:scale", "run N instances of the live release (0 stops the app)", _scale_args)
+async def ps_scale(ctx: Context, args: argparse.Namespace) -> int:
+    if not args.count.isdigit():
+        raise InvalidInputError(f"N must be a whole number from 0 to 10, not {args.count[:20]!r}")
+    await ctx.platform.scale(ctx.user, args.app, int(args.count), _reporter(ctx))
+    return 0
+
+
+def _token_json(token: ApiToken) -> dict[str, Any]:
+    return {"id": token.id, "prefix": token.prefix, "created_at": token.created_at,
+            "expires_at": token.expires_at, "last_used_at": token.last_used_at,
+            "expired": token.expired()}
+
+
+@command("api-tokens", "list your API tokens for the HTTP API (never the tokens themselves)",
+         read=True)
+async def api_tokens(ctx: Context, args: argparse.Namespace) -> int:
+    found = ctx.platform.list_api_tokens(ctx.user)
+    if args.json:
+        ctx.out_json([_token_json(t) for t in found])
+    elif not found:
+        ctx.out("no API tokens yet: make one with 'api-tokens:create'")
+    else:
+        ctx.out(table([[str(t.id), f"{t.prefix}...", _when(t.created_at),
+                        _when(t.expires_at) if t.expires_at else "never",
+                        _when(t.last_used_at)] + (["expired"] if t.expired() else [""])
+                       for t in found],
+                      ["ID", "TOKEN", "CREATED", "EXPIRES", "LAST USED", ""]))
+    return 0
+
+
+def _create_args(p: ArgumentParser) -> None:
+    p.add_argument("--expires-days", type=int, default=None, metavar="N",
+                   help="expire after N days (default: never)")
+
+
+@command("api-tokens:create", "make an API token for the HTTP API (shown once)", _create_args,
+         read=True)
+async def api_tokens_create(ctx: Context, args: argparse.Namespace) -> int:
+    record, token = ctx.platform.create_api_token(ctx.user, args.expires_days)
+    if args.json:
+        ctx.out_json({**_token_json(record), "token": token})
+    else:
+        ctx.out(token)
+        ctx.err(f"API token {record.id} is shown once: keep it (expires "
+                f"{_when(record.expires_at) if record.expires_at else 'never'}; "
+                f"'api-tokens:revoke {record.id}' disables it)")
+    return 0
+
+
+def _revoke_args(p: ArgumentParser) -> None:
+    p.add_argument("id", metavar="ID", help="the token's id (see 'api-tokens')")
+
+
+@command("api-tokens:revoke", "revoke one of your API tokens by id", _revoke_args)
+async def api_tokens_revoke(ctx: Context, args: argparse.Namespace) -> int:
+    if not args.id.isdigit() or len(args.id) > 12:
+        raise InvalidInputError(f"ID must be a token id number (see 'api-tokens'), "
+                                f"not {args.id[:20]!r}")
+    record = ctx.platform.revoke_api_token(ctx.user, int(args.id))
+    ctx.out(f"revoked API token {record.id} ({record.prefix}...)")
+    return 0
