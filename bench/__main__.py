@@ -60,8 +60,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| case | crewship | OpenSSH sshd | ratio | goal |", "|---|---:|---:|---:|---:|"]
+    lines = ["| case | crewship | baseline | ratio | goal |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['case']} | {r['crewship_s'] * 1000:.0f} ms | {r['baseline_s'] * 1000:.0f} ms "
+              f"({r.get('baseline', 'baseline')}) "
               f"| {r['ratio']:.2f}x | <= {r['goal']:.1f}x |" for r in rows]
     return "\n".join(lines)
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small-runs", type=int, default=5)
     parser.add_argument("--large-runs", type=int, default=3)
     parser.add_argument("--large-mb", type=int, default=50)
+    parser.add_argument("--deploy-runs", type=int, default=3)
     args = parser.parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k != "only"}
 
