@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         "bootstrap", help="make the operator's ~/.ssh/id_*.pub the first admin if none exists")
     boot.add_argument("--data-dir", type=Path)
     boot.add_argument("--ssh-dir", type=Path, default=Path.home() / ".ssh")
+
+    from crewship.client.parser import add_client_commands
+
+    add_client_commands(sub)
+    from crewship.client.crewai_login import add_login_command
+
+    add_login_command(sub)
     return parser
 
 
@@ -94,6 +101,10 @@ def _safe_user_name(raw: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "client_handler", None) is not None:
+            from crewship.client.parser import run
+
+            return run(args)
         if args.command == "server":
             from crewship import daemon
 
