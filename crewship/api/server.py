@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from crewship import log
-from crewship.api import crew
+from crewship.api import crew, plus
 from crewship.api.errors import from_exception
 from crewship.platform import Platform
 
@@ -27,7 +27,7 @@ def create_app(platform: Platform) -> Starlette:
 
     from starlette.routing import Route
 
-    app = Starlette(routes=[Route("/", root), *crew.routes],
+    app = Starlette(routes=[Route("/", root), *crew.routes, *plus.routes],
                     exception_handlers={Exception: from_exception})
     app.state.platform = platform
 
