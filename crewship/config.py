@@ -28,6 +28,15 @@ class Settings:
     base_image: str = "python:3.12-slim"
     # Shared dependency environments (default: DATA_DIR/envs); servers may share one.
     envs_dir: Path | None = None
+    # Execution history: kickoffs older than this many days, or beyond this many per app, go.
+    kickoff_retention_days: float = 30.0
+    kickoff_retention_max: int = 10_000
+    kickoff_prune_interval: float = 3600.0
+    # Crash policy (DESIGN.md section 4): this many crashes within the window make an app
+    # crashed; restarts after the first wait restart_delay seconds, doubling.
+    crash_limit: int = 10
+    crash_window: float = 600.0
+    restart_delay: float = 1.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -59,6 +68,12 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_DEPLOY_LOCK_TIMEOUT": ("deploy_lock_timeout", float),
     "CREWSHIP_BASE_IMAGE": ("base_image", str),
     "CREWSHIP_ENVS_DIR": ("envs_dir", Path),
+    "CREWSHIP_KICKOFF_RETENTION_DAYS": ("kickoff_retention_days", float),
+    "CREWSHIP_KICKOFF_RETENTION_MAX": ("kickoff_retention_max", int),
+    "CREWSHIP_KICKOFF_PRUNE_INTERVAL": ("kickoff_prune_interval", float),
+    "CREWSHIP_CRASH_LIMIT": ("crash_limit", int),
+    "CREWSHIP_CRASH_WINDOW": ("crash_window", float),
+    "CREWSHIP_RESTART_DELAY": ("restart_delay", float),
 }
 
 

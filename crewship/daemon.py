@@ -16,12 +16,15 @@ from crewship.api.server import HTTPServer
 from crewship.config import Layout, Settings
 from crewship.deploys import Deployer
 from crewship.errors import InvalidInputError
+from crewship.history import Retention, prune_forever
 from crewship.kickoffs import KickoffService
 from crewship.platform import Platform
 from crewship.state import Database
+from crewship.telemetry import Telemetry, runtime_states
 from gitserver.hooks import HookServer
 from gitserver.server import SSHGateway, load_host_key
 from runtime.backend import Backend
+from runtime.backoff import BackoffPolicy
 from runtime.events import (
     AppCrashed,
     InstanceExited,
@@ -59,7 +62,10 @@ class Daemon:
         self.supervisor = Supervisor(self.backend, self.layout,
                                      health_timeout=settings.health_timeout,
                                      drain_timeout=settings.drain_timeout,
-                                     on_event=self._on_event)
+                                     on_event=self._on_event,
+                                     backoff=BackoffPolicy(base=settings.restart_delay,
+                                                           max_crashes=settings.crash_limit,
+                                                           window=settings.crash_window))
         envs_dir = settings.envs_dir.resolve() if settings.envs_dir else self.layout.envs
         builder = ReleaseBuilder(self.layout, EnvBuilder(envs_dir, settings.python))
         self.platform.deployer = Deployer(
@@ -67,6 +73,10 @@ class Daemon:
             self.platform.releases, self.platform.config_store, builder, self.supervisor)
         self.kickoffs = KickoffService(self.db, self.supervisor)
         self.platform.kickoffs = self.kickoffs
+        self.telemetry = Telemetry(settings, self.platform.metrics, self.platform.alerts)
+        self.platform.deployer.on_event = self.kickoffs.on_event = self.telemetry.handle
+        self.platform.metrics.states = runtime_states(self.platform.apps_store, self.supervisor)
+        self._pruner: asyncio.Task[None] | None = None
         self.http = HTTPServer(self.platform, settings.host, settings.http_port)
         self._stop = asyncio.Event()
         self._closers: list[Callable[[], object]] = []
@@ -80,6 +90,10 @@ class Daemon:
         for name in self.platform.repos.names():
             self.platform.repos.install_hooks(name)
         self.kickoffs.fail_orphans()
+        retention = Retention(self.settings.kickoff_retention_days,
+                              self.settings.kickoff_retention_max)
+        self._pruner = asyncio.create_task(
+            prune_forever(self.db, retention, self.settings.kickoff_prune_interval))
         await self.hooks.start()
         await self.http.start()
         await self.ssh.start(self.settings.host, self.settings.ssh_port)
@@ -95,6 +109,10 @@ class Daemon:
         await self.http.close()
         await self.supervisor.aclose()
         await self.kickoffs.aclose()
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
+        await self.telemetry.aclose()
         await self.backend.aclose()
         self.db.close()
         logger.info("server_stopped")
@@ -109,6 +127,7 @@ class Daemon:
         elif isinstance(event, AppCrashed):
             logger.warning("app_crashed", app=event.app, release=event.release,
                            crashes=event.crashes)
+        self.telemetry.handle(event)
 
     def stop(self) -> None:
         self._stop.set()

@@ -22,6 +22,7 @@ from crewship import log
 from crewship.apps import AppStore
 from crewship.config import Layout, Settings
 from crewship.errors import ConflictError, CrewshipError, DeployError
+from crewship.events import DeployFinished, EventSink, ignore
 from crewship.model import App, User
 from crewship.platform import RefUpdate
 from crewship.releases import ConfigStore, Release, ReleaseStore
@@ -79,6 +80,7 @@ class Deployer:
         self.supervisor = supervisor
         self._locks: dict[str, asyncio.Lock] = {}
         self._holders: dict[str, LockHolder] = {}
+        self.on_event: EventSink = ignore   # the daemon wires telemetry here
 
     def app_log(self, app: str) -> AppLog:
         return AppLog(self.layout.app_logs(app))
@@ -127,6 +129,8 @@ class Deployer:
             if not app.deploy_branch:
                 self.apps.set_deploy_branch(app, update.ref)
             push_id = self.apps.record_push(app, user.name, update.ref, update.old, update.new)
+            logger.info("push_received", app=app.name, user=user.name, ref=update.ref,
+                        commit=update.new)
             try:
                 await self.deploy_commit(app, user.name, update.new, report)
                 self.apps.set_push_outcome(push_id, "deployed")
@@ -149,6 +153,7 @@ class Deployer:
 
     async def deploy_commit(self, app: App, user: str, commit: str, report: Reporter) -> Release:
         async with self.locked(app, user, f"deploy of {commit[:12]}", report):
+            started = time.monotonic()
             config = self.config.get(app)
             release = self.releases.create(app, kind="push", commit=commit, config=config,
                                            created_by=user, description=f"Deploy {commit[:12]}")
@@ -158,10 +163,16 @@ class Deployer:
                                                  self.repos.path(app.name), commit, report,
                                                  config_keys=set(config))
                 self.releases.set_artifact(app, release.version, str(built.dir))
+                logger.info("build_finished", app=app.name, release=release.version, user=user,
+                            cache_hit=built.env.cache_hit,
+                            duration_ms=round((time.monotonic() - started) * 1000))
                 await self._activate(app, release.version, built.dir, config, report)
             except CrewshipError as exc:
                 self._fail(app, release.version, exc)
+                self._finished(app, release.version, user, "push", started, exc)
                 raise
+            self._finished(app, release.version, user, "push", started,
+                           cache_hit=built.env.cache_hit)
             return release
 
     # --------------------------------------------------------------- new releases
@@ -174,17 +185,30 @@ class Deployer:
                                        created_by=user, description=description,
                                        artifact=base.artifact)
         self.app_log(app.name).system(f"{description} as v{release.version} by {user}")
+        started = time.monotonic()
         try:
             await self._activate(app, release.version, Path(base.artifact), config, report)
         except CrewshipError as exc:
             self._fail(app, release.version, exc)
+            self._finished(app, release.version, user, kind, started, exc)
             raise
+        self._finished(app, release.version, user, kind, started)
         return release
 
     def _fail(self, app: App, version: int, exc: CrewshipError) -> None:
         self.releases.mark_failed(app, version, str(exc))
         self.app_log(app.name).system(f"deploy v{version} failed: {exc}")
         logger.info("deploy_failed", app=app.name, release=version, error=str(exc))
+
+    def _finished(self, app: App, version: int, user: str, kind: str, started: float,
+                  error: CrewshipError | None = None, cache_hit: bool | None = None) -> None:
+        """The canonical line and event of one deploy (push, config, rollback, restart)."""
+        duration = time.monotonic() - started
+        outcome = "failed" if error else "succeeded"
+        logger.info("deploy_finished", app=app.name, release=version, user=user, kind=kind,
+                    outcome=outcome, duration_ms=round(duration * 1000), cache_hit=cache_hit)
+        self.on_event(DeployFinished(app.name, version, user, kind, outcome, duration,
+                                     str(error) if error else None, cache_hit))
 
     async def _activate(self, app: App, version: int, artifact: Path, config: dict[str, str],
                         report: Reporter) -> None:

@@ -24,6 +24,7 @@ from crewship.errors import (
     NotFoundError,
     UnavailableError,
 )
+from crewship.events import EventSink, KickoffFinished, ignore
 from crewship.model import App
 from crewship.state import Database, now
 from runtime.events import Endpoint
@@ -50,6 +51,7 @@ class KickoffService:
         self._busy: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._inputs_cache: dict[tuple[str, int | None], list[str]] = {}
+        self.on_event: EventSink = ignore   # the daemon wires telemetry here
 
     # ------------------------------------------------------------------ queries
     def _row(self, app: App, kickoff_id: str) -> sqlite3.Row:
@@ -124,7 +126,9 @@ class KickoffService:
                 raise UnavailableError(f"{app.name} did not answer: {exc}") from exc
         return self._inputs_cache[key]
 
-    async def kickoff(self, app: App, inputs: Any, meta: Any = None) -> str:
+    async def kickoff(self, app: App, inputs: Any, meta: Any = None,
+                      webhooks: dict[str, str] | None = None) -> str:
+        """Record and start a run; ``webhooks``: {"task"|"step"|"crew": url} (C.3)."""
         if not isinstance(inputs, dict):
             raise InvalidInputError("'inputs' must be a JSON object of input names to values")
         encoded = json.dumps(inputs)
@@ -136,9 +140,14 @@ class KickoffService:
             raise MissingInputsError(missing)
         kickoff_id = str(uuid.uuid4())
         self.db.execute("INSERT INTO kickoffs (id, app_id, release, state, inputs_json, meta_json,"
-                        " created_at) VALUES (?, ?, ?, 'PENDING', ?, ?, ?)", kickoff_id, app.id,
-                        app.live_release, encoded, json.dumps(meta) if meta else None, now())
-        task = asyncio.create_task(self._run(app, kickoff_id, inputs))
+                        " webhooks_json, created_at) VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?)",
+                        kickoff_id, app.id, app.live_release, encoded,
+                        json.dumps(meta) if meta else None, _dump(webhooks or None), now())
+        run = {"kickoff_id": kickoff_id, "inputs": inputs}
+        if webhooks and (webhooks.keys() & {"task", "step"}):  # the runner posts these (C.7)
+            run["webhooks"] = {k: v for k, v in webhooks.items() if k in ("task", "step")}
+            run["meta"] = meta
+        task = asyncio.create_task(self._run(app, kickoff_id, run))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         logger.info("kickoff_received", app=app.name, kickoff_id=kickoff_id)
@@ -148,7 +157,7 @@ class KickoffService:
         endpoints = self._endpoints(app)
         return min(endpoints, key=lambda e: self._busy.get(e.instance_id, 0))
 
-    async def _run(self, app: App, kickoff_id: str, inputs: dict[str, Any]) -> None:
+    async def _run(self, app: App, kickoff_id: str, run: dict[str, Any]) -> None:
         try:
             endpoint = self._least_busy(app)
         except UnavailableError as exc:
@@ -162,8 +171,7 @@ class KickoffService:
                         name, release, now(), kickoff_id)
         self._busy[name] = self._busy.get(name, 0) + 1
         try:
-            resp = await self.client.post(f"{_base(endpoint)}/runs",
-                                          json={"kickoff_id": kickoff_id, "inputs": inputs})
+            resp = await self.client.post(f"{_base(endpoint)}/runs", json=run)
             result = resp.json()
         except (httpx.HTTPError, ValueError) as exc:
             result = {"state": "FAILURE",
@@ -175,6 +183,10 @@ class KickoffService:
                     state=result.get("state"), duration_s=result.get("execution_time"))
 
     def _finish(self, kickoff_id: str, result: dict[str, Any]) -> None:
+        row = self.db.one("SELECT kickoffs.*, apps.name AS app_name FROM kickoffs JOIN apps "
+                          "ON apps.id = app_id WHERE kickoffs.id = ?", kickoff_id)
+        if row is None or row["state"] not in ("PENDING", "RUNNING"):
+            return
         state = result.get("state") if result.get("state") in TERMINAL else "FAILURE"
         error = result.get("error") or (None if state == "SUCCESS" else "the crew gave no result")
         self.db.execute(
@@ -185,6 +197,7 @@ class KickoffService:
             _dump(result.get("tasks")), _dump(result.get("token_usage")),
             error if state != "SUCCESS" else None, result.get("execution_time"), now(),
             kickoff_id)
+        self.on_event(_finished(row, str(state), error if state != "SUCCESS" else None, result))
 
     async def stop(self, app: App, kickoff_id: str) -> dict[str, Any]:
         row = self._row(app, kickoff_id)
@@ -238,5 +251,16 @@ def _dump(value: Any) -> str | None:
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _finished(row: sqlite3.Row, state: str, error: str | None,
+              result: dict[str, Any]) -> KickoffFinished:
+    usage = result.get("token_usage")
+    return KickoffFinished(
+        app=row["app_name"], kickoff_id=row["id"], release=row["release"], state=state,
+        execution_time=result.get("execution_time"), error=error,
+        result=_text(result.get("result")), result_json=result.get("result_json"),
+        token_usage=usage if isinstance(usage, dict) else None, meta=_loads(row["meta_json"]),
+        webhooks=_loads(row["webhooks_json"]) or {})
 
 

@@ -110,4 +110,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX api_tokens_user ON api_tokens (user_id);
     """,
+    # 4: alert receivers per app; the webhook URLs a kickoff was given (C.3)
+    """
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        url TEXT NOT NULL,
+        events TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX alerts_app ON alerts (app_id);
+    ALTER TABLE kickoffs ADD COLUMN webhooks_json TEXT;
+    CREATE INDEX kickoffs_state ON kickoffs (app_id, state, created_at);
+    """,
 ]

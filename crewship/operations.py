@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from crewship import log
 from crewship.errors import InvalidInputError, NotFoundError, UnavailableError
 from crewship.model import AccessLevel, App, User, validate_config_key
 from crewship.releases import Release
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from crewship.deploys import Deployer
     from crewship.kickoffs import KickoffService
     from crewship.releases import ConfigStore, TokenStore
+
+logger = log.get("crewship.operations")
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, str]:
@@ -35,6 +38,13 @@ def parse_assignments(pairs: list[str]) -> dict[str, str]:
             raise InvalidInputError(f"{key[:60]!r} is not KEY=VALUE")
         out[validate_config_key(key)] = value
     return out
+
+
+def _config_changed(app: App, caller: User, changes: dict[str, str], unset: bool,
+                    release: int | None) -> None:
+    """The log line of a config change: the keys, never the values."""
+    logger.info("config_changed", app=app.name, user=caller.name, keys=sorted(changes),
+                action="unset" if unset else "set", release=release)
 
 
 class Operations(abc.ABC):
@@ -123,6 +133,7 @@ class Operations(abc.ABC):
             keys = ", ".join(sorted(changes))
             if live is None or not restart:
                 self.config_store.replace(app, new)
+                _config_changed(app, caller, changes, unset, None)
                 report.step(f"{'Unset' if unset else 'Set'} {keys} "
                             f"({'applies on the next deploy' if live is None else 'not restarted'})")
                 return None
@@ -131,6 +142,7 @@ class Operations(abc.ABC):
                 app, caller.name, kind="config", base=live, config=new, report=report,
                 description=f"{'Unset' if unset else 'Set'} {keys}")
             self.config_store.replace(app, new)
+            _config_changed(app, caller, changes, unset, release.version)
             return release
 
     # -------------------------------------------------------------------- tokens
@@ -157,8 +169,10 @@ class Operations(abc.ABC):
         return app
 
     # ------------------------------------------------------------------ kickoffs
-    async def kickoff(self, app: App, inputs: Any, meta: Any = None) -> str:
-        return await self._kickoffs().kickoff(self.apps_store.get(app.name) or app, inputs, meta)
+    async def kickoff(self, app: App, inputs: Any, meta: Any = None,
+                      webhooks: dict[str, str] | None = None) -> str:
+        return await self._kickoffs().kickoff(self.apps_store.get(app.name) or app, inputs, meta,
+                                              webhooks)
 
     async def kickoff_status(self, app: App, kickoff_id: str) -> dict[str, Any]:
         return await self._kickoffs().status(app, kickoff_id)
@@ -169,7 +183,3 @@ class Operations(abc.ABC):
     async def crew_inputs(self, app: App) -> list[str]:
         return await self._kickoffs().inputs(self.apps_store.get(app.name) or app)
 
-    def kickoff_history(self, caller: User, name: str, *, limit: int = 20,
-                        state: str | None = None) -> list[dict[str, Any]]:
-        app = self.app_for(caller, name, AccessLevel.READ)
-        return self._kickoffs().history(app, limit, state)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from crewship import log
 from crewship.accounts import Accounts
+from crewship.alerts import AlertStore
 from crewship.apitokens import ApiToken, ApiTokenStore
 from crewship.apps import AppStore
 from crewship.config import Layout, Settings
@@ -25,7 +26,9 @@ from crewship.errors import (
     app_not_found,
 )
 from crewship.lifecycle import Lifecycle
+from crewship.metrics import Metrics
 from crewship.model import AccessLevel, App, Key, User, access_level, validate_app_name
+from crewship.monitoring import Monitoring
 from crewship.operations import Operations
 from crewship.releases import ConfigStore, ReleaseStore, TokenStore
 from crewship.reporter import Reporter
@@ -46,7 +49,7 @@ class RefUpdate:
     ref: str
 
 
-class Platform(Operations, Lifecycle):
+class Platform(Operations, Lifecycle, Monitoring):
     def __init__(self, settings: Settings, layout: Layout, db: Database) -> None:
         self.settings = settings
         self.layout = layout
@@ -58,6 +61,8 @@ class Platform(Operations, Lifecycle):
         self.config_store = ConfigStore(db)
         self.tokens = TokenStore(db)
         self.api_tokens = ApiTokenStore(db)
+        self.alerts = AlertStore(db)
+        self.metrics = Metrics()  # this daemon's registry, served at /metrics
         self.deployer: Deployer | None = None
         self.kickoffs: KickoffService | None = None
 
@@ -163,8 +168,9 @@ class Platform(Operations, Lifecycle):
     def app_by_uuid(self, caller: User, app_uuid: str,
                     need: AccessLevel = AccessLevel.READ) -> App:
         app = self.apps_store.by_uuid(app_uuid)
-        if app is None:
-            raise NotFoundError(f"no app with uuid {app_uuid!r}")
+        missing = NotFoundError(f"no app with uuid {app_uuid!r} (see 'apps' for yours)")
+        if app is None or self.level(caller, app) is AccessLevel.NONE:
+            raise missing  # no access reads like no app, and names nothing
         return self.app_for(caller, app.name, need)
 
     def apps(self, caller: User) -> list[App]:

@@ -25,6 +25,7 @@ from crewship.platform import Platform
 from gitserver import (  # noqa: F401 (importing registers the commands)
     commands_accounts,
     commands_apps,
+    commands_history,
     commands_releases,
     commands_runtime,
     transport,
@@ -122,6 +123,7 @@ class _Connection(asyncssh.SSHServer):
         user = self.gateway.platform.authenticate(fingerprint)
         if user is None:
             logger.info("auth_failed", conn_id=self.conn_id, key_fp=fingerprint, peer=self.peer)
+            self.gateway.platform.metrics.ssh_auth_failures.inc()
             return False
         self._candidate = (user, fingerprint)
         return True

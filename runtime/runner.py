@@ -10,7 +10,9 @@ starts it with the release's own interpreter (which has crewai, the daemon never
 Standard library only (crewai is imported lazily), Python 3.10+. The crew is loaded
 before the port is bound, so a crew that cannot load exits non-zero with its traceback.
 HTTP API (JSON bodies): ``GET /healthz``, ``GET /inputs``, ``POST /runs`` (blocks until
-the run ends), ``GET /runs/{id}``, ``POST /runs/{id}/stop``. SIGTERM/SIGINT: refuse new
+the run ends; ``{"kickoff_id", "inputs", "webhooks": {"task", "step"}, "meta"}``: the
+runner POSTs CrewAI's task and step webhooks itself), ``GET /runs/{id}``,
+``POST /runs/{id}/stop``. SIGTERM/SIGINT: refuse new
 runs (503), let running ones finish, exit 0. Every output line is written as
 ``<ISO-8601 UTC ms>Z [<instance>] <text>`` to the inherited stdout/stderr.
 """
@@ -23,12 +25,15 @@ import importlib
 import inspect
 import json
 import os
+import queue
 import re
 import signal
 import sys
 import threading
 import time
 import traceback
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -45,6 +50,8 @@ TELEMETRY_ENV = {
 }
 FINISHED_KEPT = 1000
 TEXT_LIMIT = 2000
+WEBHOOK_DELAYS = (0.5, 1.0, 2.0)  # between the tries of one webhook POST
+WEBHOOK_TIMEOUT = 10.0
 
 
 # ---- output: one timestamped, instance-tagged line per write ---------------------------------
@@ -231,6 +238,129 @@ def _entrypoint_project(spec: str | None) -> Project:
     raise TypeError(f"{spec} returned {type(sample).__name__}, not a Crew or a Flow")
 
 
+# ---- task and step webhooks (crewai-protocol.md C.7) ------------------------------------------
+
+
+def post_json(url: str, body: dict[str, Any], delays: tuple[float, ...] = WEBHOOK_DELAYS) -> bool:
+    """POST ``body``; retried after network errors, 408, 429 and 5xx. True if delivered."""
+    data = json.dumps(body, default=str).encode()
+    headers = {"Content-Type": "application/json", "User-Agent": "crewship-runner"}
+    for attempt in range(len(delays) + 1):
+        request = urllib.request.Request(url, data=data, headers=headers, method="POST")  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as resp:  # noqa: S310
+                if resp.status < 300:
+                    return True
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 and exc.code not in (408, 429):
+                return False
+        except (OSError, ValueError):
+            pass
+        if attempt < len(delays):
+            time.sleep(delays[attempt])
+    return False
+
+
+class WebhookSender:
+    """Sends one run's task/step webhooks in order from a background thread (best effort).
+
+    The run never waits for a receiver; ``close()`` lets the thread end once the queue
+    is empty.
+    """
+
+    def __init__(self, urls: dict[str, Any], kickoff_id: str, meta: Any) -> None:
+        self.urls = {
+            kind: url
+            for kind, url in urls.items()
+            if kind in ("task", "step") and isinstance(url, str) and url.startswith(("http://", "https://"))
+        }
+        self.kickoff_id = kickoff_id
+        self.meta = meta
+        self.queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        self.thread: threading.Thread | None = None
+
+    def send(self, kind: str, payload: dict[str, Any]) -> None:
+        url = self.urls.get(kind)
+        if not url:
+            return
+        if self.thread is None:
+            name = f"hooks-{self.kickoff_id[:8]}"
+            self.thread = threading.Thread(target=self._work, name=name, daemon=True)
+            self.thread.start()
+        self.queue.put((url, {**payload, "kickoff_id": self.kickoff_id, "meta": self.meta}))
+
+    def close(self) -> None:
+        self.queue.put(None)
+
+    def _work(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if not post_json(*item):
+                say(f"kickoff {self.kickoff_id}: a webhook could not be delivered")
+
+
+_STEP_RUNS: dict[str, Run] = {}  # crewAI task id -> the run executing it (step webhooks)
+_STEP_LISTENER: list[Any] = []
+
+
+def _prompt_of(messages: Any) -> str | None:
+    if isinstance(messages, list):
+        users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        return _clip(users[-1]) if users else None
+    return _clip(messages)
+
+
+def _final_step(event: Any) -> dict[str, Any] | None:
+    """A ReAct final answer as a step (crewAI gives a tool-less agent's answer to no step_callback)."""
+    text = str(getattr(event, "response", "") or "")
+    if "Final Answer:" not in text:
+        return None
+    head, _, answer = text.partition("Final Answer:")
+    thought = head.strip().removeprefix("Thought:").strip()
+    prompt = _prompt_of(getattr(event, "messages", None))
+    result = _clip(answer.strip())
+    return {"prompt": prompt, "thought": _clip(thought), "tool": None, "tool_input": None, "result": result}
+
+
+def watch_final_answers(run: Run, tasks: list[Any]) -> None:
+    """Send a step webhook for each ReAct final answer of ``tasks`` (crewAI's event bus)."""
+    if run.webhooks is None or "step" not in run.webhooks.urls:
+        return
+    if not _STEP_LISTENER:
+        from crewai.events import crewai_event_bus
+        from crewai.events.types.llm_events import LLMCallCompletedEvent
+
+        def on_llm_call(source: Any, event: Any) -> None:
+            owner = _STEP_RUNS.get(str(getattr(event, "task_id", "") or ""))
+            step = _final_step(event) if owner is not None else None
+            if owner is not None and owner.webhooks is not None and step is not None:
+                owner.webhooks.send("step", step)
+
+        crewai_event_bus.on(LLMCallCompletedEvent)(on_llm_call)
+        _STEP_LISTENER.append(crewai_event_bus)
+    for task in tasks:
+        _STEP_RUNS[str(task.id)] = run
+        run.task_ids.append(str(task.id))
+
+
+def flush_final_answers(run: Run) -> None:
+    """Let the event bus's handler threads see the run's last LLM calls (before finish)."""
+    if run.task_ids and _STEP_LISTENER:
+        with contextlib.suppress(Exception):
+            _STEP_LISTENER[0].flush(timeout=5.0)
+
+
+def _task_payload(output: Any) -> dict[str, Any]:
+    return {
+        "description": getattr(output, "description", None),
+        "name": getattr(output, "name", None),
+        "expected_output": getattr(output, "expected_output", None),
+        "summary": getattr(output, "summary", None),
+        "agent": getattr(output, "agent", None),
+        "output": getattr(output, "raw", None),
+        "output_json": getattr(output, "json_dict", None),
+    }
+
+
 # ---- runs ------------------------------------------------------------------------------------
 
 
@@ -257,6 +387,8 @@ class Run:
         self.task_times: list[float] = []
         self.outcome: dict[str, Any] = {}
         self.finished = threading.Event()
+        self.webhooks: WebhookSender | None = None
+        self.task_ids: list[str] = []  # watched for step webhooks
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 3)
@@ -274,6 +406,8 @@ class Run:
             "tool_input": _clip(getattr(step, "tool_input", None)),
             "result": _clip(getattr(step, "result", None) or getattr(step, "output", None)),
         }
+        if self.webhooks is not None:
+            self.webhooks.send("step", {"prompt": _clip(getattr(step, "prompt", None)), **self.last_step})
 
     def current_task(self) -> str | None:
         names = self.task_names
@@ -283,6 +417,8 @@ class Run:
         self.task_times.append(time.monotonic())
         self.completed_tasks += 1
         self.check_revoked()
+        if self.webhooks is not None:
+            self.webhooks.send("task", _task_payload(output))
 
     def status(self) -> dict[str, Any]:
         if self.state != "RUNNING":
@@ -356,11 +492,14 @@ class Runner:
         with self.lock:
             return sum(1 for r in self.runs.values() if r.state == "RUNNING")
 
-    def start(self, kickoff_id: str, inputs: dict[str, Any]) -> Run | None:
+    def start(
+        self, kickoff_id: str, inputs: dict[str, Any], webhooks: WebhookSender | None = None
+    ) -> Run | None:
         with self.lock:
             if kickoff_id in self.runs:
                 return None
             run = Run(kickoff_id, self.project.total_tasks)
+            run.webhooks = webhooks
             self.runs[kickoff_id] = run
             finished = [k for k, r in self.runs.items() if r.state != "RUNNING"]
             for old in finished[: max(0, len(finished) - FINISHED_KEPT)]:
@@ -387,7 +526,11 @@ class Runner:
             target.task_callback = _chain(run.on_task, target.task_callback)
             run.task_names = [t.name or f"task_{i + 1}" for i, t in enumerate(target.tasks)]
             run.total_tasks = len(target.tasks)
-            output = target.kickoff(inputs={**self.project.defaults, **inputs})
+            watch_final_answers(run, list(target.tasks))
+            try:
+                output = target.kickoff(inputs={**self.project.defaults, **inputs})
+            finally:
+                flush_final_answers(run)
             return _crew_result(run, output)
         if hasattr(target, "kickoff"):  # a Flow
             return _flow_result(target, target.kickoff(inputs=inputs))
@@ -402,6 +545,10 @@ class Runner:
                 return
             run.state = outcome["state"]
             run.outcome = outcome
+        if run.webhooks is not None:
+            run.webhooks.close()
+        for task_id in run.task_ids:
+            _STEP_RUNS.pop(task_id, None)
         run.finished.set()
         say(f"kickoff {run.kickoff_id} finished {run.state} in {outcome['execution_time']:.1f}s")
 
@@ -497,7 +644,9 @@ class Handler(BaseHTTPRequestHandler):
         if runner.draining:
             self.reply(503, {"error": "Service Unavailable", "message": "runner is stopping"})
             return
-        run = runner.start(kickoff_id, inputs)
+        hooks = body.get("webhooks")
+        sender = WebhookSender(hooks, kickoff_id, body.get("meta")) if isinstance(hooks, dict) else None
+        run = runner.start(kickoff_id, inputs, sender)
         if run is None:
             self.reply(409, {"error": "Conflict", "message": f"kickoff {kickoff_id} exists"})
             return

@@ -420,6 +420,8 @@ class Supervisor:
                 st.live[index] = inst
                 self._watch(st, inst)
                 st.log.system(f"{name} restarted and healthy")
+                log.info("instance_restarted", app=st.name, release=st.release,
+                         instance=inst.ref.id, restarts=restarts)
                 return
         finally:
             st.pending.pop(index, None)

@@ -1,7 +1,8 @@
 """The deployed-crew API, per app at ``/apps/NAME`` (reference section C).
 
 ``GET /`` health, ``GET /inputs``, ``POST /kickoff``, ``GET /status/{id}``,
-``POST /stop/{id}``; every route needs ``Authorization: Bearer <app token>``.
+``POST /stop/{id}``, and the execution history ``GET /kickoffs?limit=&state=``; every
+route needs ``Authorization: Bearer <app token>``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,17 @@ from starlette.routing import Route
 from crewship.api.errors import error_response
 from crewship.errors import InvalidInputError
 from crewship.model import App
+from crewship.notify import validate_url
 from crewship.platform import Platform
 
 MAX_BODY = 1024 * 1024 + 4096
+WEBHOOK_FIELDS = {"taskWebhookUrl": "task", "stepWebhookUrl": "step", "crewWebhookUrl": "crew"}
+
+
+def webhook_urls(body: dict[str, Any]) -> dict[str, str]:
+    """``{"task"|"step"|"crew": url}`` from a kickoff body's ``*WebhookUrl`` fields (C.3)."""
+    return {kind: validate_url(body[field], field) for field, kind in WEBHOOK_FIELDS.items()
+            if body.get(field) is not None}
 
 
 def _platform(request: Request) -> Platform:
@@ -81,8 +90,19 @@ async def kickoff(request: Request) -> Response:
     body = await _json_body(request)
     if "inputs" not in body:
         body["inputs"] = {}
-    kickoff_id = await _platform(request).kickoff(app, body["inputs"], body.get("meta"))
+    kickoff_id = await _platform(request).kickoff(app, body["inputs"], body.get("meta"),
+                                                  webhook_urls(body))
     return JSONResponse({"kickoff_id": kickoff_id})
+
+
+async def history(request: Request) -> Response:
+    app = _authorized(request)
+    if app is None:
+        return _unauthorized()
+    query = request.query_params
+    rows = _platform(request).app_kickoff_history(app, limit=query.get("limit"),
+                                                  state=query.get("state"))
+    return JSONResponse({"app": app.name, "kickoffs": rows})
 
 
 async def status(request: Request) -> Response:
@@ -111,4 +131,5 @@ routes = [
     Route("/apps/{app}/kickoff", kickoff, methods=["POST"]),
     Route("/apps/{app}/status/{kickoff_id}", status, methods=["GET"]),
     Route("/apps/{app}/stop/{kickoff_id}", stop, methods=["POST"]),
+    Route("/apps/{app}/kickoffs", history, methods=["GET"]),
 ]

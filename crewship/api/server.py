@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from crewship import log
-from crewship.api import crew, plus
+from crewship.api import crew, plus, telemetry
 from crewship.api.errors import from_exception
 from crewship.platform import Platform
 
@@ -27,7 +27,7 @@ def create_app(platform: Platform) -> Starlette:
 
     from starlette.routing import Route
 
-    app = Starlette(routes=[Route("/", root), *crew.routes, *plus.routes],
+    app = Starlette(routes=[Route("/", root), *crew.routes, *plus.routes, *telemetry.routes],
                     exception_handlers={Exception: from_exception})
     app.state.platform = platform
 
@@ -39,9 +39,10 @@ async def access_log(request: Request, call_next: RequestResponseEndpoint) -> Re
     """One canonical line per request."""
     started = time.monotonic()
     response = await call_next(request)
+    elapsed = time.monotonic() - started
+    telemetry.observe(request, response.status_code, elapsed)
     logger.info("http_request", method=request.method, path=request.url.path,
-                status=response.status_code,
-                duration_ms=round((time.monotonic() - started) * 1000, 1))
+                status=response.status_code, duration_ms=round(elapsed * 1000, 1))
     return response
 
 

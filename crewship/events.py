@@ -1,0 +1,51 @@
+"""What the platform tells its observers (metrics, alerts, webhooks): value types only.
+
+The deployer and the kickoff service emit these through an ``EventSink``; the daemon
+wires the sink to ``crewship.telemetry.Telemetry``. The supervisor's own events
+(``runtime.events``: ``InstanceExited``, ``AppCrashed``, ...) reach the same sink.
+No event ever carries a config value or a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DeployFinished:
+    """A release went live (``outcome="succeeded"``) or did not (``"failed"``)."""
+
+    app: str
+    release: int
+    user: str
+    kind: str                  # push | config | rollback | restart
+    outcome: str               # succeeded | failed
+    duration: float            # seconds, build included
+    error: str | None = None
+    cache_hit: bool | None = None   # pushes only: was the dependency env reused?
+
+
+@dataclass(frozen=True)
+class KickoffFinished:
+    """A kickoff reached a terminal state (SUCCESS, FAILURE, REVOKED)."""
+
+    app: str
+    kickoff_id: str
+    release: int | None
+    state: str
+    execution_time: float | None
+    error: str | None = None
+    result: str | None = None
+    result_json: Any = None
+    token_usage: dict[str, int] | None = None
+    meta: Any = None
+    webhooks: dict[str, str] = field(default_factory=dict)
+
+
+EventSink = Callable[[object], None]
+
+
+def ignore(event: object) -> None:
+    """The sink of a part nobody wired to telemetry (unit tests)."""

@@ -1,0 +1,106 @@
+"""Outbound JSON POSTs (alerts, crew webhooks): in background tasks, retried with backoff.
+
+A slow or failing receiver never blocks the caller: ``post`` returns at once and the
+delivery runs as a task of the daemon's loop. Network errors, 408, 429 and 5xx are
+retried (``attempts`` in all, waiting ``base_delay`` doubling up to ``max_delay``);
+any other status is final. Only the receiver's host is logged: a URL may carry a
+secret in its path or query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from crewship import log
+from crewship.errors import InvalidInputError
+
+logger = log.get("crewship.notify")
+
+MAX_URL = 2048
+RETRY_STATUS = {408, 425, 429}
+_BAD_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def validate_url(url: object, what: str = "URL") -> str:
+    """An absolute http(s) URL with a host, or InvalidInputError."""
+    if not isinstance(url, str) or not url:
+        raise InvalidInputError(f"{what} must be an http(s) URL string")
+    if len(url) > MAX_URL or _BAD_CHARS.search(url):
+        raise InvalidInputError(f"{what} is not a valid URL (too long or has spaces)")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInputError(f"{what} must start with http:// or https:// and name a host")
+    return url
+
+
+def host_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+def retry_delays(attempts: int, base: float, cap: float) -> list[float]:
+    """The waits between ``attempts`` tries: base, 2*base, ... capped (pure)."""
+    return [min(base * 2 ** i, cap) for i in range(max(0, attempts - 1))]
+
+
+Done = Callable[[bool], None]
+
+
+class Deliverer:
+    def __init__(self, client: httpx.AsyncClient | None = None, *, attempts: int = 5,
+                 base_delay: float = 0.5, max_delay: float = 30.0,
+                 timeout: float = 10.0) -> None:
+        self.client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        self.delays = retry_delays(attempts, base_delay, max_delay)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def post(self, url: str, body: dict[str, Any], *, what: str,
+             done: Done | None = None) -> None:
+        """Deliver ``body`` to ``url`` in the background; ``done(ok)`` when finished."""
+        task = asyncio.create_task(self._deliver(url, body, what, done))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, url: str, body: dict[str, Any], what: str,
+                       done: Done | None) -> None:
+        ok = False
+        error = ""
+        for attempt, delay in enumerate([*self.delays, None], start=1):
+            try:
+                resp = await self.client.post(url, json=body)
+            except httpx.HTTPError as exc:
+                error = type(exc).__name__
+            else:
+                ok = resp.status_code < 300
+                error = f"HTTP {resp.status_code}"
+                if ok or not (resp.status_code >= 500 or resp.status_code in RETRY_STATUS):
+                    break
+            if delay is None:
+                break
+            logger.info("delivery_retrying", what=what, receiver=host_of(url), attempt=attempt,
+                        error=error, delay_s=delay)
+            await asyncio.sleep(delay)
+        if ok:
+            logger.info("delivery_succeeded", what=what, receiver=host_of(url), attempts=attempt)
+        else:
+            logger.warning("delivery_failed", what=what, receiver=host_of(url),
+                           attempts=attempt, error=error)
+        if done is not None:
+            done(ok)
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait up to ``timeout`` for deliveries in flight (tests, shutdown)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.aclose()

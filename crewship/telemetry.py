@@ -1,0 +1,127 @@
+"""The platform's observers in one place: metrics, alerts and crew webhooks.
+
+``Telemetry.handle`` is the daemon's event sink. It takes the platform's events
+(``crewship.events``) and the supervisor's (``runtime.events``), updates the Prometheus
+metrics, raises alerts through ``AlertGate`` (one per failure, never a storm) and
+delivers the ``crewWebhookUrl`` of a finished kickoff (reference C.7). Every delivery
+runs in the background (``crewship.notify``): nothing here waits on a receiver.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crewship import log
+from crewship.alerts import AlertGate, AlertStore
+from crewship.apps import AppStore
+from crewship.config import Settings
+from crewship.events import DeployFinished, KickoffFinished
+from crewship.metrics import Metrics, StateSource
+from crewship.notify import Deliverer
+from crewship.state import now
+from runtime.events import AppCrashed, InstanceExited
+from runtime.supervisor import Supervisor
+
+logger = log.get("crewship.telemetry")
+
+
+def crew_webhook_body(event: KickoffFinished) -> dict[str, Any]:
+    """The ``crewWebhookUrl`` payload (C.7), plus ``state`` and ``error`` for failed runs."""
+    usage = event.token_usage or {}
+    return {
+        "kickoff_id": event.kickoff_id, "result": event.result,
+        "result_json": event.result_json,
+        "token_usage": {k: int(usage.get(k) or 0)
+                        for k in ("total_tokens", "prompt_tokens", "completion_tokens")},
+        "meta": event.meta, "state": event.state, "error": event.error,
+    }
+
+
+class Telemetry:
+    def __init__(self, settings: Settings, metrics: Metrics, alerts: AlertStore,
+                 deliverer: Deliverer | None = None, gate: AlertGate | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.alerts = alerts
+        self.deliverer = deliverer or Deliverer()
+        self.gate = gate or AlertGate()
+
+    def handle(self, event: object) -> None:
+        if isinstance(event, DeployFinished):
+            self._deploy(event)
+        elif isinstance(event, KickoffFinished):
+            self._kickoff(event)
+        elif isinstance(event, InstanceExited):
+            self.metrics.crashes.labels(event.app).inc()
+        elif isinstance(event, AppCrashed):
+            self.metrics.crashed.labels(event.app).inc()
+            self.alert("crashed", event.app, event.release,
+                       f"{event.app} is crashed: {event.crashes} crashes in a row; it is not "
+                       f"restarted until a deploy, 'restart {event.app}' or 'ps:scale'",
+                       {"crashes": event.crashes})
+
+    def _deploy(self, event: DeployFinished) -> None:
+        self.metrics.deploy_finished(event.app, event.kind, event.outcome, event.duration,
+                                     event.cache_hit)
+        details = {"kind": event.kind, "user": event.user,
+                   "duration_s": round(event.duration, 3)}
+        if event.outcome == "succeeded":
+            self.gate.recovered(event.app)
+            self.alert("deployed", event.app, event.release,
+                       f"{event.app} v{event.release} is live", details, key=f"v{event.release}")
+            return
+        self.alert("deploy_failed", event.app, event.release,
+                   f"deploy of {event.app} v{event.release} failed: {event.error}",
+                   {**details, "error": event.error}, key=f"v{event.release}")
+
+    def _kickoff(self, event: KickoffFinished) -> None:
+        self.metrics.kickoff_finished(event.app, event.state, event.execution_time,
+                                      event.token_usage)
+        url = event.webhooks.get("crew")
+        if url:
+            def done(ok: bool) -> None:
+                self.metrics.webhooks.labels("crew", "delivered" if ok else "failed").inc()
+            self.deliverer.post(url, crew_webhook_body(event), what="crew_webhook", done=done)
+        if event.state == "FAILURE":
+            self.alert("kickoff_failed", event.app, event.release,
+                       f"kickoff {event.kickoff_id} of {event.app} failed: {event.error}",
+                       {"kickoff_id": event.kickoff_id, "error": event.error,
+                        "execution_time": event.execution_time, "meta": event.meta},
+                       key=event.kickoff_id)
+
+    def alert(self, name: str, app: str, release: int | None, message: str,
+              details: dict[str, Any], *, key: str = "") -> None:
+        """Send alert ``name`` to every receiver of ``app`` that wants it (gated)."""
+        receivers = self.alerts.receivers(app, name)
+        if not receivers:
+            return
+        held = self.gate.admit(name, app, key)
+        if held is None:
+            logger.info("alert_suppressed", alert=name, app=app, release=release)
+            return
+        for receiver in receivers:
+            body = {"event": name, "app": app,
+                    "release": f"v{release}" if release is not None else None,
+                    "message": message, "at": now(), "alert_id": receiver.id,
+                    "url": self.settings.app_url(app), "details": details, "suppressed": held}
+
+            def done(ok: bool, name: str = name) -> None:
+                self.metrics.alerts.labels(name, "delivered" if ok else "failed").inc()
+            self.deliverer.post(receiver.url, body, what=f"alert {name}", done=done)
+        logger.info("alert_raised", alert=name, app=app, release=release,
+                    receivers=len(receivers), suppressed=held)
+
+    async def aclose(self) -> None:
+        await self.deliverer.aclose()
+
+
+def runtime_states(apps: AppStore, supervisor: Supervisor) -> StateSource:
+    """What ``crewship_instances`` and ``crewship_apps`` report, read at scrape time."""
+    def states() -> list[tuple[str, str, list[str], int]]:
+        found: list[tuple[str, str, list[str], int]] = []
+        for app in apps.all():
+            status = supervisor.status(app.name)
+            found.append((app.name, status.state, [i.state for i in status.instances],
+                          status.restarts))
+        return found
+    return states

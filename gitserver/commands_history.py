@@ -1,0 +1,97 @@
+"""SSH commands for watching apps: kickoffs (execution history), alerts, alerts:add/remove."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from crewship.alerts import EVENTS
+from crewship.errors import InvalidInputError
+from gitserver.command import ArgumentParser, Context, command, table
+
+
+def _name(p: ArgumentParser) -> None:
+    p.add_argument("app")
+
+
+def _when(stamp: str | None) -> str:
+    return stamp.replace("T", " ").removesuffix("Z") if stamp else "-"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def _kickoffs_args(p: ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("-n", "--num", type=int, default=20, help="how many (default 20, max 1000)")
+    p.add_argument("--state", help="only PENDING, RUNNING, SUCCESS, FAILURE or REVOKED")
+
+
+def _kickoff_row(k: dict[str, Any]) -> list[str]:
+    usage = k.get("token_usage") or {}
+    error = (k.get("error") or "").splitlines()[0][:60] if k.get("error") else ""
+    return [k["kickoff_id"], k["state"], f"v{k['release']}" if k.get("release") else "-",
+            _when(k.get("created_at")), _seconds(k.get("execution_time")),
+            str(usage.get("total_tokens", "-")), error]
+
+
+@command("kickoffs", "list an app's kickoffs, newest first (execution history)",
+         _kickoffs_args, read=True)
+async def kickoffs(ctx: Context, args: argparse.Namespace) -> int:
+    found = ctx.platform.kickoff_history(ctx.user, args.app, limit=args.num, state=args.state)
+    if args.json:
+        ctx.out_json(found)
+    elif not found:
+        which = f" in state {args.state.upper()}" if args.state else ""
+        ctx.out(f"{args.app} has no kickoffs{which} yet")
+    else:
+        ctx.out(f"=== {args.app} kickoffs")
+        ctx.out(table([_kickoff_row(k) for k in found],
+                      ["KICKOFF", "STATE", "RELEASE", "STARTED (UTC)", "DURATION", "TOKENS",
+                       "ERROR"]))
+    return 0
+
+
+@command("alerts", "list an app's alert receivers", _name, read=True)
+async def alerts(ctx: Context, args: argparse.Namespace) -> int:
+    found = [a.info() for a in ctx.platform.alert_receivers(ctx.user, args.app)]
+    if args.json:
+        ctx.out_json(found)
+    elif not found:
+        ctx.out(f"{args.app} has no alert receivers; add one with 'alerts:add {args.app} URL'")
+    else:
+        ctx.out(f"=== {args.app} alerts")
+        ctx.out(table([[str(a["id"]), a["url"], ",".join(a["events"]), a["created_by"]]
+                       for a in found], ["ID", "URL", "EVENTS", "BY"]))
+    return 0
+
+
+def _add_args(p: ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("url")
+    p.add_argument("--events", help=f"comma-separated, of {','.join(EVENTS)} "
+                                    "(default: deploy_failed,crashed,kickoff_failed)")
+
+
+@command("alerts:add", "POST JSON alerts about an app to URL", _add_args)
+async def alerts_add(ctx: Context, args: argparse.Namespace) -> int:
+    alert = ctx.platform.add_alert(ctx.user, args.app, args.url, args.events)
+    ctx.out(f"alert {alert.id}: {', '.join(alert.events)} -> {alert.url}")
+    return 0
+
+
+def _remove_args(p: ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("id", help="the alert's id (see 'alerts NAME')")
+
+
+@command("alerts:remove", "stop sending an app's alerts to one receiver", _remove_args)
+async def alerts_remove(ctx: Context, args: argparse.Namespace) -> int:
+    try:
+        alert_id = int(args.id)
+    except ValueError:
+        raise InvalidInputError(f"{args.id[:20]!r} is not an alert id (a number)") from None
+    alert = ctx.platform.remove_alert(ctx.user, args.app, alert_id)
+    ctx.out(f"removed alert {alert.id} ({alert.url})")
+    return 0
