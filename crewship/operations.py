@@ -180,6 +180,15 @@ class Operations(abc.ABC):
     async def kickoff_stop(self, app: App, kickoff_id: str) -> dict[str, Any]:
         return await self._kickoffs().stop(app, kickoff_id)
 
+    def serving_error(self, app: App) -> str | None:
+        """Why the app cannot take kickoffs right now, or None when an instance is up."""
+        if self.deployer is not None and self.deployer.supervisor.endpoints(app.name):
+            return None
+        fresh = self.apps_store.get(app.name) or app
+        if fresh.scale == 0:
+            return f"{app.name} is scaled to 0 (stopped): start it with 'ps:scale {app.name} 1'"
+        return f"{app.name} has no running instance"
+
     async def crew_inputs(self, app: App) -> list[str]:
         return await self._kickoffs().inputs(self.apps_store.get(app.name) or app)
 

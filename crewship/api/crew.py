@@ -67,12 +67,9 @@ async def health(request: Request) -> Response:
     app = _authorized(request)
     if app is None:
         return _unauthorized()
-    if not _platform(request).deployer or not _platform(request).deployer.supervisor.endpoints(  # type: ignore[union-attr]
-            app.name):
-        if app.scale == 0:
-            return error_response(503, f"{app.name} is scaled to 0 (stopped): start it with "
-                                       f"'ps:scale {app.name} 1'")
-        return error_response(503, f"{app.name} has no running instance")
+    problem = _platform(request).serving_error(app)
+    if problem is not None:
+        return error_response(503, problem)
     return PlainTextResponse("Healthy")
 
 
