@@ -11,10 +11,10 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from crewship import log
-from crewship.api import crew, plus, telemetry
+from crewship.api import crew, dashboard, plus, telemetry
 from crewship.api.errors import from_exception
 from crewship.platform import Platform
 
@@ -22,12 +22,7 @@ logger = log.get("crewship.http")
 
 
 def create_app(platform: Platform) -> Starlette:
-    async def root(request: Request) -> Response:
-        return JSONResponse({"service": "crewship", "apps": "/apps/NAME"})
-
-    from starlette.routing import Route
-
-    app = Starlette(routes=[Route("/", root), *crew.routes, *plus.routes, *telemetry.routes],
+    app = Starlette(routes=[*dashboard.routes, *crew.routes, *plus.routes, *telemetry.routes],
                     exception_handlers={Exception: from_exception})
     app.state.platform = platform
 
