@@ -50,20 +50,31 @@ def versions() -> dict[str, str]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    headers = ["benchmark", "case", "runs", "crewship (s)", "baseline (s)", "ratio", "goal", "met"]
-    cells = [[r["benchmark"], r["case"], str(r["runs"]), f"{r['crewship_s']:.3f}",
-              f"{r['baseline_s']:.3f}", f"{r['ratio']:.2f}x", f"<= {r['goal']:.1f}x",
+    headers = ["benchmark", "case", "runs", "crewship", "baseline", "ratio", "goal", "met"]
+    cells = [[r["benchmark"], r["case"], str(r["runs"]), _value(r, "crewship_s"),
+              _value(r, "baseline_s"), f"{r['ratio']:.2f}x", f"<= {r['goal']:.2f}x",
               "yes" if r["met"] else "NO"] for r in rows]
     widths = [max(len(row[i]) for row in [headers, *cells]) for i in range(len(headers))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
                      for row in [headers, *cells])
 
 
+def _value(r: dict[str, Any], key: str) -> str:
+    """A measured value with its unit: seconds unless the row says otherwise (``unit``)."""
+    unit = r.get("unit", "s")
+    return f"{r[key]:.3f} s" if unit == "s" else f"{r[key]:.0f} {unit}"
+
+
+def _md_value(r: dict[str, Any], key: str) -> str:
+    unit = r.get("unit", "s")
+    return f"{r[key] * 1000:.0f} ms" if unit == "s" else f"{r[key]:.0f} {unit}"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| case | crewship | baseline | ratio | goal |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['case']} | {r['crewship_s'] * 1000:.0f} ms | {r['baseline_s'] * 1000:.0f} ms "
+    lines += [f"| {r['case']} | {_md_value(r, 'crewship_s')} | {_md_value(r, 'baseline_s')} "
               f"({r.get('baseline', 'baseline')}) "
-              f"| {r['ratio']:.2f}x | <= {r['goal']:.1f}x |" for r in rows]
+              f"| {r['ratio']:.2f}x | <= {r['goal']:.2f}x |" for r in rows]
     return "\n".join(lines)
 
 

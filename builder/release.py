@@ -53,6 +53,7 @@ class ReleaseMeta:
     definition: str | None
     entrypoint: str | None
     created_at: str
+    image: str | None = None   # the docker runtime's image id; None: a venv release
 
     @property
     def app_dir(self) -> Path:
@@ -101,11 +102,17 @@ def load_release(release_dir: Path) -> ReleaseMeta:
 
 
 def runner_argv(release: ReleaseMeta | BuiltRelease, host: str, port: int,
-                instance: str) -> list[str]:
-    """The command that starts one instance of a release, run from any directory."""
+                instance: str, *, root: str | None = None) -> list[str]:
+    """The command that starts one instance of a release, run from any directory.
+
+    ``root``: where an image holds the release (``/app``: the app's files, the runner
+    and ``.venv``), instead of the release directory and its shared environment.
+    """
     meta = release.meta if isinstance(release, BuiltRelease) else release
-    argv = [str(meta.python_path), str(meta.runner), "--app-dir", str(meta.app_dir),
-            "--kind", meta.kind, "--package", meta.package]
+    python, runner, app_dir = str(meta.python_path), str(meta.runner), str(meta.app_dir)
+    if root is not None:
+        python, runner, app_dir = f"{root}/.venv/bin/python", f"{root}/{RUNNER_FILE}", root
+    argv = [python, runner, "--app-dir", app_dir, "--kind", meta.kind, "--package", meta.package]
     if meta.definition:
         argv += ["--definition", meta.definition]
     if meta.entrypoint:
@@ -193,20 +200,25 @@ class ReleaseBuilder:
         assert result.info is not None
         return result.info
 
-    def _assemble(self, app: str, version: int, commit: str, work: Path, env: EnvRef,
-                  info: ProjectInfo) -> None:
+    def _place_runner(self, work: Path) -> None:
         runner = self.runner_source or default_runner_source()
         if not runner.is_file():
             raise BuildError(f"the runner is missing at {runner}: reinstall crewship")
         shutil.copyfile(runner, work / RUNNER_FILE)
+
+    def _assemble(self, app: str, version: int, commit: str, work: Path, env: EnvRef,
+                  info: ProjectInfo, image: str | None = None) -> None:
+        self._place_runner(work)
         dest = self.layout.release_dir(app, version)
         meta = ReleaseMeta(
             app=app, version=version, commit=commit, dir=dest, env_key=env.key,
             env_path=env.path, python=env.python_version, kind=info.kind,
             package=info.package, definition=info.definition, entrypoint=info.entrypoint,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"), image=image)
         data = asdict(meta)
         del data["dir"]
+        if image is None:
+            del data["image"]
         data["env_path"] = str(env.path)
         _write_json(work / RELEASE_FILE, data)
         _set_writable(work, writable=False)
@@ -216,6 +228,13 @@ class ReleaseBuilder:
         path = self.layout.release_dir(app, version)
         if path.exists():
             _remove_tree(path)
+
+    async def gc_artifacts(self, app: str) -> list[str]:
+        """What else a build made besides its directory: nothing for a venv release."""
+        return []
+
+    async def aclose(self) -> None:
+        """Nothing to release for the venv builder."""
 
 
 def _remove_tree(path: Path) -> None:

@@ -16,7 +16,8 @@ _APP_SELECT = ("SELECT apps.*, users.name AS owner_name FROM apps "
 def _app(row: sqlite3.Row) -> App:
     return App(id=row["id"], name=row["name"], uuid=row["uuid"], owner=row["owner_name"],
                created_at=row["created_at"], deploy_branch=row["deploy_branch"],
-               scale=row["scale"], live_release=row["live_release"])
+               scale=row["scale"], live_release=row["live_release"],
+               memory_limit=row["memory_limit"], cpu_limit=row["cpu_limit"])
 
 
 class AppStore:
@@ -55,6 +56,10 @@ class AppStore:
 
     def set_scale(self, app: App, scale: int) -> None:
         self.db.execute("UPDATE apps SET scale = ? WHERE id = ?", scale, app.id)
+
+    def set_limits(self, app: App, memory: int | None, cpus: float | None) -> None:
+        self.db.execute("UPDATE apps SET memory_limit = ?, cpu_limit = ? WHERE id = ?",
+                        memory, cpus, app.id)
 
     # access
     def grant(self, app: App, user_id: int) -> AccessLevel | None:

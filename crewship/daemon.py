@@ -67,7 +67,8 @@ class Daemon:
                                                            max_crashes=settings.crash_limit,
                                                            window=settings.crash_window))
         envs_dir = settings.envs_dir.resolve() if settings.envs_dir else self.layout.envs
-        builder = ReleaseBuilder(self.layout, EnvBuilder(envs_dir, settings.python))
+        self.builder = make_builder(settings, self.layout, EnvBuilder(envs_dir, settings.python))
+        builder = self.builder
         self.platform.deployer = Deployer(
             settings, self.layout, self.platform.apps_store, self.platform.repos,
             self.platform.releases, self.platform.config_store, builder, self.supervisor)
@@ -114,6 +115,7 @@ class Daemon:
             await asyncio.gather(self._pruner, return_exceptions=True)
         await self.telemetry.aclose()
         await self.backend.aclose()
+        await self.builder.aclose()
         self.db.close()
         logger.info("server_stopped")
 
@@ -161,8 +163,21 @@ class Daemon:
 def make_backend(settings: Settings, layout: Layout) -> Backend:
     if settings.runtime == "process":
         return ProcessBackend(layout)
+    if settings.runtime == "docker":
+        from runtime.docker import DockerBackend, connect
+
+        return DockerBackend(layout, connect())  # fails now, saying what to start
     raise InvalidInputError(f"the {settings.runtime} runtime is not available yet: "
-                            "use --runtime process")
+                            "use --runtime process or --runtime docker")
+
+
+def make_builder(settings: Settings, layout: Layout, envs: EnvBuilder) -> ReleaseBuilder:
+    """Venv releases for the process runtime, images for the docker runtime."""
+    if settings.runtime == "docker":
+        from builder.image import ImageBuilder
+
+        return ImageBuilder(layout, envs, settings.base_image)
+    return ReleaseBuilder(layout, envs)
 
 
 def run(settings: Settings) -> None:

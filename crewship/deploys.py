@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.env import remove_detached
-from builder.release import ReleaseBuilder, load_release, runner_argv
+from builder.image import IMAGE_APP_DIR
+from builder.release import ReleaseBuilder, ReleaseMeta, load_release, runner_argv
 from crewship import log
 from crewship.apps import AppStore
 from crewship.config import Layout, Settings
@@ -45,6 +46,9 @@ TELEMETRY_OFF = {
 PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR",
                "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
                "http_proxy", "https_proxy", "no_proxy")
+# In a container the image sets PATH, HOME and SSL_CERT_FILE (the host's CA bundle, copied).
+CONTAINER_PASSTHROUGH = ("LANG", "LC_ALL", "TZ", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+                         "http_proxy", "https_proxy", "no_proxy")
 DEPLOY_BRANCHES = ("refs/heads/main", "refs/heads/master")
 SpecFactory = Callable[[int, int], InstanceSpec]
 
@@ -268,6 +272,7 @@ class Deployer:
         doomed = builds_to_prune(self.releases.all(fresh), fresh.live_release, on_disk)
         for name in doomed:
             await asyncio.to_thread(self.builder.remove_release, app.name, int(name[1:]))
+        await self.builder.gc_artifacts(app.name)
         envs, skipped = await self._prune_envs(app)
         return Pruned(doomed, envs, skipped)
 
@@ -289,6 +294,13 @@ class Deployer:
     def spec_factory(self, app: str, version: int, artifact: Path,
                      config: dict[str, str]) -> SpecFactory:
         meta = load_release(artifact)
+        if (meta.image is not None) != (self.settings.runtime == "docker"):
+            built = "an image" if meta.image else "a venv"
+            raise DeployError(f"v{version} of {app} was built as {built}, which the "
+                              f"{self.settings.runtime} runtime cannot run: push again to "
+                              "rebuild it")
+        if meta.image is not None:
+            return self._image_spec_factory(app, version, meta, config)
         home = self.layout.app_home(app)
         home.mkdir(parents=True, exist_ok=True)
         env = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}
@@ -302,6 +314,28 @@ class Deployer:
             return InstanceSpec(app=app, release=version, index=index,
                                 argv=runner_argv(meta, "127.0.0.1", port, instance),
                                 env=dict(env), cwd=meta.app_dir, port=port)
+        return make_spec
+
+    def _image_spec_factory(self, app: str, version: int, meta: ReleaseMeta,
+                            config: dict[str, str]) -> SpecFactory:
+        """A container of the release's image: the image sets PATH, HOME and the CA bundle."""
+        env = {k: os.environ[k] for k in CONTAINER_PASSTHROUGH if k in os.environ}
+        env.update(config)
+        env.update(TELEMETRY_OFF)
+        env.update({"CREWSHIP_APP": app, "CREWSHIP_RELEASE": f"v{version}",
+                    "PYTHONUNBUFFERED": "1"})
+        fresh = self.apps.get(app)
+        memory = fresh.memory_limit if fresh else None
+        cpus = fresh.cpu_limit if fresh else None
+        image = meta.image
+
+        def make_spec(index: int, port: int) -> InstanceSpec:
+            instance = f"v{version}.{index}"
+            return InstanceSpec(app=app, release=version, index=index,
+                                argv=runner_argv(meta, "127.0.0.1", port, instance,
+                                                 root=IMAGE_APP_DIR),
+                                env=dict(env), cwd=Path(IMAGE_APP_DIR), port=port,
+                                image=image, memory=memory, cpus=cpus)
         return make_spec
 
     # ------------------------------------------------------------------ lifecycle

@@ -19,6 +19,7 @@ from crewship.reporter import Reporter
 
 if TYPE_CHECKING:
     from crewship.apps import AppStore
+    from crewship.config import Settings
     from crewship.deploys import Deployer
     from crewship.releases import ConfigStore, ReleaseStore
 
@@ -48,6 +49,7 @@ class Lifecycle(abc.ABC):
     apps_store: AppStore
     releases: ReleaseStore
     config_store: ConfigStore
+    settings: Settings
 
     @abc.abstractmethod
     def app_for(self, caller: User, name: str, need: AccessLevel = AccessLevel.READ) -> App:
@@ -136,3 +138,31 @@ class Lifecycle(abc.ABC):
             report.done(f"{name} is stopped: kickoffs get 503 until 'ps:scale {name} 1'"
                         if n == 0 else f"{name} runs {n} instance(s) of v{live.version}")
             return n
+
+    # ------------------------------------------------------------------- limits
+    async def limits(self, caller: User, name: str, memory: int | str | None = "keep",
+                     cpus: float | str | None = "keep", report: Reporter | None = None
+                     ) -> dict[str, Any]:
+        """Show or set the app's memory/CPU limits (``"keep"``: unchanged; None: unlimited).
+
+        Only the docker runtime enforces limits; a change restarts a live app (through the
+        health-checked swap) so its containers start with them.
+        """
+        changing = memory != "keep" or cpus != "keep"
+        app = self.app_for(caller, name, AccessLevel.DEPLOY if changing else AccessLevel.READ)
+        if changing:
+            if self.settings.runtime != "docker":
+                raise InvalidInputError(
+                    f"resource limits need the docker runtime; this server runs the "
+                    f"{self.settings.runtime} runtime (crewship server --runtime docker)")
+            new_memory = app.memory_limit if memory == "keep" else memory
+            new_cpus = app.cpu_limit if cpus == "keep" else cpus
+            assert not isinstance(new_memory, str)
+            assert not isinstance(new_cpus, str)
+            self.apps_store.set_limits(app, new_memory, new_cpus)
+            fresh = self.apps_store.get(app.name) or app
+            if report is not None and fresh.live_release is not None and fresh.scale > 0:
+                await self.restart(caller, name, report)
+            app = fresh
+        return {"app": app.name, "memory": app.memory_limit, "cpus": app.cpu_limit,
+                "runtime": self.settings.runtime}

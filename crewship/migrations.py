@@ -124,4 +124,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE kickoffs ADD COLUMN webhooks_json TEXT;
     CREATE INDEX kickoffs_state ON kickoffs (app_id, state, created_at);
     """,
+    # 5: per-app resource limits for the docker runtime (NULL: unlimited)
+    """
+    ALTER TABLE apps ADD COLUMN memory_limit INTEGER;
+    ALTER TABLE apps ADD COLUMN cpu_limit REAL;
+    """,
 ]

@@ -98,6 +98,51 @@ class App:
     deploy_branch: str | None = None
     scale: int = 1
     live_release: int | None = None
+    memory_limit: int | None = None   # bytes (the docker runtime's ps:limits)
+    cpu_limit: float | None = None
+
+
+_MEMORY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([kmgKMG]?)[bB]?$")
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+MIN_MEMORY = 64 * 1024**2
+MAX_CPUS = 256.0
+
+
+def parse_memory(text: str) -> int | None:
+    """``512m``, ``1g``, ``1.5G`` -> bytes; ``none`` -> None (unlimited). At least 64m."""
+    if text.lower() in ("none", "0", "unlimited"):
+        return None
+    found = _MEMORY_RE.fullmatch(text.strip())
+    if found is None:
+        raise InvalidInputError(f"invalid memory limit {text[:30]!r}: use a size like 512m "
+                                "or 1g, or none")
+    value = int(float(found.group(1)) * _UNITS[found.group(2).lower()])
+    if value < MIN_MEMORY:
+        raise InvalidInputError(f"memory limit {text[:30]!r} is too small: at least 64m")
+    return value
+
+
+def parse_cpus(text: str) -> float | None:
+    """``1``, ``0.5`` -> CPUs; ``none`` -> None (unlimited)."""
+    if text.lower() in ("none", "0", "unlimited"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidInputError(f"invalid CPU limit {text[:30]!r}: use a number like 1 or 0.5, "
+                                "or none") from None
+    if not 0.01 <= value <= MAX_CPUS:  # also refuses nan and inf
+        raise InvalidInputError(f"CPU limit {text[:30]!r} out of range: 0.01 to {MAX_CPUS:g}")
+    return value
+
+
+def format_memory(value: int | None) -> str:
+    if value is None:
+        return "unlimited"
+    for unit, size in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if value % size == 0:
+            return f"{value // size}{unit}"
+    return str(value)
 
 
 def access_level(user: User, app: App | None, grant: AccessLevel | None) -> AccessLevel:

@@ -8,6 +8,7 @@ from typing import Any
 
 from crewship.apitokens import ApiToken
 from crewship.errors import InvalidInputError
+from crewship.model import format_memory, parse_cpus, parse_memory
 from crewship.releases import parse_version
 from crewship.reporter import LineReporter
 from gitserver.command import ArgumentParser, Context, command, table
@@ -84,6 +85,28 @@ async def ps_scale(ctx: Context, args: argparse.Namespace) -> int:
     if not args.count.isdigit():
         raise InvalidInputError(f"N must be a whole number from 0 to 10, not {args.count[:20]!r}")
     await ctx.platform.scale(ctx.user, args.app, int(args.count), _reporter(ctx))
+    return 0
+
+
+def _limits_args(p: ArgumentParser) -> None:
+    _name(p)
+    p.add_argument("--memory", metavar="SIZE", help="memory per instance: 512m, 1g, none")
+    p.add_argument("--cpus", metavar="N", help="CPUs per instance: 1, 0.5, none")
+
+
+@command("ps:limits", "show or set memory/CPU limits per instance (docker runtime; a change "
+         "restarts the app)", _limits_args, read=True)
+async def ps_limits(ctx: Context, args: argparse.Namespace) -> int:
+    memory = parse_memory(args.memory) if args.memory is not None else "keep"
+    cpus = parse_cpus(args.cpus) if args.cpus is not None else "keep"
+    info = await ctx.platform.limits(ctx.user, args.app, memory, cpus, _reporter(ctx))
+    if args.json:
+        ctx.out_json(info)
+    else:
+        shown = f"{info['cpus']:g}" if info["cpus"] is not None else "unlimited"
+        ctx.out(f"=== {info['app']} limits per instance ({info['runtime']} runtime)")
+        ctx.out(f"memory:   {format_memory(info['memory'])}")
+        ctx.out(f"cpus:     {shown}")
     return 0
 
 

@@ -47,6 +47,10 @@ class InstanceSpec:
     cwd: Path
     port: int
     host: str = "127.0.0.1"
+    # The docker runtime: the release's image, and the app's limits (None: unlimited).
+    image: str | None = None
+    memory: int | None = None     # bytes
+    cpus: float | None = None
 
     @property
     def name(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,42 @@ import pytest
 from tests.support.server import CrewshipServer
 
 ServerFactory = Callable[..., CrewshipServer]
+DOCKER_BASE_IMAGE = os.environ.get("CREWSHIP_TEST_BASE_IMAGE", "crewship-base:bookworm")
+
+
+@functools.cache
+def docker_missing() -> str | None:
+    """Why the ``docker`` tests cannot run here (no daemon, no base image), or None."""
+    import docker
+    import docker.errors
+
+    try:
+        client = docker.from_env(timeout=10)
+        try:
+            client.ping()
+            client.images.get(DOCKER_BASE_IMAGE)
+        finally:
+            client.close()
+    except docker.errors.ImageNotFound:
+        return (f"the base image {DOCKER_BASE_IMAGE} is missing: run .ci/docker-setup "
+                "(mmdebstrap ... | docker import - crewship-base:bookworm)")
+    except docker.errors.DockerException as exc:
+        return f"no Docker daemon answers ({exc}): run .ci/docker-setup to start one"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``docker`` tests skip without Docker, with the reason; in CI they fail instead
+    (``CI=true``, or ``CREWSHIP_REQUIRE_DOCKER=1`` as .ci/run sets it)."""
+    if item.get_closest_marker("docker") is None:
+        return
+    reason = docker_missing()
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes") \
+            or os.environ.get("CREWSHIP_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"docker test cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture
