@@ -31,6 +31,7 @@ from crewship.reporter import Reporter
 from crewship.repos import ZERO_SHA, Repos
 from crewship.retention import KEEP, Pruned, builds_to_prune, env_keys_in_use
 from runtime.backend import InstanceSpec
+from runtime.events import InstanceFailedError
 from runtime.logs import AppLog
 from runtime.supervisor import Supervisor
 
@@ -51,6 +52,7 @@ CONTAINER_PASSTHROUGH = ("LANG", "LC_ALL", "TZ", "HTTP_PROXY", "HTTPS_PROXY", "N
                          "http_proxy", "https_proxy", "no_proxy")
 DEPLOY_BRANCHES = ("refs/heads/main", "refs/heads/master")
 SpecFactory = Callable[[int, int], InstanceSpec]
+OUTPUT_LINES = 40  # of a failed instance's output shown to the pusher
 
 
 @dataclass
@@ -221,8 +223,15 @@ class Deployer:
         current = self.apps.get(app.name) or app
         if current.scale == 0:
             report.info(f"{app.name} was scaled to 0: this deploy starts 1 instance")
-        await self.supervisor.deploy(app.name, version, make_spec,
-                                     scale=max(current.scale, 1), report=report)
+        try:
+            await self.supervisor.deploy(app.name, version, make_spec,
+                                         scale=max(current.scale, 1), report=report)
+        except InstanceFailedError as exc:
+            if exc.output:  # the new instance's own last lines say why it failed
+                report.warn(f"{exc.instance} output (last lines):")
+                for line in exc.output.splitlines()[-OUTPUT_LINES:]:
+                    report.info(line)
+            raise
         if current.scale == 0:
             self.apps.set_scale(current, 1)
         self.releases.mark_live(app, version)

@@ -159,6 +159,16 @@ def test_classic_crew_push_to_live_redeploy_broken_push_and_crash(
     assert srv.ssh_json(srv.admin_key, "status", "demo")["release"] == "v2"
     assert api.run({"topic": "still", "audience": "here"})["state"] == "SUCCESS"
 
+    # 4b. a crew that crashes when it starts fails the health check; the pusher sees why.
+    srv.git(None, "checkout", second, "--", "src/demo_crew/config/tasks.yaml", cwd=project)
+    crew_py = project / "src/demo_crew/crew.py"
+    crew_py.write_text('raise RuntimeError("boom at import")\n' + crew_py.read_text())
+    commit_all(srv, project, "crash at start")
+    out = push(srv, project, "demo", check=False)
+    assert "health check failed" in out, out
+    assert "RuntimeError: boom at import" in out
+    assert srv.ssh_json(srv.admin_key, "status", "demo")["release"] == "v2"
+
     # 5. kill -9 of the crew: a running kickoff ends FAILURE, the app comes back healthy.
     pid = instance_pid(srv, "demo")
     assert pid is not None
