@@ -50,8 +50,8 @@ from builder.release import (
     RUNNER_FILE,
     BuiltRelease,
     ReleaseBuilder,
-    _remove_tree,
     load_release,
+    remove_tree,
 )
 from crewship.config import Layout
 from crewship.errors import BuildError, ConflictError
@@ -397,7 +397,7 @@ class ImageBuilder(ReleaseBuilder):
         finally:
             self._building -= 1
             if work.exists():
-                await asyncio.to_thread(_remove_tree, work)
+                await asyncio.to_thread(remove_tree, work)
         meta = load_release(dest)
         report.info(f"release v{version}: {info.kind} {info.package}, image "
                     f"{(meta.image or '')[7:19]}")

@@ -179,7 +179,7 @@ class ReleaseBuilder:
                 raise ConflictError(f"release v{version} of {app} already exists") from exc
         finally:
             if work.exists():
-                await asyncio.to_thread(_remove_tree, work)
+                await asyncio.to_thread(remove_tree, work)
         meta = load_release(dest)
         report.info(f"release v{version}: {info.kind} {info.package}, env {env.key[:12]}, "
                     f"Python {env.python_version}")
@@ -227,7 +227,7 @@ class ReleaseBuilder:
         """Delete a release directory (restoring write bits first); idempotent."""
         path = self.layout.release_dir(app, version)
         if path.exists():
-            _remove_tree(path)
+            remove_tree(path)
 
     async def gc_artifacts(self, app: str) -> list[str]:
         """What else a build made besides its directory: nothing for a venv release."""
@@ -237,6 +237,9 @@ class ReleaseBuilder:
         """Nothing to release for the venv builder."""
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path, *, ignore_errors: bool = False) -> None:
+    """Delete a tree that may hold read-only release files; a missing one is fine."""
+    if not path.exists():
+        return
     _set_writable(path, writable=True)
-    shutil.rmtree(path)
+    shutil.rmtree(path, ignore_errors=ignore_errors)

@@ -7,11 +7,11 @@ app not existing.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from builder.release import remove_tree
 from crewship import log
 from crewship.accounts import Accounts
 from crewship.alerts import AlertStore
@@ -205,7 +205,7 @@ class Platform(Operations, Lifecycle, Monitoring):
         self.repos.delete(name)
         for path in (self.layout.releases / name, self.layout.app_logs(name),
                      self.layout.app_home(name)):
-            _remove_tree(path)
+            remove_tree(path, ignore_errors=True)
         logger.info("app_destroyed", app=name, user=caller.name)
         return app
 
@@ -261,12 +261,3 @@ class Platform(Operations, Lifecycle, Monitoring):
                                         outcome="stored")
             report.step(f"Stored {update.ref} at {update.new[:12]}")
         return 0
-
-
-def _remove_tree(path: Path) -> None:
-    if not path.exists():
-        return
-    for sub in [path, *path.rglob("*")]:
-        if not sub.is_symlink():
-            sub.chmod(0o755 if sub.is_dir() else 0o644)
-    shutil.rmtree(path, ignore_errors=True)
