@@ -13,7 +13,6 @@ assembled under ``tmp/`` and renamed into place in one step.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import shutil
@@ -80,11 +79,15 @@ class BuiltRelease:
 
 
 def default_runner_source() -> Path:
-    """``runtime/runner.py``, found without importing the runtime package."""
-    spec = importlib.util.find_spec("runtime")
-    if spec is None or spec.origin is None:
-        raise BuildError("the runtime package is not installed: cannot place the runner")
-    return Path(spec.origin).parent / "runner.py"
+    """``runtime/runner.py`` of this installation, found by this package's own path.
+
+    Not ``importlib.util.find_spec("runtime")``: that would take any other installed
+    package named ``runtime``. The runner is a plain file, never imported by the daemon.
+    """
+    runner = Path(__file__).resolve().parent.parent / "runtime" / "runner.py"
+    if not runner.is_file():
+        raise BuildError(f"the runner is missing at {runner}: reinstall crewship")
+    return runner
 
 
 def load_release(release_dir: Path) -> ReleaseMeta:

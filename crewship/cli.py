@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
+import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _open_platform(data_dir: Path | None) -> tuple[config.Settings, object]:
     from crewship.config import Layout
-    from crewship.platform import Platform
-    from crewship.state import Database
+    from crewship.service.platform import Platform
+    from crewship.store.state import Database
 
     settings = config.from_env(data_dir=data_dir)
     layout = Layout(settings.data_dir.resolve())
@@ -58,7 +61,7 @@ def _open_platform(data_dir: Path | None) -> tuple[config.Settings, object]:
 
 
 def admin_add_key(name: str, pubkey_file: Path, data_dir: Path | None) -> int:
-    from crewship.platform import Platform
+    from crewship.service.platform import Platform
 
     if not pubkey_file.is_file():
         raise CrewshipError(f"no such file: {pubkey_file} (give the path of an OpenSSH .pub file)")
@@ -70,7 +73,7 @@ def admin_add_key(name: str, pubkey_file: Path, data_dir: Path | None) -> int:
 
 
 def admin_bootstrap(data_dir: Path | None, ssh_dir: Path) -> int:
-    from crewship.platform import Platform
+    from crewship.service.platform import Platform
 
     settings, platform = _open_platform(data_dir)
     assert isinstance(platform, Platform)
@@ -82,13 +85,24 @@ def admin_bootstrap(data_dir: Path | None, ssh_dir: Path) -> int:
     if not candidates:
         print(f"no admin yet and no public key in {ssh_dir}: make one with "
               "'ssh-keygen -t ed25519' and run 'make run' again, or register any key with "
-              "'crewship admin add-key NAME FILE.pub'", file=sys.stderr)
+              f"'{_crewship_command()} admin add-key NAME FILE.pub'", file=sys.stderr)
         return 0
     name = _safe_user_name(getpass.getuser())
     key = platform.register_admin_key(name, candidates[0].read_text(), candidates[0].stem)
     print(f"registered {candidates[0]} as admin {name!r} ({key.fingerprint})")
     print(f"next: in a CrewAI project, git remote add crewship {settings.git_url('APP')}")
     return 0
+
+
+def _crewship_command() -> str:
+    """How to run this very ``crewship`` as printed: a path when it is not on PATH."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if argv0 is not None and argv0.name == "crewship":
+        found = shutil.which("crewship")
+        if found and Path(found).resolve() == argv0.resolve():
+            return "crewship"
+        return shlex.quote(os.path.relpath(argv0.resolve()) if argv0.is_absolute() else str(argv0))
+    return shlex.quote(sys.executable) + " -m crewship.cli"
 
 
 def _safe_user_name(raw: str) -> str:

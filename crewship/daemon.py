@@ -14,13 +14,13 @@ from builder.release import ReleaseBuilder
 from crewship import log
 from crewship.api.server import HTTPServer
 from crewship.config import Layout, Settings
-from crewship.deploys import Deployer
 from crewship.errors import InvalidInputError
-from crewship.history import Retention, prune_forever
-from crewship.kickoffs import KickoffService
-from crewship.platform import Platform
-from crewship.state import Database
-from crewship.telemetry import Telemetry, runtime_states
+from crewship.service.deploys import Deployer
+from crewship.service.kickoffs import KickoffService
+from crewship.service.platform import Platform
+from crewship.service.telemetry import Telemetry, runtime_states
+from crewship.store.history import Retention, prune_forever
+from crewship.store.state import Database
 from gitserver.hooks import HookServer
 from gitserver.server import SSHGateway, load_host_key
 from runtime.backend import Backend

@@ -82,4 +82,5 @@ class DeployError(CrewshipError):
 
 def app_not_found(name: str) -> NotFoundError:
     """The one message for both "no such app" and "no access to it"."""
-    return NotFoundError(f"app not found: {name!r} (see 'apps' for the apps you can use)")
+    return NotFoundError(f"app not found: {name!r} (see 'apps' for the apps you can use, "
+                         f"or create it with 'apps:create {name}')")

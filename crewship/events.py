@@ -1,7 +1,7 @@
 """What the platform tells its observers (metrics, alerts, webhooks): value types only.
 
 The deployer and the kickoff service emit these through an ``EventSink``; the daemon
-wires the sink to ``crewship.telemetry.Telemetry``. The supervisor's own events
+wires the sink to ``crewship.service.telemetry.Telemetry``. The supervisor's own events
 (``runtime.events``: ``InstanceExited``, ``AppCrashed``, ...) reach the same sink.
 No event ever carries a config value or a token.
 """

@@ -72,6 +72,15 @@ def validate_config_key(key: str) -> str:
 
 
 @dataclass(frozen=True)
+class RefUpdate:
+    """One ref a push moved: ``old`` and ``new`` are commit ids (40 zeros: none)."""
+
+    old: str
+    new: str
+    ref: str
+
+
+@dataclass(frozen=True)
 class User:
     id: int
     name: str

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from crewship.errors import InvalidInputError
 from crewship.model import User
-from crewship.platform import Platform
+from crewship.service.platform import Platform
 
 MAX_STDIN = 64 * 1024
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from crewship.alerts import EVENTS
 from crewship.errors import InvalidInputError
+from crewship.store.alerts import EVENTS
 from gitserver.command import ArgumentParser, Context, command, table
 
 
@@ -39,7 +39,7 @@ def _kickoff_row(k: dict[str, Any]) -> list[str]:
 @command("kickoffs", "list an app's kickoffs, newest first (execution history)",
          _kickoffs_args, read=True)
 async def kickoffs(ctx: Context, args: argparse.Namespace) -> int:
-    found = ctx.platform.kickoff_history(ctx.user, args.app, limit=args.num, state=args.state)
+    found = ctx.platform.monitoring.kickoff_history(ctx.user, args.app, limit=args.num, state=args.state)
     if args.json:
         ctx.out_json(found)
     elif not found:
@@ -55,7 +55,7 @@ async def kickoffs(ctx: Context, args: argparse.Namespace) -> int:
 
 @command("alerts", "list an app's alert receivers", _name, read=True)
 async def alerts(ctx: Context, args: argparse.Namespace) -> int:
-    found = [a.info() for a in ctx.platform.alert_receivers(ctx.user, args.app)]
+    found = [a.info() for a in ctx.platform.monitoring.alert_receivers(ctx.user, args.app)]
     if args.json:
         ctx.out_json(found)
     elif not found:
@@ -76,7 +76,7 @@ def _add_args(p: ArgumentParser) -> None:
 
 @command("alerts:add", "POST JSON alerts about an app to URL", _add_args)
 async def alerts_add(ctx: Context, args: argparse.Namespace) -> int:
-    alert = ctx.platform.add_alert(ctx.user, args.app, args.url, args.events)
+    alert = ctx.platform.monitoring.add_alert(ctx.user, args.app, args.url, args.events)
     ctx.out(f"alert {alert.id}: {', '.join(alert.events)} -> {alert.url}")
     return 0
 
@@ -92,6 +92,6 @@ async def alerts_remove(ctx: Context, args: argparse.Namespace) -> int:
         alert_id = int(args.id)
     except ValueError:
         raise InvalidInputError(f"{args.id[:20]!r} is not an alert id (a number)") from None
-    alert = ctx.platform.remove_alert(ctx.user, args.app, alert_id)
+    alert = ctx.platform.monitoring.remove_alert(ctx.user, args.app, alert_id)
     ctx.out(f"removed alert {alert.id} ({alert.url})")
     return 0

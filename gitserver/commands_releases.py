@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from crewship.apitokens import ApiToken
 from crewship.errors import InvalidInputError
 from crewship.model import format_memory, parse_cpus, parse_memory
-from crewship.releases import parse_version
 from crewship.reporter import LineReporter
+from crewship.store.apitokens import ApiToken
+from crewship.store.releases import parse_version
 from gitserver.command import ArgumentParser, Context, command, table
 
 
@@ -41,7 +41,7 @@ def _release_row(r: dict[str, Any]) -> list[str]:
 @command("releases", "list an app's releases, newest first; * marks the live one",
          _releases_args, read=True)
 async def releases(ctx: Context, args: argparse.Namespace) -> int:
-    found = ctx.platform.release_history(ctx.user, args.app, limit=args.num)
+    found = ctx.platform.lifecycle.release_history(ctx.user, args.app, limit=args.num)
     if args.json:
         ctx.out_json(found)
     elif not found:
@@ -64,14 +64,14 @@ def _rollback_args(p: ArgumentParser) -> None:
          "(nothing is installed)", _rollback_args)
 async def rollback(ctx: Context, args: argparse.Namespace) -> int:
     version = parse_version(args.version) if args.version is not None else None
-    await ctx.platform.rollback(ctx.user, args.app, version, _reporter(ctx))
+    await ctx.platform.lifecycle.rollback(ctx.user, args.app, version, _reporter(ctx))
     return 0
 
 
 @command("restart", "restart the live release through a health-checked swap (a new release)",
          _name)
 async def restart(ctx: Context, args: argparse.Namespace) -> int:
-    await ctx.platform.restart(ctx.user, args.app, _reporter(ctx))
+    await ctx.platform.lifecycle.restart(ctx.user, args.app, _reporter(ctx))
     return 0
 
 
@@ -84,7 +84,7 @@ def _scale_args(p: ArgumentParser) -> None:
 async def ps_scale(ctx: Context, args: argparse.Namespace) -> int:
     if not args.count.isdigit():
         raise InvalidInputError(f"N must be a whole number from 0 to 10, not {args.count[:20]!r}")
-    await ctx.platform.scale(ctx.user, args.app, int(args.count), _reporter(ctx))
+    await ctx.platform.lifecycle.scale(ctx.user, args.app, int(args.count), _reporter(ctx))
     return 0
 
 
@@ -99,7 +99,7 @@ def _limits_args(p: ArgumentParser) -> None:
 async def ps_limits(ctx: Context, args: argparse.Namespace) -> int:
     memory = parse_memory(args.memory) if args.memory is not None else "keep"
     cpus = parse_cpus(args.cpus) if args.cpus is not None else "keep"
-    info = await ctx.platform.limits(ctx.user, args.app, memory, cpus, _reporter(ctx))
+    info = await ctx.platform.lifecycle.limits(ctx.user, args.app, memory, cpus, _reporter(ctx))
     if args.json:
         ctx.out_json(info)
     else:

@@ -7,8 +7,8 @@ import asyncio
 import json
 
 from crewship.errors import CrewshipError, InvalidInputError
-from crewship.operations import parse_assignments
 from crewship.reporter import LineReporter
+from crewship.service.operations import parse_assignments
 from gitserver.command import ArgumentParser, Context, command
 
 
@@ -31,7 +31,7 @@ def _duration(seconds: int | None) -> str:
 @command("status", "show an app's state, live release, uptime, restarts and URL", _name,
          read=True)
 async def status(ctx: Context, args: argparse.Namespace) -> int:
-    info = ctx.platform.status(ctx.user, args.app)
+    info = ctx.platform.ops.status(ctx.user, args.app)
     if args.json:
         ctx.out_json(info)
         return 0
@@ -55,7 +55,7 @@ def _logs_args(p: ArgumentParser) -> None:
 
 @command("logs", "show an app's log; -t follows across restarts and deploys", _logs_args)
 async def logs(ctx: Context, args: argparse.Namespace) -> int:
-    stream = ctx.platform.logs(ctx.user, args.app, lines=args.num, follow=args.tail)
+    stream = ctx.platform.ops.logs(ctx.user, args.app, lines=args.num, follow=args.tail)
 
     async def pump() -> None:
         async for line in stream:
@@ -89,7 +89,7 @@ def _config_args(p: ArgumentParser) -> None:
 @command("config", "list an app's config vars (values hidden unless --show)", _config_args,
          read=True)
 async def config(ctx: Context, args: argparse.Namespace) -> int:
-    values = ctx.platform.config(ctx.user, args.app, show=args.show)
+    values = ctx.platform.ops.config(ctx.user, args.app, show=args.show)
     if args.json:
         ctx.out_json(values)
     elif not values:
@@ -110,7 +110,7 @@ def _set_args(p: ArgumentParser) -> None:
          _set_args)
 async def config_set(ctx: Context, args: argparse.Namespace) -> int:
     changes = parse_assignments(args.pairs)
-    await ctx.platform.config_set(ctx.user, args.app, changes, _reporter(ctx),
+    await ctx.platform.ops.config_set(ctx.user, args.app, changes, _reporter(ctx),
                                   restart=not args.no_restart)
     return 0
 
@@ -124,7 +124,7 @@ def _unset_args(p: ArgumentParser) -> None:
 @command("config:unset", "remove config vars (a new release, like config:set)", _unset_args)
 async def config_unset(ctx: Context, args: argparse.Namespace) -> int:
     changes = {key: "" for key in args.keys}
-    await ctx.platform.config_set(ctx.user, args.app, changes, _reporter(ctx), unset=True,
+    await ctx.platform.ops.config_set(ctx.user, args.app, changes, _reporter(ctx), unset=True,
                                   restart=not args.no_restart)
     return 0
 
@@ -132,7 +132,7 @@ async def config_unset(ctx: Context, args: argparse.Namespace) -> int:
 @command("tokens", "show the app's crew API token (made and shown once on first use)", _name,
          read=True)
 async def tokens(ctx: Context, args: argparse.Namespace) -> int:
-    prefix, created, token = ctx.platform.token_info(ctx.user, args.app)
+    prefix, created, token = ctx.platform.ops.token_info(ctx.user, args.app)
     if args.json:
         ctx.out_json({"prefix": prefix, "created_at": created, "token": token})
     elif token:
@@ -146,7 +146,7 @@ async def tokens(ctx: Context, args: argparse.Namespace) -> int:
 
 @command("tokens:rotate", "replace the app's crew API token and print the new one", _name)
 async def tokens_rotate(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.out(ctx.platform.rotate_token(ctx.user, args.app))
+    ctx.out(ctx.platform.ops.rotate_token(ctx.user, args.app))
     return 0
 
 
@@ -166,12 +166,12 @@ async def kickoff(ctx: Context, args: argparse.Namespace) -> int:
         inputs = json.loads(args.inputs)
     except ValueError:
         raise InvalidInputError("inputs must be a JSON object, e.g. '{\"topic\": \"AI\"}'") from None
-    kickoff_id = await ctx.platform.kickoff(app, inputs)
+    kickoff_id = await ctx.platform.ops.kickoff(app, inputs)
     if not args.wait:
         ctx.out(kickoff_id)
         return 0
     while True:
-        result = await ctx.platform.kickoff_status(app, kickoff_id)
+        result = await ctx.platform.ops.kickoff_status(app, kickoff_id)
         if result["state"] in ("SUCCESS", "FAILURE", "REVOKED"):
             break
         await asyncio.sleep(0.5)

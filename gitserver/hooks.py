@@ -17,8 +17,9 @@ from pathlib import Path
 
 from crewship import log
 from crewship.errors import CrewshipError
-from crewship.platform import Platform, RefUpdate
+from crewship.model import RefUpdate
 from crewship.reporter import LineReporter
+from crewship.service.platform import Platform
 
 logger = log.get("crewship.hooks")
 

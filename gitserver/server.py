@@ -21,7 +21,7 @@ import structlog
 from crewship import log
 from crewship.errors import CrewshipError, InvalidInputError
 from crewship.model import User
-from crewship.platform import Platform
+from crewship.service.platform import Platform
 from gitserver import (  # noqa: F401 (importing registers the commands)
     commands_accounts,
     commands_apps,

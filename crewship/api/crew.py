@@ -17,8 +17,8 @@ from starlette.routing import Route
 from crewship.api.errors import error_response
 from crewship.errors import InvalidInputError
 from crewship.model import App
-from crewship.notify import validate_url
-from crewship.platform import Platform
+from crewship.service.platform import Platform
+from crewship.urls import validate_url
 
 MAX_BODY = 1024 * 1024 + 4096
 WEBHOOK_FIELDS = {"taskWebhookUrl": "task", "stepWebhookUrl": "step", "crewWebhookUrl": "crew"}
@@ -42,7 +42,7 @@ def _bearer(request: Request) -> str:
 
 
 def _authorized(request: Request) -> App | None:
-    return _platform(request).app_by_token(request.path_params["app"], _bearer(request))
+    return _platform(request).ops.app_by_token(request.path_params["app"], _bearer(request))
 
 
 def _unauthorized() -> JSONResponse:
@@ -67,7 +67,7 @@ async def health(request: Request) -> Response:
     app = _authorized(request)
     if app is None:
         return _unauthorized()
-    problem = _platform(request).serving_error(app)
+    problem = _platform(request).ops.serving_error(app)
     if problem is not None:
         return error_response(503, problem)
     return PlainTextResponse("Healthy")
@@ -77,7 +77,7 @@ async def inputs(request: Request) -> Response:
     app = _authorized(request)
     if app is None:
         return _unauthorized()
-    return JSONResponse({"inputs": await _platform(request).crew_inputs(app)})
+    return JSONResponse({"inputs": await _platform(request).ops.crew_inputs(app)})
 
 
 async def kickoff(request: Request) -> Response:
@@ -87,7 +87,7 @@ async def kickoff(request: Request) -> Response:
     body = await _json_body(request)
     if "inputs" not in body:
         body["inputs"] = {}
-    kickoff_id = await _platform(request).kickoff(app, body["inputs"], body.get("meta"),
+    kickoff_id = await _platform(request).ops.kickoff(app, body["inputs"], body.get("meta"),
                                                   webhook_urls(body))
     return JSONResponse({"kickoff_id": kickoff_id})
 
@@ -97,7 +97,7 @@ async def history(request: Request) -> Response:
     if app is None:
         return _unauthorized()
     query = request.query_params
-    rows = _platform(request).app_kickoff_history(app, limit=query.get("limit"),
+    rows = _platform(request).monitoring.app_kickoff_history(app, limit=query.get("limit"),
                                                   state=query.get("state"))
     return JSONResponse({"app": app.name, "kickoffs": rows})
 
@@ -106,7 +106,7 @@ async def status(request: Request) -> Response:
     app = _authorized(request)
     if app is None:
         return _unauthorized()
-    body = await _platform(request).kickoff_status(app, request.path_params["kickoff_id"])
+    body = await _platform(request).ops.kickoff_status(app, request.path_params["kickoff_id"])
     return JSONResponse(body)
 
 
@@ -115,7 +115,7 @@ async def stop(request: Request) -> Response:
     if app is None:
         return _unauthorized()
     try:
-        body = await _platform(request).kickoff_stop(app, request.path_params["kickoff_id"])
+        body = await _platform(request).ops.kickoff_stop(app, request.path_params["kickoff_id"])
     except InvalidInputError as exc:
         return JSONResponse({"detail": str(exc)}, status_code=400)
     return JSONResponse(body)

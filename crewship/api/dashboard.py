@@ -36,7 +36,7 @@ from crewship import log
 from crewship.api import dashboard_html as html
 from crewship.errors import CrewshipError
 from crewship.model import User
-from crewship.platform import Platform
+from crewship.service.platform import Platform
 
 logger = log.get("crewship.dashboard")
 
@@ -186,7 +186,7 @@ async def root(request: Request) -> Response:
 
 def _app_row(platform: Platform, user: User, name: str) -> dict[str, Any]:
     try:
-        return platform.status(user, name)
+        return platform.ops.status(user, name)
     except CrewshipError:
         return {"app": name, "state": "unknown", "url": platform.settings.app_url(name)}
 
@@ -202,9 +202,9 @@ async def apps_view(request: Request, user: User) -> Response:
 async def app_view(request: Request, user: User) -> Response:
     platform = _platform(request)
     name = request.path_params["app"]
-    status = platform.status(user, name)       # READ access, or "not found"
-    releases = platform.release_history(user, name, limit=20)
-    history = platform.kickoff_history(user, name, limit=STATS_LIMIT)
+    status = platform.ops.status(user, name)       # READ access, or "not found"
+    releases = platform.lifecycle.release_history(user, name, limit=20)
+    history = platform.monitoring.kickoff_history(user, name, limit=STATS_LIMIT)
     stats = kickoff_stats(history, dt.datetime.now(dt.UTC))
     recent = [{**row, "duration": kickoff_duration(row)} for row in history[:RECENT_KICKOFFS]]
     return _html(html.app_page(user.name, status, releases, recent, stats))
@@ -259,7 +259,7 @@ async def log_stream(request: Request) -> Response:
         except CrewshipError:
             return False
 
-    lines = platform.logs(user, name, lines=TAIL_LINES, follow=True)
+    lines = platform.ops.logs(user, name, lines=TAIL_LINES, follow=True)
     return StreamingResponse(_logged(sse_events(lines, allowed), name, user.name),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

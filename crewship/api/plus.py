@@ -39,8 +39,8 @@ from crewship import log
 from crewship.api.deployment_page import render_page
 from crewship.errors import CrewshipError, InvalidInputError, NotFoundError
 from crewship.model import AccessLevel, App, User
-from crewship.platform import Platform
-from crewship.plus import PlusError, PlusService
+from crewship.service.platform import Platform
+from crewship.service.plus import PlusError, PlusService
 
 logger = log.get("crewship.http")
 API = "/crewai_plus/api/v1"

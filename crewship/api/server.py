@@ -16,7 +16,7 @@ from starlette.responses import Response
 from crewship import log
 from crewship.api import crew, dashboard, plus, telemetry
 from crewship.api.errors import from_exception
-from crewship.platform import Platform
+from crewship.service.platform import Platform
 
 logger = log.get("crewship.http")
 

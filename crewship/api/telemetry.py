@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from crewship.metrics import CONTENT_TYPE, Metrics
+from crewship.service.metrics import CONTENT_TYPE, Metrics
 
 UNMATCHED = "(unmatched)"
 

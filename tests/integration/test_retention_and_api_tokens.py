@@ -13,13 +13,13 @@ import pytest
 
 from builder.env import EnvBuilder
 from builder.release import ReleaseBuilder
-from crewship.apitokens import expiry, hash_token
 from crewship.config import Layout, Settings
-from crewship.deploys import Deployer
 from crewship.errors import InvalidInputError, NotFoundError
 from crewship.model import App
-from crewship.platform import Platform
-from crewship.state import Database
+from crewship.service.deploys import Deployer
+from crewship.service.platform import Platform
+from crewship.store.apitokens import expiry, hash_token
+from crewship.store.state import Database
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from crewship.accounts import Accounts, parse_public_key
-from crewship.apps import AppStore
 from crewship.errors import ConflictError, InvalidInputError, NotFoundError
-from crewship.migrations import MIGRATIONS
 from crewship.model import AccessLevel
-from crewship.state import Database
+from crewship.store.accounts import Accounts, parse_public_key
+from crewship.store.apps import AppStore
+from crewship.store.migrations import MIGRATIONS
+from crewship.store.state import Database
 
 APP_TABLES = ("access", "pushes", "releases", "config", "app_tokens", "kickoffs")
 

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from crewship.alerts import AlertGate
 from crewship.config import Layout, Settings
 from crewship.errors import InvalidInputError, NotFoundError, PermissionDeniedError
 from crewship.events import DeployFinished, KickoffFinished
-from crewship.history import Retention, prune_kickoffs
 from crewship.model import AccessLevel, App, User
-from crewship.notify import Deliverer
-from crewship.platform import Platform
-from crewship.state import Database
-from crewship.telemetry import Telemetry
+from crewship.service.notify import Deliverer
+from crewship.service.platform import Platform
+from crewship.service.telemetry import Telemetry
+from crewship.store.alerts import AlertGate
+from crewship.store.history import Retention, prune_kickoffs
+from crewship.store.state import Database
 from runtime.events import AppCrashed, InstanceExited
 from tests.support.receiver import Receiver
 
@@ -75,25 +75,25 @@ def test_prune_applies_age_and_count_per_app_and_spares_running(platform: Platfo
 
 def test_alert_receivers_are_checked_and_scoped(platform: Platform) -> None:
     owner, app = make_app(platform)
-    alert = platform.add_alert(owner, "demo", "http://127.0.0.1:9/hook", "crashed,deploy_failed")
+    alert = platform.monitoring.add_alert(owner, "demo", "http://127.0.0.1:9/hook", "crashed,deploy_failed")
     assert alert.events == ("deploy_failed", "crashed")
-    assert [a.id for a in platform.alert_receivers(owner, "demo")] == [alert.id]
+    assert [a.id for a in platform.monitoring.alert_receivers(owner, "demo")] == [alert.id]
     reader = platform.accounts.ensure_user("reader")
     platform.apps_store.set_grant(app, reader.id, AccessLevel.READ)
-    assert platform.alert_receivers(reader, "demo")
+    assert platform.monitoring.alert_receivers(reader, "demo")
     with pytest.raises(PermissionDeniedError):
-        platform.add_alert(reader, "demo", "http://127.0.0.1:9/x")
+        platform.monitoring.add_alert(reader, "demo", "http://127.0.0.1:9/x")
     stranger = platform.accounts.ensure_user("stranger")
     with pytest.raises(NotFoundError, match="app not found"):
-        platform.alert_receivers(stranger, "demo")
+        platform.monitoring.alert_receivers(stranger, "demo")
     with pytest.raises(InvalidInputError):
-        platform.add_alert(owner, "demo", "file:///etc/passwd")
+        platform.monitoring.add_alert(owner, "demo", "file:///etc/passwd")
     with pytest.raises(InvalidInputError, match="unknown alert event"):
-        platform.add_alert(owner, "demo", "http://127.0.0.1:9/x", "everything")
-    platform.remove_alert(owner, "demo", alert.id)
-    assert platform.alert_receivers(owner, "demo") == []
+        platform.monitoring.add_alert(owner, "demo", "http://127.0.0.1:9/x", "everything")
+    platform.monitoring.remove_alert(owner, "demo", alert.id)
+    assert platform.monitoring.alert_receivers(owner, "demo") == []
     with pytest.raises(NotFoundError):
-        platform.remove_alert(owner, "demo", alert.id)
+        platform.monitoring.remove_alert(owner, "demo", alert.id)
 
 
 def telemetry(platform: Platform) -> Telemetry:
@@ -109,8 +109,8 @@ def failed_kickoff(kickoff_id: str, **extra: object) -> KickoffFinished:
 
 def test_one_alert_per_failure_kind_with_retries(platform: Platform, receiver: Receiver) -> None:
     owner, _ = make_app(platform)
-    platform.add_alert(owner, "demo", receiver.url("/alerts"))
-    platform.add_alert(owner, "demo", receiver.url("/flaky"), "kickoff_failed")
+    platform.monitoring.add_alert(owner, "demo", receiver.url("/alerts"))
+    platform.monitoring.add_alert(owner, "demo", receiver.url("/flaky"), "kickoff_failed")
     receiver.fail_first("/flaky", 2)
 
     async def scenario() -> None:

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from crewship.config import Layout, Settings, from_env
-from crewship.deploys import Deployer
 from crewship.errors import ConflictError
 from crewship.model import App
 from crewship.reporter import LineReporter, NullReporter
+from crewship.service.deploys import Deployer
 
 
 def app(name: str) -> App:

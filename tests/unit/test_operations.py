@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from crewship.accounts import Accounts
-from crewship.apps import AppStore
 from crewship.errors import InvalidInputError
-from crewship.operations import parse_assignments
-from crewship.releases import ConfigStore, ReleaseStore, TokenStore, config_digest
-from crewship.state import Database
+from crewship.service.operations import parse_assignments
+from crewship.store.accounts import Accounts
+from crewship.store.apps import AppStore
+from crewship.store.releases import ConfigStore, ReleaseStore, TokenStore, config_digest
+from crewship.store.state import Database
 
 
 def test_assignments_keep_equals_signs_in_values() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from crewship.errors import InvalidInputError, NotFoundError
-from crewship.releases import Release, config_digest, parse_version, rollback_target
-from crewship.retention import builds_to_keep, builds_to_prune
+from crewship.service.retention import builds_to_keep, builds_to_prune
+from crewship.store.releases import Release, config_digest, parse_version, rollback_target
 
 
 def rel(version: int, kind: str = "push", *, build: int | None = None,

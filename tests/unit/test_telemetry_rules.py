@@ -6,11 +6,12 @@ import datetime as dt
 
 import pytest
 
-from crewship.alerts import DEFAULT_EVENTS, AlertGate, parse_events
 from crewship.errors import InvalidInputError
-from crewship.history import Retention, kickoffs_to_prune, parse_limit, parse_state
-from crewship.metrics import Metrics
-from crewship.notify import retry_delays, validate_url
+from crewship.service.metrics import Metrics
+from crewship.service.notify import retry_delays
+from crewship.store.alerts import DEFAULT_EVENTS, AlertGate, parse_events
+from crewship.store.history import Retention, kickoffs_to_prune, parse_limit, parse_state
+from crewship.urls import validate_url
 
 
 class Clock:

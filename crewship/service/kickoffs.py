@@ -26,11 +26,11 @@ from crewship.errors import (
 )
 from crewship.events import EventSink, KickoffFinished, ignore
 from crewship.model import App
-from crewship.state import Database, now
+from crewship.store.state import Database, now
 from runtime.events import Endpoint
 from runtime.supervisor import Supervisor
 
-logger = log.get("crewship.kickoffs")
+logger = log.get("crewship.service.kickoffs")
 
 TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
 STATUS_WORD = {"PENDING": "running", "RUNNING": "running", "SUCCESS": "completed",

@@ -1,23 +1,22 @@
 """The platform's use cases for watching apps: execution history and alert receivers.
 
-Mixed into ``Platform`` (crewship/platform.py) like ``Operations`` and ``Lifecycle``,
+Composed into ``Platform`` (crewship/service/platform.py) as ``platform.monitoring``,
 so the SSH commands and the HTTP routes reach the same checks.
 """
 
 from __future__ import annotations
 
-import abc
 from typing import TYPE_CHECKING, Any
 
 from crewship import log
-from crewship.alerts import Alert, AlertStore, parse_events
-from crewship.history import parse_limit, parse_state
 from crewship.model import AccessLevel, App, User
+from crewship.store.alerts import Alert, AlertStore, parse_events
+from crewship.store.history import parse_limit, parse_state
 
 if TYPE_CHECKING:
-    from crewship.kickoffs import KickoffService
+    from crewship.service.access import AppAccess, Engine
 
-logger = log.get("crewship.monitoring")
+logger = log.get("crewship.service.monitoring")
 
 # The fields of one history row (``kickoffs --json``, ``GET /apps/NAME/kickoffs``).
 HISTORY_FIELDS = ("kickoff_id", "state", "status", "release", "instance", "inputs", "meta",
@@ -25,46 +24,41 @@ HISTORY_FIELDS = ("kickoff_id", "state", "status", "release", "instance", "input
                   "created_at", "started_at", "finished_at")
 
 
-class Monitoring(abc.ABC):
-    """Kickoff history and alerts; needs a kickoff service and an alert store."""
+class Monitoring:
+    """Kickoff history and alert receivers."""
 
-    alerts: AlertStore
-
-    @abc.abstractmethod
-    def app_for(self, caller: User, name: str, need: AccessLevel = AccessLevel.READ) -> App:
-        """The app if the caller has ``need`` on it (crewship/platform.py)."""
-
-    @abc.abstractmethod
-    def _kickoffs(self) -> KickoffService:
-        """The kickoff service, or UnavailableError (crewship/operations.py)."""
+    def __init__(self, access: AppAccess, engine: Engine, alerts: AlertStore) -> None:
+        self.access = access
+        self.engine = engine
+        self.alerts = alerts
 
     # ------------------------------------------------------------------ history
     def kickoff_history(self, caller: User, name: str, *, limit: int | str | None = 20,
                         state: str | None = None) -> list[dict[str, Any]]:
         """The app's kickoffs, newest first (``kickoffs NAME [-n N] [--state S]``)."""
-        app = self.app_for(caller, name, AccessLevel.READ)
+        app = self.access.app_for(caller, name, AccessLevel.READ)
         return self.app_kickoff_history(app, limit=limit, state=state)
 
     def app_kickoff_history(self, app: App, *, limit: int | str | None = 20,
                             state: str | None = None) -> list[dict[str, Any]]:
         """The same for a caller holding the app's token (``GET /apps/NAME/kickoffs``)."""
-        rows = self._kickoffs().history(app, parse_limit(limit), parse_state(state))
+        rows = self.engine.require_kickoffs().history(app, parse_limit(limit), parse_state(state))
         return [{k: row.get(k) for k in HISTORY_FIELDS} for row in rows]
 
     # ------------------------------------------------------------------- alerts
     def alert_receivers(self, caller: User, name: str) -> list[Alert]:
-        app = self.app_for(caller, name, AccessLevel.READ)
+        app = self.access.app_for(caller, name, AccessLevel.READ)
         return self.alerts.all(app.name)
 
     def add_alert(self, caller: User, name: str, url: str, events: str | None = None) -> Alert:
-        app = self.app_for(caller, name, AccessLevel.DEPLOY)
+        app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
         alert = self.alerts.add(app, url, parse_events(events), caller.name)
         logger.info("alert_added", app=app.name, user=caller.name, alert_id=alert.id,
                     events=list(alert.events))
         return alert
 
     def remove_alert(self, caller: User, name: str, alert_id: int) -> Alert:
-        app = self.app_for(caller, name, AccessLevel.DEPLOY)
+        app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
         alert = self.alerts.remove(app, alert_id)
         logger.info("alert_removed", app=app.name, user=caller.name, alert_id=alert_id)
         return alert

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from crewship.migrations import MIGRATIONS
+from crewship.store.migrations import MIGRATIONS
 
 
 def now() -> str:

@@ -1,6 +1,6 @@
 """The platform's use cases over an app's releases: history, rollback, restart, scale.
 
-Mixed into ``Platform`` (crewship/platform.py) like ``Operations``. Each change takes
+Composed into ``Platform`` (crewship/service/platform.py) as ``platform.lifecycle``. Each change takes
 the app's deploy lock first and decides what to do only once it holds it (the live
 release may have changed while it waited); each new release goes through the same
 health-checked swap as a push, and a failed one changes nothing.
@@ -8,20 +8,19 @@ health-checked swap as a push, and a failed one changes nothing.
 
 from __future__ import annotations
 
-import abc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crewship.errors import ConflictError, InvalidInputError, NotFoundError
-from crewship.model import AccessLevel, App, User
-from crewship.releases import Release, rollback_target
+from crewship.model import AccessLevel, User
 from crewship.reporter import Reporter
+from crewship.store.releases import Release, rollback_target
 
 if TYPE_CHECKING:
-    from crewship.apps import AppStore
     from crewship.config import Settings
-    from crewship.deploys import Deployer
-    from crewship.releases import ConfigStore, ReleaseStore
+    from crewship.service.access import AppAccess, Engine
+    from crewship.store.apps import AppStore
+    from crewship.store.releases import ConfigStore, ReleaseStore
 
 MAX_SCALE = 10
 
@@ -43,26 +42,22 @@ def build_available(release: Release) -> bool:
     return release.artifact is not None and (Path(release.artifact) / "release.json").is_file()
 
 
-class Lifecycle(abc.ABC):
-    """Releases, rollback, restart and scale; needs a deployer."""
+class Lifecycle:
+    """Releases, rollback, restart, scale and limits."""
 
-    apps_store: AppStore
-    releases: ReleaseStore
-    config_store: ConfigStore
-    settings: Settings
-
-    @abc.abstractmethod
-    def app_for(self, caller: User, name: str, need: AccessLevel = AccessLevel.READ) -> App:
-        """The app if the caller has ``need`` on it (crewship/platform.py)."""
-
-    @abc.abstractmethod
-    def _deployer(self) -> Deployer:
-        """The deployer, or UnavailableError (crewship/operations.py)."""
+    def __init__(self, settings: Settings, access: AppAccess, engine: Engine, apps_store: AppStore,
+                 releases: ReleaseStore, config_store: ConfigStore) -> None:
+        self.settings = settings
+        self.access = access
+        self.engine = engine
+        self.apps_store = apps_store
+        self.releases = releases
+        self.config_store = config_store
 
     # ------------------------------------------------------------------ history
     def release_history(self, caller: User, name: str, *, limit: int = 50) -> list[dict[str, Any]]:
         """Newest first; ``live`` marks the one serving."""
-        app = self.app_for(caller, name, AccessLevel.READ)
+        app = self.access.app_for(caller, name, AccessLevel.READ)
         if not 1 <= limit <= 1000:
             raise InvalidInputError("-n must be between 1 and 1000")
         fresh = self.apps_store.get(app.name) or app
@@ -73,8 +68,8 @@ class Lifecycle(abc.ABC):
     async def rollback(self, caller: User, name: str, version: int | None,
                        report: Reporter) -> Release:
         """A new release running an earlier release's build with that release's config."""
-        app = self.app_for(caller, name, AccessLevel.DEPLOY)
-        deployer = self._deployer()
+        app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
+        deployer = self.engine.require_deployer()
         what = f"rollback to v{version}" if version else "rollback"
         async with deployer.locked(app, caller.name, what, report):
             fresh = self.apps_store.get(app.name) or app
@@ -96,8 +91,8 @@ class Lifecycle(abc.ABC):
     # ------------------------------------------------------------------ restart
     async def restart(self, caller: User, name: str, report: Reporter) -> Release:
         """The live build again, with the stored config, through the health-checked swap."""
-        app = self.app_for(caller, name, AccessLevel.DEPLOY)
-        deployer = self._deployer()
+        app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
+        deployer = self.engine.require_deployer()
         async with deployer.locked(app, caller.name, "restart", report):
             fresh = self.apps_store.get(app.name) or app
             live = deployer.live(fresh)
@@ -120,10 +115,10 @@ class Lifecycle(abc.ABC):
     # -------------------------------------------------------------------- scale
     async def scale(self, caller: User, name: str, n: int, report: Reporter) -> int:
         """Run ``n`` instances of the live release (0 stops the app); stored for restarts."""
-        app = self.app_for(caller, name, AccessLevel.DEPLOY)
+        app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
         if not 0 <= n <= MAX_SCALE:
             raise InvalidInputError(f"scale must be between 0 and {MAX_SCALE}, not {n}")
-        deployer = self._deployer()
+        deployer = self.engine.require_deployer()
         async with deployer.locked(app, caller.name, f"scale to {n}", report):
             fresh = self.apps_store.get(app.name) or app
             live = deployer.live(fresh)
@@ -149,7 +144,7 @@ class Lifecycle(abc.ABC):
         health-checked swap) so its containers start with them.
         """
         changing = memory != "keep" or cpus != "keep"
-        app = self.app_for(caller, name, AccessLevel.DEPLOY if changing else AccessLevel.READ)
+        app = self.access.app_for(caller, name, AccessLevel.DEPLOY if changing else AccessLevel.READ)
         if changing:
             if self.settings.runtime != "docker":
                 raise InvalidInputError(

@@ -8,7 +8,7 @@ import asyncssh
 
 from crewship.errors import ConflictError, InvalidInputError, NotFoundError
 from crewship.model import Key, User, validate_key_name, validate_user_name
-from crewship.state import Database, now
+from crewship.store.state import Database, now
 
 MAX_KEY_BYTES = 16 * 1024
 

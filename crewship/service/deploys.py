@@ -20,22 +20,21 @@ from builder.env import remove_detached
 from builder.image import IMAGE_APP_DIR
 from builder.release import ReleaseBuilder, ReleaseMeta, load_release, runner_argv
 from crewship import log
-from crewship.apps import AppStore
 from crewship.config import Layout, Settings
 from crewship.errors import ConflictError, CrewshipError, DeployError
 from crewship.events import DeployFinished, EventSink, ignore
-from crewship.model import App, User
-from crewship.platform import RefUpdate
-from crewship.releases import ConfigStore, Release, ReleaseStore
+from crewship.model import App, RefUpdate, User
 from crewship.reporter import Reporter
-from crewship.repos import ZERO_SHA, Repos
-from crewship.retention import KEEP, Pruned, builds_to_prune, env_keys_in_use
+from crewship.service.retention import KEEP, Pruned, builds_to_prune, env_keys_in_use
+from crewship.store.apps import AppStore
+from crewship.store.releases import ConfigStore, Release, ReleaseStore
+from crewship.store.repos import ZERO_SHA, Repos
 from runtime.backend import InstanceSpec
 from runtime.events import InstanceFailedError
 from runtime.logs import AppLog
 from runtime.supervisor import Supervisor
 
-logger = log.get("crewship.deploys")
+logger = log.get("crewship.service.deploys")
 
 TELEMETRY_OFF = {
     "CREWAI_DISABLE_TELEMETRY": "true",

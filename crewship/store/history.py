@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from crewship import log
 from crewship.errors import InvalidInputError
-from crewship.state import Database
+from crewship.store.state import Database
 
-logger = log.get("crewship.history")
+logger = log.get("crewship.store.history")
 
 STATES = ("PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED")
 ALIASES = {"FAILED": "FAILURE", "ERROR": "FAILURE", "COMPLETED": "SUCCESS",

@@ -7,16 +7,11 @@ app not existing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from builder.release import remove_tree
 from crewship import log
-from crewship.accounts import Accounts
-from crewship.alerts import AlertStore
-from crewship.apitokens import ApiToken, ApiTokenStore
-from crewship.apps import AppStore
 from crewship.config import Layout, Settings
 from crewship.errors import (
     ConflictError,
@@ -25,31 +20,29 @@ from crewship.errors import (
     PermissionDeniedError,
     app_not_found,
 )
-from crewship.lifecycle import Lifecycle
-from crewship.metrics import Metrics
-from crewship.model import AccessLevel, App, Key, User, access_level, validate_app_name
-from crewship.monitoring import Monitoring
-from crewship.operations import Operations
-from crewship.releases import ConfigStore, ReleaseStore, TokenStore
+from crewship.model import AccessLevel, App, Key, RefUpdate, User, validate_app_name
 from crewship.reporter import Reporter
-from crewship.repos import Repos
-from crewship.state import Database
+from crewship.service.access import AppAccess, Engine
+from crewship.service.lifecycle import Lifecycle
+from crewship.service.metrics import Metrics
+from crewship.service.monitoring import Monitoring
+from crewship.service.operations import Operations
+from crewship.store.accounts import Accounts
+from crewship.store.alerts import AlertStore
+from crewship.store.apitokens import ApiToken, ApiTokenStore
+from crewship.store.apps import AppStore
+from crewship.store.releases import ConfigStore, ReleaseStore, TokenStore
+from crewship.store.repos import Repos
+from crewship.store.state import Database
 
 if TYPE_CHECKING:
-    from crewship.deploys import Deployer
-    from crewship.kickoffs import KickoffService
+    from crewship.service.deploys import Deployer
+    from crewship.service.kickoffs import KickoffService
 
-logger = log.get("crewship.platform")
-
-
-@dataclass(frozen=True)
-class RefUpdate:
-    old: str
-    new: str
-    ref: str
+logger = log.get("crewship.service.platform")
 
 
-class Platform(Operations, Lifecycle, Monitoring):
+class Platform:
     def __init__(self, settings: Settings, layout: Layout, db: Database) -> None:
         self.settings = settings
         self.layout = layout
@@ -63,8 +56,29 @@ class Platform(Operations, Lifecycle, Monitoring):
         self.api_tokens = ApiTokenStore(db)
         self.alerts = AlertStore(db)
         self.metrics = Metrics()  # this daemon's registry, served at /metrics
-        self.deployer: Deployer | None = None
-        self.kickoffs: KickoffService | None = None
+        self.engine = Engine()  # the daemon attaches its deployer and kickoff service
+        self.checker = AppAccess(self.apps_store)
+        self.ops = Operations(settings, self.checker, self.engine, self.apps_store,
+                              self.config_store, self.tokens)
+        self.lifecycle = Lifecycle(settings, self.checker, self.engine, self.apps_store,
+                                   self.releases, self.config_store)
+        self.monitoring = Monitoring(self.checker, self.engine, self.alerts)
+
+    @property
+    def deployer(self) -> Deployer | None:
+        return self.engine.deployer
+
+    @deployer.setter
+    def deployer(self, deployer: Deployer | None) -> None:
+        self.engine.deployer = deployer
+
+    @property
+    def kickoffs(self) -> KickoffService | None:
+        return self.engine.kickoffs
+
+    @kickoffs.setter
+    def kickoffs(self, kickoffs: KickoffService | None) -> None:
+        self.engine.kickoffs = kickoffs
 
     # ----------------------------------------------------------------- identity
     def authenticate(self, fingerprint: str) -> User | None:
@@ -72,7 +86,7 @@ class Platform(Operations, Lifecycle, Monitoring):
 
     def register_admin_key(self, user_name: str, public_key: str, key_name: str = "admin") -> Key:
         """Bootstrap: make ``user_name`` an admin owning ``public_key`` (idempotent)."""
-        from crewship.accounts import parse_public_key
+        from crewship.store.accounts import parse_public_key
 
         _, fingerprint = parse_public_key(public_key)
         existing = self.accounts.key_by_fingerprint(fingerprint)
@@ -148,30 +162,15 @@ class Platform(Operations, Lifecycle, Monitoring):
 
     # --------------------------------------------------------------------- apps
     def level(self, caller: User, app: App | None) -> AccessLevel:
-        grant = self.apps_store.grant(app, caller.id) if app is not None else None
-        return access_level(caller, app, grant)
+        return self.checker.level(caller, app)
 
     def app_for(self, caller: User, name: str, need: AccessLevel = AccessLevel.READ) -> App:
         """The app ``name`` if ``caller`` has at least ``need`` on it; else "not found"."""
-        validate_app_name(name)
-        app = self.apps_store.get(name)
-        if app is None:
-            raise app_not_found(name)
-        have = self.level(caller, app)
-        if have is AccessLevel.NONE:
-            raise app_not_found(name)
-        if have < need:
-            raise PermissionDeniedError(f"{caller.name} has {have} access to {name}; "
-                                        f"this needs {need} (ask the app's owner for access:add)")
-        return app
+        return self.checker.app_for(caller, name, need)
 
     def app_by_uuid(self, caller: User, app_uuid: str,
                     need: AccessLevel = AccessLevel.READ) -> App:
-        app = self.apps_store.by_uuid(app_uuid)
-        missing = NotFoundError(f"no app with uuid {app_uuid!r} (see 'apps' for yours)")
-        if app is None or self.level(caller, app) is AccessLevel.NONE:
-            raise missing  # no access reads like no app, and names nothing
-        return self.app_for(caller, app.name, need)
+        return self.checker.app_by_uuid(caller, app_uuid, need)
 
     def apps(self, caller: User) -> list[App]:
         if caller.is_admin:

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from builder import zipsafe
-from crewship import deployments, log, sources
+from crewship import log
 from crewship.errors import ConflictError, CrewshipError, InvalidInputError, NotFoundError
-from crewship.model import APP_NAME_RE, AccessLevel, App, User, validate_config_key
-from crewship.platform import Platform, RefUpdate
-from crewship.repos import ZERO_SHA
+from crewship.model import APP_NAME_RE, AccessLevel, App, RefUpdate, User, validate_config_key
+from crewship.service import deployments, sources
+from crewship.service.platform import Platform
+from crewship.store.repos import ZERO_SHA
 
-logger = log.get("crewship.plus")
+logger = log.get("crewship.service.plus")
 DEFAULT_BRANCH = "refs/heads/main"
 
 
@@ -232,10 +233,10 @@ class PlusService:
     async def _run(self, caller: User, app: App, config: dict[str, str], update: RefUpdate | None,
                    tracked: deployments.Tracked, report: deployments.DeployLog) -> None:
         try:
-            stored = self.platform.config(caller, app.name, show=True)
+            stored = self.platform.ops.config(caller, app.name, show=True)
             changes = {k: v for k, v in config.items() if stored.get(k) != v}
             if changes:
-                await self.platform.config_set(caller, app.name, changes, report, restart=False)
+                await self.platform.ops.config_set(caller, app.name, changes, report, restart=False)
             if update is not None:
                 status = await self.platform.receive_push(app.name, caller.name, [update], report)
                 if status != 0:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from crewship.errors import InvalidInputError, NotFoundError
 from crewship.model import App, validate_config_key
-from crewship.state import Database, now
+from crewship.store.state import Database, now
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from crewship import proc
 from crewship.config import Settings
 from crewship.errors import ConflictError, InvalidInputError
-from crewship.repos import ZERO_SHA
+from crewship.store.repos import ZERO_SHA
 
 GIT_TIMEOUT = 120.0
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from crewship.errors import InvalidInputError, NotFoundError
 from crewship.model import User
-from crewship.state import Database, now
+from crewship.store.state import Database, now
 
 TOKEN_PREFIX = "csu_"  # noqa: S105 (a public marker, not a secret)
 SHOWN_PREFIX = 12

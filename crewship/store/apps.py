@@ -7,7 +7,7 @@ import uuid
 
 from crewship.errors import ConflictError
 from crewship.model import AccessLevel, App
-from crewship.state import Database, now
+from crewship.store.state import Database, now
 
 _APP_SELECT = ("SELECT apps.*, users.name AS owner_name FROM apps "
                "LEFT JOIN users ON users.id = apps.owner_id")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crewship.releases import Release
+from crewship.store.releases import Release
 from runtime.logs import timestamp
 
 ENQUEUED = "Deploy Enqueued"

@@ -1,30 +1,28 @@
 """The platform's use cases for running apps: status, logs, config, tokens, kickoffs.
 
-Mixed into ``Platform`` (crewship/platform.py), so every front door still reaches
-one service; split out only to keep modules small.
+Composed into ``Platform`` (crewship/service/platform.py) as ``platform.ops``, so every
+front door still reaches one service.
 """
 
 from __future__ import annotations
 
-import abc
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from crewship import log
-from crewship.errors import InvalidInputError, NotFoundError, UnavailableError
+from crewship.errors import InvalidInputError, NotFoundError
 from crewship.model import AccessLevel, App, User, validate_config_key
-from crewship.releases import Release
 from crewship.reporter import Reporter
+from crewship.store.releases import Release
 
 if TYPE_CHECKING:
-    from crewship.apps import AppStore
     from crewship.config import Settings
-    from crewship.deploys import Deployer
-    from crewship.kickoffs import KickoffService
-    from crewship.releases import ConfigStore, TokenStore
+    from crewship.service.access import AppAccess, Engine
+    from crewship.store.apps import AppStore
+    from crewship.store.releases import ConfigStore, TokenStore
 
-logger = log.get("crewship.operations")
+logger = log.get("crewship.service.operations")
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, str]:
@@ -47,34 +45,22 @@ def _config_changed(app: App, caller: User, changes: dict[str, str], unset: bool
                 action="unset" if unset else "set", release=release)
 
 
-class Operations(abc.ABC):
-    """Use cases over live apps; needs a deployer and a kickoff service."""
+class Operations:
+    """Use cases over live apps: status, logs, config, tokens, kickoffs."""
 
-    settings: Settings
-    apps_store: AppStore
-    config_store: ConfigStore
-    tokens: TokenStore
-    deployer: Deployer | None
-    kickoffs: KickoffService | None
-
-    @abc.abstractmethod
-    def app_for(self, caller: User, name: str, need: AccessLevel = AccessLevel.READ) -> App:
-        """The app if the caller has ``need`` on it (crewship/platform.py)."""
-
-    def _deployer(self) -> Deployer:
-        if self.deployer is None:
-            raise UnavailableError("this server runs without a runtime")
-        return self.deployer
-
-    def _kickoffs(self) -> KickoffService:
-        if self.kickoffs is None:
-            raise UnavailableError("this server runs without a runtime")
-        return self.kickoffs
+    def __init__(self, settings: Settings, access: AppAccess, engine: Engine, apps_store: AppStore,
+                 config_store: ConfigStore, tokens: TokenStore) -> None:
+        self.settings = settings
+        self.access = access
+        self.engine = engine
+        self.apps_store = apps_store
+        self.config_store = config_store
+        self.tokens = tokens
 
     # -------------------------------------------------------------------- status
     def status(self, caller: User, name: str) -> dict[str, Any]:
-        app = self.app_for(caller, name, AccessLevel.READ)
-        deployer = self._deployer()
+        app = self.access.app_for(caller, name, AccessLevel.READ)
+        deployer = self.engine.require_deployer()
         runtime = deployer.supervisor.status(app.name)
         live = deployer.live(app)
         fresh = self.apps_store.get(app.name) or app
@@ -92,10 +78,10 @@ class Operations(abc.ABC):
     # ---------------------------------------------------------------------- logs
     async def logs(self, caller: User, name: str, *, lines: int = 100,
                    follow: bool = False) -> AsyncIterator[str]:
-        app = self.app_for(caller, name, AccessLevel.READ)
+        app = self.access.app_for(caller, name, AccessLevel.READ)
         if lines < 0 or lines > 100_000:
             raise InvalidInputError("-n must be between 0 and 100000")
-        log = self._deployer().app_log(app.name)
+        log = self.engine.require_deployer().app_log(app.name)
         if not follow:
             for line in log.tail(lines):
                 yield line
@@ -105,7 +91,7 @@ class Operations(abc.ABC):
 
     # -------------------------------------------------------------------- config
     def config(self, caller: User, name: str, *, show: bool = False) -> dict[str, str]:
-        app = self.app_for(caller, name, AccessLevel.DEPLOY if show else AccessLevel.READ)
+        app = self.access.app_for(caller, name, AccessLevel.DEPLOY if show else AccessLevel.READ)
         config = self.config_store.get(app)
         return config if show else {k: "*****" for k in config}
 
@@ -117,8 +103,8 @@ class Operations(abc.ABC):
         The stored config changes only when the new release is live (or the app has
         none): a failed swap changes nothing.
         """
-        app = self.app_for(caller, name, AccessLevel.DEPLOY)
-        deployer = self._deployer()
+        app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
+        deployer = self.engine.require_deployer()
         async with deployer.locked(app, caller.name, "config change", report):
             current = self.config_store.get(app)
             new = dict(current)
@@ -148,7 +134,7 @@ class Operations(abc.ABC):
     # -------------------------------------------------------------------- tokens
     def token_info(self, caller: User, name: str) -> tuple[str, str, str | None]:
         """(prefix, created_at, new token or None): the first call makes one."""
-        app = self.app_for(caller, name, AccessLevel.DEPLOY)
+        app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
         info = self.tokens.info(app)
         if info is None:
             token = self.tokens.rotate(app)
@@ -158,7 +144,7 @@ class Operations(abc.ABC):
         return info[0], info[1], None
 
     def rotate_token(self, caller: User, name: str) -> str:
-        app = self.app_for(caller, name, AccessLevel.DEPLOY)
+        app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
         return self.tokens.rotate(app)
 
     def app_by_token(self, name: str, token: str) -> App | None:
@@ -171,18 +157,19 @@ class Operations(abc.ABC):
     # ------------------------------------------------------------------ kickoffs
     async def kickoff(self, app: App, inputs: Any, meta: Any = None,
                       webhooks: dict[str, str] | None = None) -> str:
-        return await self._kickoffs().kickoff(self.apps_store.get(app.name) or app, inputs, meta,
-                                              webhooks)
+        fresh = self.apps_store.get(app.name) or app
+        return await self.engine.require_kickoffs().kickoff(fresh, inputs, meta, webhooks)
 
     async def kickoff_status(self, app: App, kickoff_id: str) -> dict[str, Any]:
-        return await self._kickoffs().status(app, kickoff_id)
+        return await self.engine.require_kickoffs().status(app, kickoff_id)
 
     async def kickoff_stop(self, app: App, kickoff_id: str) -> dict[str, Any]:
-        return await self._kickoffs().stop(app, kickoff_id)
+        return await self.engine.require_kickoffs().stop(app, kickoff_id)
 
     def serving_error(self, app: App) -> str | None:
         """Why the app cannot take kickoffs right now, or None when an instance is up."""
-        if self.deployer is not None and self.deployer.supervisor.endpoints(app.name):
+        deployer = self.engine.deployer
+        if deployer is not None and deployer.supervisor.endpoints(app.name):
             return None
         fresh = self.apps_store.get(app.name) or app
         if fresh.scale == 0:
@@ -190,5 +177,5 @@ class Operations(abc.ABC):
         return f"{app.name} has no running instance"
 
     async def crew_inputs(self, app: App) -> list[str]:
-        return await self._kickoffs().inputs(self.apps_store.get(app.name) or app)
+        return await self.engine.require_kickoffs().inputs(self.apps_store.get(app.name) or app)
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from crewship.errors import InvalidInputError, NotFoundError
 from crewship.model import App
-from crewship.notify import validate_url
-from crewship.state import Database, now
+from crewship.store.state import Database, now
+from crewship.urls import validate_url
 
 EVENTS = ("deploy_failed", "crashed", "kickoff_failed", "deployed")
 DEFAULT_EVENTS = ("deploy_failed", "crashed", "kickoff_failed")

@@ -10,38 +10,17 @@ secret in its path or query.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
 from crewship import log
-from crewship.errors import InvalidInputError
+from crewship.urls import host_of
 
-logger = log.get("crewship.notify")
+logger = log.get("crewship.service.notify")
 
-MAX_URL = 2048
 RETRY_STATUS = {408, 425, 429}
-_BAD_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
-
-
-def validate_url(url: object, what: str = "URL") -> str:
-    """An absolute http(s) URL with a host, or InvalidInputError."""
-    if not isinstance(url, str) or not url:
-        raise InvalidInputError(f"{what} must be an http(s) URL string")
-    if len(url) > MAX_URL or _BAD_CHARS.search(url):
-        raise InvalidInputError(f"{what} is not a valid URL (too long or has spaces)")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInputError(f"{what} must start with http:// or https:// and name a host")
-    return url
-
-
-def host_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def retry_delays(attempts: int, base: float, cap: float) -> list[float]:

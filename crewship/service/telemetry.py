@@ -4,7 +4,7 @@
 (``crewship.events``) and the supervisor's (``runtime.events``), updates the Prometheus
 metrics, raises alerts through ``AlertGate`` (one per failure, never a storm) and
 delivers the ``crewWebhookUrl`` of a finished kickoff (reference C.7). Every delivery
-runs in the background (``crewship.notify``): nothing here waits on a receiver.
+runs in the background (``crewship.service.notify``): nothing here waits on a receiver.
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ from __future__ import annotations
 from typing import Any
 
 from crewship import log
-from crewship.alerts import AlertGate, AlertStore
-from crewship.apps import AppStore
 from crewship.config import Settings
 from crewship.events import DeployFinished, KickoffFinished
-from crewship.metrics import Metrics, StateSource
-from crewship.notify import Deliverer
-from crewship.state import now
+from crewship.service.metrics import Metrics, StateSource
+from crewship.service.notify import Deliverer
+from crewship.store.alerts import AlertGate, AlertStore
+from crewship.store.apps import AppStore
+from crewship.store.state import now
 from runtime.events import AppCrashed, InstanceExited
 from runtime.supervisor import Supervisor
 
-logger = log.get("crewship.telemetry")
+logger = log.get("crewship.service.telemetry")
 
 
 def crew_webhook_body(event: KickoffFinished) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crewship.releases import UNUSABLE, Release
+from crewship.store.releases import UNUSABLE, Release
 
 KEEP = 5
 BUILD_DIR_RE = re.compile(r"^v([1-9][0-9]*)$")

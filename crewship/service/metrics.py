@@ -1,6 +1,6 @@
 """Prometheus metrics, one registry per daemon (never the global one), served at ``/metrics``.
 
-Counters and histograms are updated by ``crewship.telemetry`` (deploys, kickoffs,
+Counters and histograms are updated by ``crewship.service.telemetry`` (deploys, kickoffs,
 restarts), the HTTP middleware (requests) and the SSH endpoint (auth failures);
 instance and app states are read from the supervisor at scrape time through
 ``states`` (a callable the daemon sets), so they are never stale.
