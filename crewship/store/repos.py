@@ -10,7 +10,7 @@ from crewship import proc
 from crewship.errors import InvalidInputError
 from crewship.model import validate_app_name
 
-HOOKS_DIR = Path(__file__).resolve().parent.parent / "hooks"
+HOOKS_DIR = Path(__file__).resolve().parents[2] / "hooks"
 HOOK_NAMES = ("post-receive",)
 ZERO_SHA = "0" * 40
 
