@@ -53,6 +53,7 @@ from builder.release import (
     load_release,
     remove_tree,
 )
+from crewship import dockerd
 from crewship.config import Layout
 from crewship.errors import BuildError, ConflictError
 from crewship.log import get as get_logger
@@ -68,9 +69,6 @@ BUILD_TIMEOUT = 1800.0
 MANAGED_LABEL = "crewship.managed"
 MKIMAGE_HINT = ("mmdebstrap --variant=apt --include=python3,python3-venv,ca-certificates "
                 "bookworm - | docker import - crewship-base:bookworm")
-DOCKERD_HINT = ("start Docker (`systemctl start docker`, or `dockerd --bridge=none "
-                "--iptables=false --ip-masq=false &` on a machine without a bridge), "
-                "or run the server with --runtime process")
 INDEX_VARS = ("UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "UV_INDEX",
               "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "UV_NATIVE_TLS")
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
@@ -84,14 +82,7 @@ class DockerUnavailableError(BuildError):
 
 def connect(timeout: float = 60.0) -> docker.DockerClient:
     """A client of the local Docker daemon, or ``DockerUnavailableError`` saying what to do."""
-    try:
-        client = docker.from_env(timeout=int(timeout))
-        client.ping()
-    except docker.errors.DockerException as exc:
-        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        raise DockerUnavailableError(f"Docker is not reachable at {where} ({exc}): "
-                                     f"{DOCKERD_HINT}") from exc
-    return client
+    return dockerd.connect(timeout, DockerUnavailableError)
 
 
 # ---- the host's package index settings and CA bundle ------------------------------------
@@ -414,7 +405,7 @@ class ImageBuilder(ReleaseBuilder):
                 "CREWSHIP_BASE_IMAGE=crewship-base:bookworm") from None
         except docker.errors.DockerException as exc:
             raise DockerUnavailableError(f"Docker failed looking for the base image: {exc}: "
-                                         f"{DOCKERD_HINT}") from exc
+                                         f"{dockerd.DOCKERD_HINT}") from exc
 
     async def _build(self, client: docker.DockerClient, app: str, version: int, commit: str,
                      work: Path, report: Reporter) -> BuildProgress:

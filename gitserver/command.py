@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from crewship.errors import InvalidInputError
 from crewship.model import User
+from crewship.reporter import LineReporter
 from crewship.service.platform import Platform
 
 MAX_STDIN = 64 * 1024
@@ -48,6 +49,24 @@ class Context:
 
     def out_json(self, value: object) -> None:
         self.out(json.dumps(value, indent=2, default=str))
+
+    def listing(self, as_json: bool, found: Sequence[Any], *, empty: str, headers: list[str],
+                row: Callable[[Any], list[str]], title: str | None = None,
+                to_json: Callable[[Any], object] | None = None) -> int:
+        """A read command's output: JSON, a hint when there is nothing, or a table."""
+        if as_json:
+            self.out_json([to_json(x) for x in found] if to_json else list(found))
+        elif not found:
+            self.out(empty)
+        else:
+            if title:
+                self.out(f"=== {title}")
+            self.out(table([row(x) for x in found], headers))
+        return 0
+
+    def reporter(self) -> LineReporter:
+        """User-facing progress (``-----> ...``) on this command's stdout."""
+        return LineReporter(self.out)
 
     async def read_stdin(self, limit: int = MAX_STDIN) -> bytes:
         data = b""
@@ -100,6 +119,16 @@ class Registry:
 
 REGISTRY = Registry()
 command = REGISTRY.command
+
+
+def app_arg(p: ArgumentParser) -> None:
+    """The APP positional argument most commands take."""
+    p.add_argument("app")
+
+
+def when(stamp: str | None) -> str:
+    """An ISO timestamp as the tables show it (UTC, no T/Z)."""
+    return stamp.replace("T", " ").removesuffix("Z") if stamp else "-"
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:

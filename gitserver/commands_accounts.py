@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from crewship.model import Key
-from gitserver.command import REGISTRY, ArgumentParser, Context, command, table
+from gitserver.command import REGISTRY, ArgumentParser, Context, command
 
 
 def _key_json(key: Key) -> dict[str, str]:
@@ -58,14 +58,9 @@ def _keys_args(p: ArgumentParser) -> None:
 @command("keys", "list SSH keys (yours, --user USER's, or --all)", _keys_args, read=True)
 async def keys(ctx: Context, args: argparse.Namespace) -> int:
     found = ctx.platform.list_keys(ctx.user, args.user, everyone=args.all)
-    if args.json:
-        ctx.out_json([_key_json(k) for k in found])
-    elif not found:
-        ctx.out("no keys")
-    else:
-        ctx.out(table([[k.user, k.name, k.fingerprint, k.created_at] for k in found],
-                      ["USER", "NAME", "FINGERPRINT", "ADDED"]))
-    return 0
+    return ctx.listing(args.json, found, empty="no keys", to_json=_key_json,
+                       row=lambda k: [k.user, k.name, k.fingerprint, k.created_at],
+                       headers=["USER", "NAME", "FINGERPRINT", "ADDED"])
 
 
 def _add_args(p: ArgumentParser) -> None:

@@ -5,11 +5,7 @@ from __future__ import annotations
 import argparse
 
 from crewship.model import AccessLevel
-from gitserver.command import ArgumentParser, Context, command, table
-
-
-def _name(p: ArgumentParser) -> None:
-    p.add_argument("app")
+from gitserver.command import ArgumentParser, Context, app_arg, command, table
 
 
 @command("apps", "list the apps you can use", read=True)
@@ -28,7 +24,7 @@ async def apps(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-@command("apps:create", "create an app (prints its name and UUID)", _name, read=True)
+@command("apps:create", "create an app (prints its name and UUID)", app_arg, read=True)
 async def apps_create(ctx: Context, args: argparse.Namespace) -> int:
     app = await ctx.platform.create_app(ctx.user, args.app)
     settings = ctx.platform.settings
@@ -42,7 +38,7 @@ async def apps_create(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _destroy_args(p: ArgumentParser) -> None:
-    _name(p)
+    app_arg(p)
     p.add_argument("--force", action="store_true", help="confirm the removal")
 
 
@@ -54,7 +50,7 @@ async def apps_destroy(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-@command("access", "list who may use an app", _name, read=True)
+@command("access", "list who may use an app", app_arg, read=True)
 async def access(ctx: Context, args: argparse.Namespace) -> int:
     grants = ctx.platform.access(ctx.user, args.app)
     if args.json:
@@ -65,7 +61,7 @@ async def access(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _grant_args(p: ArgumentParser) -> None:
-    _name(p)
+    app_arg(p)
     p.add_argument("user")
     p.add_argument("level", nargs="?", default="read", help="read, deploy or admin")
 
@@ -79,7 +75,7 @@ async def access_add(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _revoke_args(p: ArgumentParser) -> None:
-    _name(p)
+    app_arg(p)
     p.add_argument("user")
 
 

@@ -7,15 +7,7 @@ from typing import Any
 
 from crewship.errors import InvalidInputError
 from crewship.store.alerts import EVENTS
-from gitserver.command import ArgumentParser, Context, command, table
-
-
-def _name(p: ArgumentParser) -> None:
-    p.add_argument("app")
-
-
-def _when(stamp: str | None) -> str:
-    return stamp.replace("T", " ").removesuffix("Z") if stamp else "-"
+from gitserver.command import ArgumentParser, Context, app_arg, command, when
 
 
 def _seconds(value: float | None) -> str:
@@ -23,7 +15,7 @@ def _seconds(value: float | None) -> str:
 
 
 def _kickoffs_args(p: ArgumentParser) -> None:
-    _name(p)
+    app_arg(p)
     p.add_argument("-n", "--num", type=int, default=20, help="how many (default 20, max 1000)")
     p.add_argument("--state", help="only PENDING, RUNNING, SUCCESS, FAILURE or REVOKED")
 
@@ -32,7 +24,7 @@ def _kickoff_row(k: dict[str, Any]) -> list[str]:
     usage = k.get("token_usage") or {}
     error = (k.get("error") or "").splitlines()[0][:60] if k.get("error") else ""
     return [k["kickoff_id"], k["state"], f"v{k['release']}" if k.get("release") else "-",
-            _when(k.get("created_at")), _seconds(k.get("execution_time")),
+            when(k.get("created_at")), _seconds(k.get("execution_time")),
             str(usage.get("total_tokens", "-")), error]
 
 
@@ -40,35 +32,24 @@ def _kickoff_row(k: dict[str, Any]) -> list[str]:
          _kickoffs_args, read=True)
 async def kickoffs(ctx: Context, args: argparse.Namespace) -> int:
     found = ctx.platform.monitoring.kickoff_history(ctx.user, args.app, limit=args.num, state=args.state)
-    if args.json:
-        ctx.out_json(found)
-    elif not found:
-        which = f" in state {args.state.upper()}" if args.state else ""
-        ctx.out(f"{args.app} has no kickoffs{which} yet")
-    else:
-        ctx.out(f"=== {args.app} kickoffs")
-        ctx.out(table([_kickoff_row(k) for k in found],
-                      ["KICKOFF", "STATE", "RELEASE", "STARTED (UTC)", "DURATION", "TOKENS",
-                       "ERROR"]))
-    return 0
+    which = f" in state {args.state.upper()}" if args.state else ""
+    return ctx.listing(args.json, found, empty=f"{args.app} has no kickoffs{which} yet",
+                       title=f"{args.app} kickoffs", row=_kickoff_row,
+                       headers=["KICKOFF", "STATE", "RELEASE", "STARTED (UTC)", "DURATION", "TOKENS",
+                                "ERROR"])
 
 
-@command("alerts", "list an app's alert receivers", _name, read=True)
+@command("alerts", "list an app's alert receivers", app_arg, read=True)
 async def alerts(ctx: Context, args: argparse.Namespace) -> int:
     found = [a.info() for a in ctx.platform.monitoring.alert_receivers(ctx.user, args.app)]
-    if args.json:
-        ctx.out_json(found)
-    elif not found:
-        ctx.out(f"{args.app} has no alert receivers; add one with 'alerts:add {args.app} URL'")
-    else:
-        ctx.out(f"=== {args.app} alerts")
-        ctx.out(table([[str(a["id"]), a["url"], ",".join(a["events"]), a["created_by"]]
-                       for a in found], ["ID", "URL", "EVENTS", "BY"]))
-    return 0
+    return ctx.listing(
+        args.json, found, title=f"{args.app} alerts", headers=["ID", "URL", "EVENTS", "BY"],
+        empty=f"{args.app} has no alert receivers; add one with 'alerts:add {args.app} URL'",
+        row=lambda a: [str(a["id"]), a["url"], ",".join(a["events"]), a["created_by"]])
 
 
 def _add_args(p: ArgumentParser) -> None:
-    _name(p)
+    app_arg(p)
     p.add_argument("url")
     p.add_argument("--events", help=f"comma-separated, of {','.join(EVENTS)} "
                                     "(default: deploy_failed,crashed,kickoff_failed)")
@@ -82,7 +63,7 @@ async def alerts_add(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _remove_args(p: ArgumentParser) -> None:
-    _name(p)
+    app_arg(p)
     p.add_argument("id", help="the alert's id (see 'alerts NAME')")
 
 

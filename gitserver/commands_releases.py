@@ -8,32 +8,19 @@ from typing import Any
 
 from crewship.errors import InvalidInputError
 from crewship.model import format_memory, parse_cpus, parse_memory
-from crewship.reporter import LineReporter
 from crewship.store.apitokens import ApiToken
 from crewship.store.releases import parse_version
-from gitserver.command import ArgumentParser, Context, command, table
-
-
-def _name(p: ArgumentParser) -> None:
-    p.add_argument("app")
-
-
-def _reporter(ctx: Context) -> LineReporter:
-    return LineReporter(ctx.out)
-
-
-def _when(stamp: str | None) -> str:
-    return stamp.replace("T", " ").removesuffix("Z") if stamp else "-"
+from gitserver.command import ArgumentParser, Context, app_arg, command, when
 
 
 def _releases_args(p: ArgumentParser) -> None:
-    _name(p)
+    app_arg(p)
     p.add_argument("-n", "--num", type=int, default=20, help="how many (default 20)")
 
 
 def _release_row(r: dict[str, Any]) -> list[str]:
     return ["*" if r["live"] else "", r["version"], r["kind"], r["commit"][:12],
-            r["config_digest"] or "-", r["created_by"], _when(r["created_at"]), r["status"],
+            r["config_digest"] or "-", r["created_by"], when(r["created_at"]), r["status"],
             r["description"] + ("" if r["build_available"] or not r["build"]
                                 else f" (build {r['build']} removed)")]
 
@@ -42,20 +29,14 @@ def _release_row(r: dict[str, Any]) -> list[str]:
          _releases_args, read=True)
 async def releases(ctx: Context, args: argparse.Namespace) -> int:
     found = ctx.platform.lifecycle.release_history(ctx.user, args.app, limit=args.num)
-    if args.json:
-        ctx.out_json(found)
-    elif not found:
-        ctx.out(f"{args.app} has no releases yet: git push to deploy it")
-    else:
-        ctx.out(f"=== {args.app} releases")
-        ctx.out(table([_release_row(r) for r in found],
-                      ["", "RELEASE", "KIND", "COMMIT", "CONFIG", "BY", "WHEN (UTC)", "STATUS",
-                       "DESCRIPTION"]))
-    return 0
+    return ctx.listing(args.json, found, empty=f"{args.app} has no releases yet: git push to deploy it",
+                       title=f"{args.app} releases", row=_release_row,
+                       headers=["", "RELEASE", "KIND", "COMMIT", "CONFIG", "BY", "WHEN (UTC)", "STATUS",
+                                "DESCRIPTION"])
 
 
 def _rollback_args(p: ArgumentParser) -> None:
-    _name(p)
+    app_arg(p)
     p.add_argument("version", nargs="?", metavar="vN",
                    help="the release to return to (default: the one before the live one)")
 
@@ -64,19 +45,19 @@ def _rollback_args(p: ArgumentParser) -> None:
          "(nothing is installed)", _rollback_args)
 async def rollback(ctx: Context, args: argparse.Namespace) -> int:
     version = parse_version(args.version) if args.version is not None else None
-    await ctx.platform.lifecycle.rollback(ctx.user, args.app, version, _reporter(ctx))
+    await ctx.platform.lifecycle.rollback(ctx.user, args.app, version, ctx.reporter())
     return 0
 
 
 @command("restart", "restart the live release through a health-checked swap (a new release)",
-         _name)
+         app_arg)
 async def restart(ctx: Context, args: argparse.Namespace) -> int:
-    await ctx.platform.lifecycle.restart(ctx.user, args.app, _reporter(ctx))
+    await ctx.platform.lifecycle.restart(ctx.user, args.app, ctx.reporter())
     return 0
 
 
 def _scale_args(p: ArgumentParser) -> None:
-    _name(p)
+    app_arg(p)
     p.add_argument("count", metavar="N", help="instances to run, 0-10 (0 stops the app)")
 
 
@@ -84,12 +65,12 @@ def _scale_args(p: ArgumentParser) -> None:
 async def ps_scale(ctx: Context, args: argparse.Namespace) -> int:
     if not args.count.isdigit():
         raise InvalidInputError(f"N must be a whole number from 0 to 10, not {args.count[:20]!r}")
-    await ctx.platform.lifecycle.scale(ctx.user, args.app, int(args.count), _reporter(ctx))
+    await ctx.platform.lifecycle.scale(ctx.user, args.app, int(args.count), ctx.reporter())
     return 0
 
 
 def _limits_args(p: ArgumentParser) -> None:
-    _name(p)
+    app_arg(p)
     p.add_argument("--memory", metavar="SIZE", help="memory per instance: 512m, 1g, none")
     p.add_argument("--cpus", metavar="N", help="CPUs per instance: 1, 0.5, none")
 
@@ -99,7 +80,7 @@ def _limits_args(p: ArgumentParser) -> None:
 async def ps_limits(ctx: Context, args: argparse.Namespace) -> int:
     memory = parse_memory(args.memory) if args.memory is not None else "keep"
     cpus = parse_cpus(args.cpus) if args.cpus is not None else "keep"
-    info = await ctx.platform.lifecycle.limits(ctx.user, args.app, memory, cpus, _reporter(ctx))
+    info = await ctx.platform.lifecycle.limits(ctx.user, args.app, memory, cpus, ctx.reporter())
     if args.json:
         ctx.out_json(info)
     else:
@@ -116,21 +97,19 @@ def _token_json(token: ApiToken) -> dict[str, Any]:
             "expired": token.expired()}
 
 
+def _token_row(t: ApiToken) -> list[str]:
+    return [str(t.id), f"{t.prefix}...", when(t.created_at),
+            when(t.expires_at) if t.expires_at else "never",
+            when(t.last_used_at), "expired" if t.expired() else ""]
+
+
 @command("api-tokens", "list your API tokens for the HTTP API (never the tokens themselves)",
          read=True)
 async def api_tokens(ctx: Context, args: argparse.Namespace) -> int:
     found = ctx.platform.list_api_tokens(ctx.user)
-    if args.json:
-        ctx.out_json([_token_json(t) for t in found])
-    elif not found:
-        ctx.out("no API tokens yet: make one with 'api-tokens:create'")
-    else:
-        ctx.out(table([[str(t.id), f"{t.prefix}...", _when(t.created_at),
-                        _when(t.expires_at) if t.expires_at else "never",
-                        _when(t.last_used_at)] + (["expired"] if t.expired() else [""])
-                       for t in found],
-                      ["ID", "TOKEN", "CREATED", "EXPIRES", "LAST USED", ""]))
-    return 0
+    return ctx.listing(args.json, found, empty="no API tokens yet: make one with 'api-tokens:create'",
+                       to_json=_token_json, row=_token_row,
+                       headers=["ID", "TOKEN", "CREATED", "EXPIRES", "LAST USED", ""])
 
 
 def _create_args(p: ArgumentParser) -> None:
@@ -147,7 +126,7 @@ async def api_tokens_create(ctx: Context, args: argparse.Namespace) -> int:
     else:
         ctx.out(token)
         ctx.err(f"API token {record.id} is shown once: keep it (expires "
-                f"{_when(record.expires_at) if record.expires_at else 'never'}; "
+                f"{when(record.expires_at) if record.expires_at else 'never'}; "
                 f"'api-tokens:revoke {record.id}' disables it)")
     return 0
 

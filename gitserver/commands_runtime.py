@@ -7,17 +7,8 @@ import asyncio
 import json
 
 from crewship.errors import CrewshipError, InvalidInputError
-from crewship.reporter import LineReporter
 from crewship.service.operations import parse_assignments
-from gitserver.command import ArgumentParser, Context, command
-
-
-def _name(p: ArgumentParser) -> None:
-    p.add_argument("app")
-
-
-def _reporter(ctx: Context) -> LineReporter:
-    return LineReporter(ctx.out)
+from gitserver.command import ArgumentParser, Context, app_arg, command
 
 
 def _duration(seconds: int | None) -> str:
@@ -28,7 +19,7 @@ def _duration(seconds: int | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-@command("status", "show an app's state, live release, uptime, restarts and URL", _name,
+@command("status", "show an app's state, live release, uptime, restarts and URL", app_arg,
          read=True)
 async def status(ctx: Context, args: argparse.Namespace) -> int:
     info = ctx.platform.ops.status(ctx.user, args.app)
@@ -48,7 +39,7 @@ async def status(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _logs_args(p: ArgumentParser) -> None:
-    _name(p)
+    app_arg(p)
     p.add_argument("-n", "--num", type=int, default=100, help="lines of history (default 100)")
     p.add_argument("-t", "--tail", action="store_true", help="keep following")
 
@@ -82,7 +73,7 @@ async def logs(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _config_args(p: ArgumentParser) -> None:
-    _name(p)
+    app_arg(p)
     p.add_argument("--show", action="store_true", help="show the values (they are secrets)")
 
 
@@ -101,7 +92,7 @@ async def config(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _set_args(p: ArgumentParser) -> None:
-    _name(p)
+    app_arg(p)
     p.add_argument("pairs", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--no-restart", action="store_true", help="store only; apply on next deploy")
 
@@ -110,13 +101,13 @@ def _set_args(p: ArgumentParser) -> None:
          _set_args)
 async def config_set(ctx: Context, args: argparse.Namespace) -> int:
     changes = parse_assignments(args.pairs)
-    await ctx.platform.ops.config_set(ctx.user, args.app, changes, _reporter(ctx),
+    await ctx.platform.ops.config_set(ctx.user, args.app, changes, ctx.reporter(),
                                   restart=not args.no_restart)
     return 0
 
 
 def _unset_args(p: ArgumentParser) -> None:
-    _name(p)
+    app_arg(p)
     p.add_argument("keys", nargs="+", metavar="KEY")
     p.add_argument("--no-restart", action="store_true", help="store only; apply on next deploy")
 
@@ -124,12 +115,12 @@ def _unset_args(p: ArgumentParser) -> None:
 @command("config:unset", "remove config vars (a new release, like config:set)", _unset_args)
 async def config_unset(ctx: Context, args: argparse.Namespace) -> int:
     changes = {key: "" for key in args.keys}
-    await ctx.platform.ops.config_set(ctx.user, args.app, changes, _reporter(ctx), unset=True,
+    await ctx.platform.ops.config_set(ctx.user, args.app, changes, ctx.reporter(), unset=True,
                                   restart=not args.no_restart)
     return 0
 
 
-@command("tokens", "show the app's crew API token (made and shown once on first use)", _name,
+@command("tokens", "show the app's crew API token (made and shown once on first use)", app_arg,
          read=True)
 async def tokens(ctx: Context, args: argparse.Namespace) -> int:
     prefix, created, token = ctx.platform.ops.token_info(ctx.user, args.app)
@@ -144,14 +135,14 @@ async def tokens(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-@command("tokens:rotate", "replace the app's crew API token and print the new one", _name)
+@command("tokens:rotate", "replace the app's crew API token and print the new one", app_arg)
 async def tokens_rotate(ctx: Context, args: argparse.Namespace) -> int:
     ctx.out(ctx.platform.ops.rotate_token(ctx.user, args.app))
     return 0
 
 
 def _kickoff_args(p: ArgumentParser) -> None:
-    _name(p)
+    app_arg(p)
     p.add_argument("inputs", nargs="?", default="{}", help="JSON object of inputs")
     p.add_argument("--wait", action="store_true", help="wait and print the result")
 

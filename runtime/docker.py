@@ -35,6 +35,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
+from crewship import dockerd
 from crewship.config import Layout
 from crewship.log import get as get_logger
 from runtime.backend import STATUS_UNKNOWN, BackendError, InstanceRef, InstanceSpec
@@ -44,19 +45,10 @@ log = get_logger(__name__)
 
 LABEL_APP = "crewship.app"
 _KILL_WAIT = 10.0
-DOCKERD_HINT = ("start Docker (`systemctl start docker`, or `dockerd --bridge=none "
-                "--iptables=false --ip-masq=false &`), or run the server with --runtime process")
-
 
 def connect(timeout: float = 60.0) -> docker.DockerClient:
     """A client of the local Docker daemon, or ``BackendError`` saying what to start."""
-    try:
-        client = docker.from_env(timeout=int(timeout))
-        client.ping()
-    except docker.errors.DockerException as exc:
-        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        raise BackendError(f"Docker is not reachable at {where} ({exc}): {DOCKERD_HINT}") from exc
-    return client
+    return dockerd.connect(timeout, BackendError)
 
 
 def exit_status(code: int) -> int:

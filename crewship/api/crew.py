@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from crewship.api.auth import bearer_token
 from crewship.api.errors import error_response
 from crewship.errors import InvalidInputError
 from crewship.model import App
@@ -35,14 +36,8 @@ def _platform(request: Request) -> Platform:
     return platform
 
 
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
-
-
 def _authorized(request: Request) -> App | None:
-    return _platform(request).ops.app_by_token(request.path_params["app"], _bearer(request))
+    return _platform(request).ops.app_by_token(request.path_params["app"], bearer_token(request))
 
 
 def _unauthorized() -> JSONResponse:

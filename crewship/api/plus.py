@@ -36,6 +36,7 @@ from starlette.types import Message
 
 from builder.zipsafe import MAX_BYTES
 from crewship import log
+from crewship.api.auth import bearer_token
 from crewship.api.deployment_page import render_page
 from crewship.errors import CrewshipError, InvalidInputError, NotFoundError
 from crewship.model import AccessLevel, App, User
@@ -63,17 +64,12 @@ def problem(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "message": message}, status_code=status)
 
 
-def _bearer(request: Request) -> str:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
-
-
 def authed(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """Resolve the API token's user; map crewship errors to the client's shapes."""
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
         platform = service(request).platform
-        user = platform.user_by_api_token(_bearer(request))
+        user = platform.user_by_api_token(bearer_token(request))
         if user is None:
             return problem(401, "invalid, expired or missing API token: run 'crewship login "
                                 "--crewai' (or 'ssh ... api-tokens:create' and 'crewship login "

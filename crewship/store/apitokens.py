@@ -8,14 +8,13 @@ listed (so its owner sees why it stopped working) but no longer authenticates.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import secrets
 import sqlite3
 from dataclasses import dataclass
 
 from crewship.errors import InvalidInputError, NotFoundError
 from crewship.model import User
 from crewship.store.state import Database, now
+from crewship.tokens import hash_token, new_token
 
 TOKEN_PREFIX = "csu_"  # noqa: S105 (a public marker, not a secret)
 SHOWN_PREFIX = 12
@@ -33,10 +32,6 @@ class ApiToken:
 
     def expired(self, at: str | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (at or now())
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def expiry(days: int | None, start: dt.datetime | None = None) -> str | None:
@@ -63,7 +58,7 @@ class ApiTokenStore:
     def create(self, user: User, expires_days: int | None = None) -> tuple[ApiToken, str]:
         """A new token for ``user``: (its record, the token itself, to show once)."""
         expires_at = expiry(expires_days)
-        token = f"{TOKEN_PREFIX}{secrets.token_urlsafe(32)}"
+        token = new_token(TOKEN_PREFIX)
         token_id = self.db.execute(
             "INSERT INTO api_tokens (user_id, hash, prefix, created_at, expires_at) "
             "VALUES (?, ?, ?, ?, ?)", user.id, hash_token(token), token[:SHOWN_PREFIX], now(),

@@ -8,10 +8,8 @@ make new releases that reuse an earlier artifact.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
-import secrets
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from dataclasses import dataclass
 from crewship.errors import InvalidInputError, NotFoundError
 from crewship.model import App, validate_config_key
 from crewship.store.state import Database, now
+from crewship.tokens import hash_token, new_token, token_matches
 
 
 @dataclass(frozen=True)
@@ -172,10 +171,6 @@ class ConfigStore:
                           [(app.id, k, v) for k, v in sorted(config.items())])
 
 
-def _hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 class TokenStore:
     """Per-app bearer tokens for the crew API, stored hashed; shown once when made."""
 
@@ -183,12 +178,12 @@ class TokenStore:
         self.db = db
 
     def rotate(self, app: App) -> str:
-        token = f"cs_{secrets.token_urlsafe(32)}"
+        token = new_token("cs_")
         self.db.execute("INSERT INTO app_tokens (app_id, token_hash, prefix, created_at) "
                         "VALUES (?, ?, ?, ?) ON CONFLICT (app_id) DO UPDATE SET "
                         "token_hash = excluded.token_hash, prefix = excluded.prefix, "
                         "created_at = excluded.created_at",
-                        app.id, _hash_token(token), token[:10], now())
+                        app.id, hash_token(token), token[:10], now())
         return token
 
     def info(self, app: App) -> tuple[str, str] | None:
@@ -198,4 +193,4 @@ class TokenStore:
 
     def check(self, app: App, token: str) -> bool:
         row = self.db.one("SELECT token_hash FROM app_tokens WHERE app_id = ?", app.id)
-        return row is not None and hmac.compare_digest(row["token_hash"], _hash_token(token))
+        return row is not None and token_matches(row["token_hash"], token)

@@ -18,8 +18,9 @@ from crewship.errors import InvalidInputError, NotFoundError
 from crewship.model import App
 from crewship.service.deploys import Deployer
 from crewship.service.platform import Platform
-from crewship.store.apitokens import expiry, hash_token
+from crewship.store.apitokens import expiry
 from crewship.store.state import Database
+from crewship.tokens import hash_token
 
 
 @pytest.fixture
