@@ -69,13 +69,13 @@ class Daemon:
         envs_dir = settings.envs_dir.resolve() if settings.envs_dir else self.layout.envs
         self.builder = make_builder(settings, self.layout, EnvBuilder(envs_dir, settings.python))
         builder = self.builder
-        self.platform.deployer = Deployer(
+        self.platform.engine.deployer = Deployer(
             settings, self.layout, self.platform.apps_store, self.platform.repos,
             self.platform.releases, self.platform.config_store, builder, self.supervisor)
         self.kickoffs = KickoffService(self.db, self.supervisor)
-        self.platform.kickoffs = self.kickoffs
+        self.platform.engine.kickoffs = self.kickoffs
         self.telemetry = Telemetry(settings, self.platform.metrics, self.platform.alerts)
-        self.platform.deployer.on_event = self.kickoffs.on_event = self.telemetry.handle
+        self.platform.engine.deployer.on_event = self.kickoffs.on_event = self.telemetry.handle
         self.platform.metrics.states = runtime_states(self.platform.apps_store, self.supervisor)
         self._pruner: asyncio.Task[None] | None = None
         self.http = HTTPServer(self.platform, settings.host, settings.http_port)
@@ -98,8 +98,8 @@ class Daemon:
         await self.hooks.start()
         await self.http.start()
         await self.ssh.start(self.settings.host, self.settings.ssh_port)
-        assert self.platform.deployer is not None
-        await self.platform.deployer.restore()
+        assert self.platform.engine.deployer is not None
+        await self.platform.engine.deployer.restore()
         logger.info("server_started", ssh_port=self.ssh.port, http_port=self.http.port,
                     data_dir=str(self.layout.root), runtime=self.settings.runtime,
                     host_key=self.host_fingerprint)

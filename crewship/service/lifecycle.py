@@ -8,6 +8,7 @@ health-checked swap as a push, and a failed one changes nothing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,17 +43,16 @@ def build_available(release: Release) -> bool:
     return release.artifact is not None and (Path(release.artifact) / "release.json").is_file()
 
 
+@dataclass
 class Lifecycle:
     """Releases, rollback, restart, scale and limits."""
 
-    def __init__(self, settings: Settings, access: AppAccess, engine: Engine, apps_store: AppStore,
-                 releases: ReleaseStore, config_store: ConfigStore) -> None:
-        self.settings = settings
-        self.access = access
-        self.engine = engine
-        self.apps_store = apps_store
-        self.releases = releases
-        self.config_store = config_store
+    settings: Settings
+    access: AppAccess
+    engine: Engine
+    apps_store: AppStore
+    releases: ReleaseStore
+    config_store: ConfigStore
 
     # ------------------------------------------------------------------ history
     def release_history(self, caller: User, name: str, *, limit: int = 50) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ so the SSH commands and the HTTP routes reach the same checks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crewship import log
@@ -24,13 +25,13 @@ HISTORY_FIELDS = ("kickoff_id", "state", "status", "release", "instance", "input
                   "created_at", "started_at", "finished_at")
 
 
+@dataclass
 class Monitoring:
     """Kickoff history and alert receivers."""
 
-    def __init__(self, access: AppAccess, engine: Engine, alerts: AlertStore) -> None:
-        self.access = access
-        self.engine = engine
-        self.alerts = alerts
+    access: AppAccess
+    engine: Engine
+    alerts: AlertStore
 
     # ------------------------------------------------------------------ history
     def kickoff_history(self, caller: User, name: str, *, limit: int | str | None = 20,

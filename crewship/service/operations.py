@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crewship import log
@@ -45,17 +46,16 @@ def _config_changed(app: App, caller: User, changes: dict[str, str], unset: bool
                 action="unset" if unset else "set", release=release)
 
 
+@dataclass
 class Operations:
     """Use cases over live apps: status, logs, config, tokens, kickoffs."""
 
-    def __init__(self, settings: Settings, access: AppAccess, engine: Engine, apps_store: AppStore,
-                 config_store: ConfigStore, tokens: TokenStore) -> None:
-        self.settings = settings
-        self.access = access
-        self.engine = engine
-        self.apps_store = apps_store
-        self.config_store = config_store
-        self.tokens = tokens
+    settings: Settings
+    access: AppAccess
+    engine: Engine
+    apps_store: AppStore
+    config_store: ConfigStore
+    tokens: TokenStore
 
     # -------------------------------------------------------------------- status
     def status(self, caller: User, name: str) -> dict[str, Any]:

@@ -8,7 +8,6 @@ app not existing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from builder.release import remove_tree
 from crewship import log
@@ -35,10 +34,6 @@ from crewship.store.releases import ConfigStore, ReleaseStore, TokenStore
 from crewship.store.repos import Repos
 from crewship.store.state import Database
 
-if TYPE_CHECKING:
-    from crewship.service.deploys import Deployer
-    from crewship.service.kickoffs import KickoffService
-
 logger = log.get("crewship.service.platform")
 
 
@@ -63,22 +58,6 @@ class Platform:
         self.lifecycle = Lifecycle(settings, self.checker, self.engine, self.apps_store,
                                    self.releases, self.config_store)
         self.monitoring = Monitoring(self.checker, self.engine, self.alerts)
-
-    @property
-    def deployer(self) -> Deployer | None:
-        return self.engine.deployer
-
-    @deployer.setter
-    def deployer(self, deployer: Deployer | None) -> None:
-        self.engine.deployer = deployer
-
-    @property
-    def kickoffs(self) -> KickoffService | None:
-        return self.engine.kickoffs
-
-    @kickoffs.setter
-    def kickoffs(self, kickoffs: KickoffService | None) -> None:
-        self.engine.kickoffs = kickoffs
 
     # ----------------------------------------------------------------- identity
     def authenticate(self, fingerprint: str) -> User | None:
@@ -198,8 +177,8 @@ class Platform:
             raise InvalidInputError(
                 f"destroying {name} removes its repo, releases, config and logs for good; "
                 f"run 'apps:destroy {name} --force' to confirm")
-        if self.deployer is not None:
-            await self.deployer.forget(app)
+        if self.engine.deployer is not None:
+            await self.engine.deployer.forget(app)
         self.apps_store.delete(app)
         self.repos.delete(name)
         for path in (self.layout.releases / name, self.layout.app_logs(name),
@@ -253,8 +232,8 @@ class Platform:
         if app is None or user is None:
             report.warn("push from an unknown app or user; nothing deployed")
             return 1
-        if self.deployer is not None:
-            return await self.deployer.on_push(app, user, updates, report)
+        if self.engine.deployer is not None:
+            return await self.engine.deployer.on_push(app, user, updates, report)
         for update in updates:
             self.apps_store.record_push(app, user.name, update.ref, update.old, update.new,
                                         outcome="stored")

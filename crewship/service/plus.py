@@ -268,7 +268,7 @@ class PlusService:
     def status(self, app: App) -> dict[str, Any]:
         fresh = self.platform.apps_store.get(app.name) or app
         newest = self.platform.releases.list(fresh, 1)
-        deployer = self.platform.deployer
+        deployer = self.platform.engine.deployer
         runtime = deployer.supervisor.status(app.name).state if deployer else "idle"
         words = deployments.label(newest[0] if newest else None, fresh.live_release is not None,
                                   runtime, fresh.scale, self.tracked.get(app.name))
@@ -289,7 +289,7 @@ class PlusService:
                                       / deployments.LOG_FILE)
         if stored is not None:
             return stored
-        deployer = self.platform.deployer
+        deployer = self.platform.engine.deployer
         lines = deployer.app_log(app.name).tail(2000) if deployer else []
         return deployments.system_lines(lines)
 
