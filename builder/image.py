@@ -50,12 +50,14 @@ from builder.release import (
     RUNNER_FILE,
     BuiltRelease,
     ReleaseBuilder,
+    build_dirs,
     load_release,
+    publish,
     remove_tree,
 )
 from crewship import dockerd
 from crewship.config import Layout
-from crewship.errors import BuildError, ConflictError
+from crewship.errors import BuildError
 from crewship.log import get as get_logger
 from crewship.reporter import Reporter
 
@@ -360,12 +362,7 @@ class ImageBuilder(ReleaseBuilder):
 
     async def build(self, app: str, version: int, repo: Path, commit: str, report: Reporter,
                     config_keys: AbstractSet[str] = frozenset()) -> BuiltRelease:
-        dest = self.layout.release_dir(app, version)
-        if dest.exists():
-            raise ConflictError(f"release v{version} of {app} already exists")
-        self.layout.tmp.mkdir(parents=True, exist_ok=True)
-        work = self.layout.tmp / f"build-{app}-v{version}-{uuid.uuid4().hex[:8]}"
-        work.mkdir()
+        dest, work = build_dirs(self.layout, app, version)
         self._building += 1
         try:
             report.step("Validating")
@@ -380,11 +377,7 @@ class ImageBuilder(ReleaseBuilder):
             env = EnvRef(f"image-{key}", Path(IMAGE_VENV), Path(IMAGE_VENV) / "bin" / "python",
                          progress.python or "image", cache_hit=bool(progress.deps_cached))
             self._assemble(app, version, commit, work, env, info, image=progress.image_id)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.replace(work, dest)
-            except OSError as exc:
-                raise ConflictError(f"release v{version} of {app} already exists") from exc
+            publish(work, dest)
         finally:
             self._building -= 1
             if work.exists():

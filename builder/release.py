@@ -90,6 +90,26 @@ def default_runner_source() -> Path:
     return runner
 
 
+def build_dirs(layout: Layout, app: str, version: int) -> tuple[Path, Path]:
+    """(where release ``vN`` goes, a fresh temporary work dir for building it)."""
+    dest = layout.release_dir(app, version)
+    if dest.exists():
+        raise ConflictError(f"release v{version} of {app} already exists")
+    layout.tmp.mkdir(parents=True, exist_ok=True)
+    work = layout.tmp / f"build-{app}-v{version}-{uuid.uuid4().hex[:8]}"
+    work.mkdir()
+    return dest, work
+
+
+def publish(work: Path, dest: Path) -> None:
+    """Move a finished build into place in one rename (a release dir is never half there)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(work, dest)
+    except OSError as exc:
+        raise ConflictError(f"release {dest.name} of {dest.parent.name} already exists") from exc
+
+
 def load_release(release_dir: Path) -> ReleaseMeta:
     """Read ``release.json`` of a built release."""
     try:
@@ -164,22 +184,13 @@ class ReleaseBuilder:
 
     async def build(self, app: str, version: int, repo: Path, commit: str, report: Reporter,
                     config_keys: AbstractSet[str] = frozenset()) -> BuiltRelease:
-        dest = self.layout.release_dir(app, version)
-        if dest.exists():
-            raise ConflictError(f"release v{version} of {app} already exists")
-        self.layout.tmp.mkdir(parents=True, exist_ok=True)
-        work = self.layout.tmp / f"build-{app}-v{version}-{uuid.uuid4().hex[:8]}"
-        work.mkdir()
+        dest, work = build_dirs(self.layout, app, version)
         try:
             report.step("Validating")
             info = await self._validate(repo, commit, work / "app", report, config_keys)
             env = await self.envs.ensure(work / "app", report)
             self._assemble(app, version, commit, work, env, info)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.replace(work, dest)
-            except OSError as exc:
-                raise ConflictError(f"release v{version} of {app} already exists") from exc
+            publish(work, dest)
         finally:
             if work.exists():
                 await asyncio.to_thread(remove_tree, work)
