@@ -13,10 +13,11 @@ import asyncio
 import re
 import tarfile
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from crewship import proc
 from crewship.errors import BuildError, InvalidInputError
+from crewship.store import gitobjects
 
 _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 EXPORT_TIMEOUT = 300.0
@@ -60,9 +61,4 @@ async def export_commit(repo: Path, commit: str, dest: Path) -> None:
 async def read_file_at(repo: Path, commit: str, path: str) -> bytes | None:
     """The bytes of ``path`` at ``commit``, or None when the commit has no such file."""
     _check_commit(commit)
-    parts = PurePosixPath(path).parts
-    if not parts or path.startswith("/") or ".." in parts:
-        raise InvalidInputError(f"not a repository path: {path!r}")
-    argv = ["git", "--git-dir", str(repo), "cat-file", "blob", f"{commit}:{path}"]
-    result = await proc.run(argv, env=proc.base_env(), timeout=30.0, check=False)
-    return result.stdout if result.returncode == 0 else None
+    return await asyncio.to_thread(gitobjects.read_file, repo, commit, path)

@@ -27,8 +27,9 @@ from crewship.model import App, RefUpdate, User
 from crewship.reporter import Reporter
 from crewship.service.retention import KEEP, Pruned, builds_to_prune, env_keys_in_use
 from crewship.store.apps import AppStore
+from crewship.store.gitobjects import ZERO_SHA
 from crewship.store.releases import ConfigStore, Release, ReleaseStore
-from crewship.store.repos import ZERO_SHA, Repos
+from crewship.store.repos import Repos
 from runtime.backend import InstanceSpec
 from runtime.events import InstanceFailedError
 from runtime.logs import AppLog

@@ -33,7 +33,7 @@ from crewship.errors import ConflictError, CrewshipError, InvalidInputError, Not
 from crewship.model import APP_NAME_RE, AccessLevel, App, RefUpdate, User, validate_config_key
 from crewship.service import deployments, sources
 from crewship.service.platform import Platform
-from crewship.store.repos import ZERO_SHA
+from crewship.store.gitobjects import ZERO_SHA
 
 logger = log.get("crewship.service.plus")
 DEFAULT_BRANCH = "refs/heads/main"
@@ -211,7 +211,7 @@ class PlusService:
         repo, branch = self._repo(app), self._branch(app)
         head = await sources.branch_head(repo, branch)
         commit = await sources.commit_tree(repo, work, parent=head, author=caller.name,
-                                           message=message, index=work.parent / "index")
+                                           message=message)
         await sources.move_ref(repo, branch, commit, head)
         return RefUpdate(head or ZERO_SHA, commit, branch)
 

@@ -1,11 +1,10 @@
 """Where the Plus API's deployments get their code: ZIP uploads become commits, clone
 URLs are fetched, and each app's source is remembered in its bare repo's git config.
 
-* ``commit_tree``: a directory becomes a commit on the app's deploy branch, made
-  with git plumbing against the bare repo (a temporary index through
-  ``GIT_INDEX_FILE``, ``add``/``write-tree``/``commit-tree``), authored by the user
-  behind the API token. The ref is moved only by the caller (``move_ref``), with git's
-  compare-and-swap, so a concurrent push is never overwritten.
+* ``commit_tree``: a directory becomes a commit on the app's deploy branch, written
+  in-process with dulwich (crewship/store/gitobjects.py), authored by the user behind
+  the API token. The ref is moved only by the caller (``move_ref``), with a
+  compare-and-swap under git's own lock file, so a concurrent push is never overwritten.
 * ``classify_clone_url``: a local path, or this server's own git URL for the app;
   anything else cannot be reached from here and is refused with the reason.
 * ``fetch_head``: ``git fetch`` of a local repository's ``HEAD`` into the bare repo.
@@ -15,6 +14,7 @@ URLs are fetched, and each app's source is remembered in its bare repo's git con
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from crewship import proc
 from crewship.config import Settings
 from crewship.errors import ConflictError, InvalidInputError
-from crewship.store.repos import ZERO_SHA
+from crewship.store import gitobjects
 
 GIT_TIMEOUT = 120.0
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -61,30 +61,21 @@ async def _git(repo: Path, *args: str, env: dict[str, str] | None = None,
 
 
 async def branch_head(repo: Path, ref: str) -> str | None:
-    result = await _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
-    sha = result.text.strip()
-    return sha if result.returncode == 0 and _SHA.match(sha) else None
+    return await asyncio.to_thread(gitobjects.ref_target, repo, ref)
 
 
 async def commit_tree(repo: Path, work: Path, *, parent: str | None, author: str,
-                      message: str, index: Path) -> str:
+                      message: str) -> str:
     """A commit of every file under ``work`` (parent ``parent``); returns its id."""
-    email = f"{author}@crewship"
-    env = _git_env({"GIT_INDEX_FILE": str(index), "GIT_WORK_TREE": str(work),
-                    "GIT_AUTHOR_NAME": author, "GIT_AUTHOR_EMAIL": email,
-                    "GIT_COMMITTER_NAME": "crewship", "GIT_COMMITTER_EMAIL": "crewship@localhost"})
-    await _git(repo, "-c", "core.autocrlf=false", "-c", "core.safecrlf=false",
-               "add", "--all", "--force", "--", ".", env=env, cwd=work)
-    tree = (await _git(repo, "write-tree", env=env)).text.strip()
-    argv = ["commit-tree", tree, "-m", message] + (["-p", parent] if parent else [])
-    return (await _git(repo, *argv, env=env)).text.strip()
+    return await asyncio.to_thread(gitobjects.commit_directory, repo, work, parent=parent,
+                                   author=author, message=message)
 
 
 async def move_ref(repo: Path, ref: str, new: str, old: str | None) -> None:
     """``ref`` := ``new`` only if it still is ``old`` (None: only if it does not exist)."""
     try:
-        await _git(repo, "update-ref", ref, new, old or ZERO_SHA)
-    except proc.CommandError:
+        await asyncio.to_thread(gitobjects.set_ref, repo, ref, new, old)
+    except ConflictError:
         raise ConflictError(f"{ref.removeprefix('refs/heads/')} moved while this deploy was "
                             "prepared (someone pushed): try again") from None
 

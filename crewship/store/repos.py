@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sys
 from pathlib import Path
@@ -9,10 +10,10 @@ from pathlib import Path
 from crewship import proc
 from crewship.errors import InvalidInputError
 from crewship.model import validate_app_name
+from crewship.store import gitobjects
 
 HOOKS_DIR = Path(__file__).resolve().parents[2] / "hooks"
 HOOK_NAMES = ("post-receive",)
-ZERO_SHA = "0" * 40
 
 
 class Repos:
@@ -62,13 +63,11 @@ class Repos:
 
     async def update_ref(self, app: str, ref: str, new: str, old: str) -> None:
         """Set ``ref`` to ``new`` only if it is still ``old`` (ZERO_SHA deletes it)."""
-        path = str(self.path(app))
-        if new == ZERO_SHA:
-            await proc.run(["git", "-C", path, "update-ref", "-d", ref, old])
-        else:
-            await proc.run(["git", "-C", path, "update-ref", ref, new, old])
+        await asyncio.to_thread(gitobjects.set_ref, self.path(app), ref, new, old)
 
     async def branches(self, app: str) -> list[str]:
-        result = await proc.run(["git", "-C", str(self.path(app)), "for-each-ref",
-                                 "--format=%(refname)", "refs/heads/"])
-        return result.text.split()
+        return await asyncio.to_thread(gitobjects.branches, self.path(app))
+
+    async def commit_info(self, app: str, sha: str) -> gitobjects.CommitInfo:
+        """Author, message and time of a pushed commit."""
+        return await asyncio.to_thread(gitobjects.commit_info, self.path(app), sha)
