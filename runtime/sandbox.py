@@ -162,14 +162,15 @@ class Sandbox:
         binds = [("--ro-bind", p) for p in readonly]
         if spec.home is not None:
             binds.append(("--bind", spec.home))
-        # Directories bwrap would make on the way are 0700 root: make them 0755 first.
+        # Directories bwrap would make on the way are 0700 root: make them traversable
+        # (0711: a crew under its own uid cannot even list the mount points).
         made = {Path("/"), Path(_TMP)}
         argv: list[str] = []
         for flag, path in binds:
             for parent in reversed(path.parents):
                 if parent not in made and not _under(parent, system):
                     made.add(parent)
-                    argv += ["--perms", "0755", "--dir", str(parent)]
+                    argv += ["--perms", "0711", "--dir", str(parent)]
             argv += [flag, str(path), str(path)]
         return argv
 
