@@ -54,10 +54,13 @@ TMPFS_SIZE = "256m"
 
 
 def hardening() -> dict[str, Any]:
-    """``containers.run`` options every crew container gets: read-only root, writable
-    HOME and /tmp (tmpfs), no capabilities, no new privileges, bounded pids, no mounts."""
+    """``containers.run`` options every crew container gets: the crew's uid, read-only
+    root, writable HOME and /tmp (tmpfs), no capabilities, no new privileges, bounded
+    pids, no host mounts."""
     owned = f"uid={CONTAINER_UID},gid={CONTAINER_UID}"
+    owned_by = f"{CONTAINER_UID}:{CONTAINER_UID}"
     return {
+        "user": owned_by,   # the image's crew user, whatever the image says
         "read_only": True,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={TMPFS_SIZE},mode=1777",  # noqa: S108
                   CONTAINER_HOME: f"rw,nosuid,nodev,size={TMPFS_SIZE},mode=0700,{owned}"},
