@@ -23,7 +23,7 @@ import pytest
 from crewship.config import Layout
 from runtime.backend import InstanceRef, InstanceSpec, free_port
 from runtime.process import ProcessBackend, is_running, proc_stat
-from runtime.sandbox import Sandbox, first_child
+from runtime.sandbox import Sandbox, SandboxUnavailableError, first_child
 
 APP = "sandboxed"
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
@@ -155,3 +155,9 @@ def test_killing_the_outer_bwrap_takes_the_sandbox_with_it(rig: Rig) -> None:
         assert gone(init, crew), "the crew outlived its bwrap"
         await backend.aclose()
     asyncio.run(asyncio.wait_for(body(), 60))
+
+
+def test_the_real_bubblewrap_starts_here_and_a_failing_one_is_refused() -> None:
+    Sandbox().check()
+    with pytest.raises(SandboxUnavailableError, match="bubblewrap failed"):
+        Sandbox(bwrap="/bin/false").check()
