@@ -49,7 +49,8 @@ POLL = 0.01
 
 
 IMPORT = ("import sys; sys.path[:0] = ['.', 'src']; import crewai; "
-          "from demo_crew.crew import DemoCrew; DemoCrew().crew()")
+          "from demo_crew.crew import DemoCrew; DemoCrew().crew(); import resource; "
+          "r = resource.getrusage(resource.RUSAGE_SELF); print(r.ru_utime + r.ru_stime)")
 TELEMETRY_OFF = {"CREWAI_DISABLE_TELEMETRY": "true", "OTEL_SDK_DISABLED": "true",
                  "CREWAI_TRACING_ENABLED": "false", "CREWAI_DISABLE_VERSION_CHECK": "true"}
 
@@ -148,16 +149,18 @@ class Import:
         self.sandbox.prepare(self.spec)
         self.pid = side.srv.pid
 
-    def timed(self, sandboxed: bool) -> float:
+    def timed(self, sandboxed: bool) -> tuple[float, float]:
+        """(wall seconds, CPU seconds the crew's process itself used)."""
         info_r, info_w = os.pipe()
         try:
             argv = (self.sandbox.launch(self.spec, info_w).argv if sandboxed
                     else self.spec.argv)
             settle(self.pid)
             started = time.perf_counter()
-            subprocess.run(argv, env=self.spec.env, cwd=self.spec.cwd, pass_fds=(info_w,),
-                           capture_output=True, check=True, timeout=120)
-            return time.perf_counter() - started
+            done = subprocess.run(argv, env=self.spec.env, cwd=self.spec.cwd,
+                                  pass_fds=(info_w,), capture_output=True, check=True,
+                                  timeout=120)
+            return time.perf_counter() - started, float(done.stdout.split()[-1])
         finally:
             os.close(info_r)
             os.close(info_w)
@@ -179,15 +182,21 @@ def measure(sides: tuple[Side, Side], runs: int, kickoffs: int) -> list[dict[str
         log(f"run {i + 1}: cold start sandboxed {cold['sandboxed'][-1]:.3f}s, unsandboxed "
             f"{cold['unsandboxed'][-1]:.3f}s; kickoff sandboxed {trip['sandboxed'][-1]:.3f}s, "
             f"unsandboxed {trip['unsandboxed'][-1]:.3f}s")
-    imports: dict[bool, list[float]] = {True: [], False: []}
+    wall: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}
     by_hand = Import(sandboxed, Path(sandboxed.srv.root))
     for i in range(runs * 2):
         for flag in ((True, False) if i % 2 == 0 else (False, True)):
-            imports[flag].append(by_hand.timed(flag))
-    log(f"import crewai + build the crew: sandboxed {imports[True]}, bare {imports[False]}")
+            took, used = by_hand.timed(flag)
+            wall[flag].append(took)
+            cpu[flag].append(used)
+    log(f"import crewai + build the crew, wall: sandboxed {wall[True]}, bare {wall[False]}")
+    log(f"the same, the crew's own CPU: sandboxed {cpu[True]}, bare {cpu[False]}")
     return [
-        row("sandboxed import crewai + build the crew (by hand, bwrap argv)", GOAL,
-            "the same, bare", imports[True], imports[False]),
+        row("sandboxed import crewai + build the crew (by hand, bwrap argv), wall", GOAL,
+            "the same, bare", wall[True], wall[False]),
+        row("the same, CPU time of the crew's own process (load-insensitive)", GOAL,
+            "the same, bare", cpu[True], cpu[False]),
         row("sandboxed crew cold start (kill -9 until health 200)", GOAL,
             "the same, --insecure-no-sandbox", cold["sandboxed"], cold["unsandboxed"]),
         row("sandboxed kickoff round trip (POST /kickoff until SUCCESS)", GOAL,

@@ -140,6 +140,14 @@ def family(pid: int) -> list[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def uid_of(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Uid:"):
@@ -250,3 +258,28 @@ def test_insecure_no_sandbox_is_the_only_way_out_and_it_shows(tmp_path: Path) ->
         srv.ssh(srv.admin_key, "apps:create", "bare", check=True)
         assert srv.ssh_json(srv.admin_key, "status", "bare")["sandbox"] is True
         assert "WARNING" not in banner_line(srv, "  sandbox bubblewrap")
+
+
+def test_sandboxed_crews_are_adopted_after_a_daemon_restart_and_retired_whole(
+        srv: CrewshipServer, llm: FakeLLM, tmp_path: Path) -> None:
+    """Runs after the probe test on the same server: probe-a is live, sandboxed."""
+    status = srv.ssh_json(srv.admin_key, "status", "probe-a")
+    old = family(int(status["instances"][0]["pid"]))
+    assert len(old) == 3, old          # outer bwrap, the namespace's init, the crew
+    srv.restart(leave_children=True)   # no --die-with-parent: the crews stay up
+    adopted = srv.ssh_json(srv.admin_key, "status", "probe-a")
+    assert adopted["instances"][0]["pid"] == status["instances"][0]["pid"]
+    assert "adopted 1 running instance(s)" in srv.ssh(
+        srv.admin_key, "logs", "probe-a", "-n", "200", check=True).stdout
+    token = srv.ssh(srv.admin_key, "tokens", "probe-a", check=True).stdout.strip()
+    api = CrewAPI(srv.http_url, "probe-a", token)
+    done = api.run({"targets": targets(srv, "probe-b"), "topic": "adopted"})
+    assert done["state"] == "SUCCESS", done
+
+    # a restart retires the adopted instance: SIGTERM reaches the crew inside its sandbox
+    srv.ssh(srv.admin_key, "restart", "probe-a", check=True)
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in old) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in old), "the old sandbox lingers"
+    assert api.run({"targets": targets(srv, "probe-b"), "topic": "again"})["state"] == "SUCCESS"
