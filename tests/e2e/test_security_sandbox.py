@@ -171,11 +171,17 @@ def targets(srv: CrewshipServer, other: str) -> dict[str, Any]:
             "other_pids": family(pid)}
 
 
+@pytest.fixture(scope="module")
+def probes(srv: CrewshipServer, llm: FakeLLM,
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, CrewAPI]:
+    """probe-a and probe-b, live on ``srv``: their crew API clients."""
+    project = probe_project(srv, tmp_path_factory.mktemp("probe"))
+    return {app: deploy(srv, llm, project, app) for app in ("probe-a", "probe-b")}
+
+
 def test_a_crew_finds_everything_outside_its_release_refused_and_still_answers(
-        srv: CrewshipServer, llm: FakeLLM, tmp_path: Path) -> None:
-    project = probe_project(srv, tmp_path)
-    api = deploy(srv, llm, project, "probe-a")
-    deploy(srv, llm, project, "probe-b")
+        srv: CrewshipServer, probes: dict[str, CrewAPI]) -> None:
+    api = probes["probe-a"]
     before = srv.ssh_json(srv.admin_key, "status", "probe-b")
     aim = targets(srv, "probe-b")
     assert len(aim["other_pids"]) == 3, aim   # bwrap, the namespace's init, the crew
@@ -261,8 +267,7 @@ def test_insecure_no_sandbox_is_the_only_way_out_and_it_shows(tmp_path: Path) ->
 
 
 def test_sandboxed_crews_are_adopted_after_a_daemon_restart_and_retired_whole(
-        srv: CrewshipServer, llm: FakeLLM, tmp_path: Path) -> None:
-    """Runs after the probe test on the same server: probe-a is live, sandboxed."""
+        srv: CrewshipServer, probes: dict[str, CrewAPI]) -> None:
     status = srv.ssh_json(srv.admin_key, "status", "probe-a")
     old = family(int(status["instances"][0]["pid"]))
     assert len(old) == 3, old          # outer bwrap, the namespace's init, the crew
@@ -271,8 +276,7 @@ def test_sandboxed_crews_are_adopted_after_a_daemon_restart_and_retired_whole(
     assert adopted["instances"][0]["pid"] == status["instances"][0]["pid"]
     assert "adopted 1 running instance(s)" in srv.ssh(
         srv.admin_key, "logs", "probe-a", "-n", "200", check=True).stdout
-    token = srv.ssh(srv.admin_key, "tokens", "probe-a", check=True).stdout.strip()
-    api = CrewAPI(srv.http_url, "probe-a", token)
+    api = probes["probe-a"]
     done = api.run({"targets": targets(srv, "probe-b"), "topic": "adopted"})
     assert done["state"] == "SUCCESS", done
 
