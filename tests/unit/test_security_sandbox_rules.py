@@ -103,3 +103,19 @@ def test_each_app_gets_its_own_uid_once(tmp_path: Path) -> None:
         again.close()
     finally:
         db.close()
+
+
+def test_the_dashboard_says_when_crews_run_unsandboxed() -> None:
+    from crewship.api import dashboard_html as html
+
+    note = config.from_env({}, insecure_no_sandbox=True).sandbox_note
+    row = {"app": "demo", "state": "running", "release": "v1", "url": "http://x/apps/demo",
+           "restarts": 0, "scale": 1, "sandbox": False, "sandbox_note": note}
+    page = html.apps_page("admin", [row])
+    assert "id='sandbox-warning'" in page
+    assert "OFF (--insecure-no-sandbox)" in page
+    assert "unsandboxed" in html.app_page("admin", {**row, "uuid": "u", "instances": []},
+                                          [], [], {"count": 0, "failed": 0, "p50": None,
+                                                   "p95": None})
+    safe = {**row, "sandbox": True, "sandbox_note": config.from_env({}).sandbox_note}
+    assert "sandbox-warning" not in html.apps_page("admin", [safe])
