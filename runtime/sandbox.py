@@ -116,6 +116,7 @@ class Sandbox:
                 for name in (*dirs, *files):
                     os.lchown(os.path.join(root, name), uid, uid)
             os.chown(spec.home, uid, uid)
+            log.info("home_chowned", app=spec.app, uid=uid)
         spec.home.chmod(0o700)
 
     def uid_of(self, spec: InstanceSpec) -> int:
@@ -144,7 +145,9 @@ class Sandbox:
         argv += ["--proc", "/proc", "--dev", "/dev",
                  "--perms", "1777", "--tmpfs", _TMP, "--perms", "1777", "--tmpfs", _SHM,
                  "--unshare-pid", "--unshare-ipc", "--new-session"]
-        if self.as_root:  # what setpriv needs to drop to the app's uid, and nothing else
+        # What setpriv needs to drop to the app's uid, and nothing else; only bwrap's own
+        # init keeps them (root, which a crew under its uid can neither signal nor ptrace).
+        if self.as_root:
             argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
                      "--cap-add", "CAP_SETPCAP"]
         return argv
