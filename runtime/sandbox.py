@@ -133,6 +133,10 @@ class Sandbox:
         """
         argv = [*self._base(), *self._mounts(spec), "--chdir", str(spec.cwd),
                 "--info-fd", str(info_fd)]
+        if self.as_root:  # the app's uid has no passwd entry: getpass.getuser() reads these
+            for var in ("USER", "LOGNAME"):
+                if var not in spec.env:
+                    argv += ["--setenv", var, f"crew-{spec.app}"]
         argv += ["--", *self._drop(self.uid_of(spec)), *spec.argv]
         return Launch(argv, pass_fds=(info_fd,), info_fd=info_fd)
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +25,7 @@ import pytest
 from tests.support.crewapi import CrewAPI
 from tests.support.crewenv import cache_root, locked_copy
 from tests.support.fakellm import FakeLLM
-from tests.support.server import CrewshipServer
+from tests.support.server import REPO_ROOT, CrewshipServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -74,6 +77,7 @@ def run(inputs):
         "home": _try(lambda: Path(os.environ["HOME"], "probe.txt").write_text("ok")),
         "tmp": _try(lambda: Path("/tmp/probe.txt").write_text("ok")),
         "uid": os.getuid(),
+        "user": __import__("getpass").getuser(),
         "no_new_privs": _status("NoNewPrivs"),
         "cap_eff": _status("CapEff"),
     }
@@ -220,6 +224,7 @@ def test_a_crew_finds_everything_outside_its_release_refused_and_still_answers(
         a_pid = int(srv.ssh_json(srv.admin_key, "status", "probe-a")["instances"][0]["pid"])
         a_uid, b_uid = uid_of(family(a_pid)[-1]), uid_of(aim["other_pids"][-1])
         assert report["own"]["uid"] == a_uid
+        assert report["own"]["user"] == "crew-probe-a"
         assert a_uid >= 200_000
         assert b_uid >= 200_000
         assert a_uid != b_uid
@@ -287,3 +292,24 @@ def test_sandboxed_crews_are_adopted_after_a_daemon_restart_and_retired_whole(
         time.sleep(0.1)
     assert not any(alive(pid) for pid in old), "the old sandbox lingers"
     assert api.run({"targets": targets(srv, "probe-b"), "topic": "again"})["state"] == "SUCCESS"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="hiding bwrap needs root (a private mount namespace)")
+def test_where_bubblewrap_cannot_run_the_server_refuses_to_start(tmp_path: Path) -> None:
+    """bwrap replaced by /bin/false in a private mount namespace: one line, the fix."""
+    srv = CrewshipServer(tmp_path)
+    hide_and_serve = (
+        "import os, subprocess, sys; "
+        "subprocess.run(['mount', '--bind', '/bin/false', '/usr/bin/bwrap'], check=True); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'crewship.cli', 'server'])")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable,
+                           "-c", hide_and_serve], env=srv.env(), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert "cannot sandbox crews: bubblewrap failed" in errors[0]
+    assert "apt-get install bubblewrap" in errors[0]
+    assert "--insecure-no-sandbox" in errors[0]
+    assert "crewship is running" not in done.stderr

@@ -57,6 +57,7 @@ def test_the_bwrap_argv_mounts_only_the_release_env_and_home(tmp_path: Path) -> 
         assert "--regid=200123" in tail
         assert "--no-new-privs" in tail
         assert "--bounding-set=-all" in tail
+        assert pairs(argv, "--setenv") == ["USER", "LOGNAME"]   # getpass.getuser() works
 
 
 def test_without_bubblewrap_the_sandbox_refuses_with_the_reason_and_the_fix(
