@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench venv clean
+.PHONY: run test lint bench venv clean bubblewrap
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,9 +15,18 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 ## Start the server on the embedded defaults (SSH 2222, HTTP 8000, data in ./.crewship).
-run: venv
+run: venv bubblewrap
 	$(BIN)/crewship admin bootstrap
 	exec $(BIN)/crewship server
+
+## The process runtime runs every crew under bubblewrap: root installs it, others get the command.
+bubblewrap:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -qq bubblewrap || { apt-get update -qq && apt-get install -y -qq bubblewrap; }; \
+	  else \
+	    echo "crewship runs crews under bubblewrap: install it with 'sudo apt-get install bubblewrap'"; \
+	  fi; }
 
 ## Run every test (unit, integration, e2e).
 test: venv

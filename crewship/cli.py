@@ -21,6 +21,9 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssh-port", type=int, help="SSH port (default 2222)")
     p.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
     p.add_argument("--runtime", choices=config.RUNTIMES, help="where crews run (default process)")
+    p.add_argument("--insecure-no-sandbox", action="store_true", default=None,
+                   help="run crews without the bubblewrap sandbox (process runtime): every "
+                        "crew can then read the whole data dir; shown everywhere")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             settings = config.from_env(data_dir=args.data_dir, host=args.host,
                                        ssh_port=args.ssh_port, http_port=args.http_port,
-                                       runtime=args.runtime)
+                                       runtime=args.runtime,
+                                       insecure_no_sandbox=args.insecure_no_sandbox)
             daemon.run(settings)
             return 0
         if args.admin_command == "add-key":

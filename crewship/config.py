@@ -37,7 +37,27 @@ class Settings:
     crash_limit: int = 10
     crash_window: float = 600.0
     restart_delay: float = 1.0
+    # The process runtime runs crews under bubblewrap unless this is set (DESIGN.md 5).
+    insecure_no_sandbox: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def sandboxed(self) -> bool:
+        """Crews run sandboxed: bubblewrap (process) or a locked-down container (docker)."""
+        return self.runtime != "process" or not self.insecure_no_sandbox
+
+    @property
+    def sandbox_note(self) -> str:
+        """What confines a crew, in plain words (status, dashboard, start banner)."""
+        if self.runtime != "process":
+            return ("locked-down container: read-only root, no capabilities, "
+                    "no new privileges, no data dir")
+        if self.insecure_no_sandbox:
+            return ("OFF (--insecure-no-sandbox): crews run unsandboxed with the server's "
+                    "own rights and can read state.db, host keys and other apps' files")
+        return ("bubblewrap: own release and environment read-only, own HOME and /tmp, "
+                "nothing else of the data dir" + (", own uid per app" if os.geteuid() == 0
+                                                   else ""))
 
     @property
     def url_host(self) -> str:
@@ -53,6 +73,15 @@ class Settings:
     def git_url(self, app: str) -> str:
         return f"ssh://git@{self.url_host}:{self.ssh_port}/{app}.git"
 
+
+def _flag(value: str) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
 
 _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_DATA_DIR": ("data_dir", Path),
@@ -74,7 +103,9 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_CRASH_LIMIT": ("crash_limit", int),
     "CREWSHIP_CRASH_WINDOW": ("crash_window", float),
     "CREWSHIP_RESTART_DELAY": ("restart_delay", float),
+    "CREWSHIP_INSECURE_NO_SANDBOX": ("insecure_no_sandbox", _flag),
 }
+
 
 
 def from_env(env: Mapping[str, str] | None = None, **flags: object) -> Settings:

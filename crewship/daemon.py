@@ -32,6 +32,7 @@ from runtime.events import (
     SupervisorEvent,
 )
 from runtime.process import ProcessBackend
+from runtime.sandbox import Sandbox
 from runtime.supervisor import Supervisor
 
 logger = log.get("crewship.daemon")
@@ -102,7 +103,7 @@ class Daemon:
         await self.platform.engine.deployer.restore()
         logger.info("server_started", ssh_port=self.ssh.port, http_port=self.http.port,
                     data_dir=str(self.layout.root), runtime=self.settings.runtime,
-                    host_key=self.host_fingerprint)
+                    host_key=self.host_fingerprint, sandbox=self.settings.sandboxed)
 
     async def close(self) -> None:
         await self.ssh.close()
@@ -153,6 +154,10 @@ class Daemon:
             f"  SSH   {s.host}:{self.ssh.port}   host key {self.host_fingerprint}",
             f"  HTTP  http://{s.url_host}:{self.http.port}",
         ]
+        if not s.sandboxed:
+            lines.append(f"  WARNING: sandbox {s.sandbox_note}")
+        else:
+            lines.append(f"  sandbox {s.sandbox_note}")
         if not self.platform.accounts.has_admin():
             lines.append("  no admin key yet: run 'crewship admin add-key NAME ~/.ssh/id_ed25519.pub'")
         lines.append(f"  deploy: git remote add crewship ssh://git@{s.url_host}:{self.ssh.port}/APP.git"
@@ -162,7 +167,12 @@ class Daemon:
 
 def make_backend(settings: Settings, layout: Layout) -> Backend:
     if settings.runtime == "process":
-        return ProcessBackend(layout)
+        if settings.insecure_no_sandbox:
+            logger.warning("sandbox_disabled", reason="--insecure-no-sandbox")
+            return ProcessBackend(layout)
+        sandbox = Sandbox()
+        sandbox.check()  # fails now, with the reason and the fix
+        return ProcessBackend(layout, sandbox=sandbox)
     if settings.runtime == "docker":
         from runtime.docker import DockerBackend, connect
 

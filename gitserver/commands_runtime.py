@@ -30,7 +30,8 @@ async def status(ctx: Context, args: argparse.Namespace) -> int:
     rows = [["state", info["state"]], ["release", info["release"] or "-"],
             ["commit", (info["commit"] or "-")[:12]], ["uptime", _duration(info["uptime_seconds"])],
             ["restarts", str(info["restarts"])], ["scale", str(info["scale"])],
-            ["url", info["url"]], ["git", info["git_url"]]]
+            ["url", info["url"]], ["git", info["git_url"]],
+            ["sandbox", info["sandbox_note"]]]
     for key, value in rows:
         ctx.out(f"{key + ':':<10} {value}")
     for inst in info["instances"]:

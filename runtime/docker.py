@@ -4,7 +4,9 @@
   spec's environment, host networking (the runner listens on ``spec.host:spec.port``,
   127.0.0.1), Docker's restart policy off (the supervisor restarts), the app's memory and
   CPU limits, and labels ``crewship.app``, ``crewship.release``, ``crewship.index``,
-  ``crewship.port``, ``crewship.host`` so a restarted daemon can adopt it.
+  ``crewship.port``, ``crewship.host`` so a restarted daemon can adopt it; locked down
+  by ``hardening()`` (read-only root, tmpfs HOME and /tmp, no capabilities, no new
+  privileges, a pids limit, no host mounts).
 - A follower thread per container appends its output to ``logs/NAME/app.log`` (the
   runner already prefixes every line), whole lines only, so instances never splice.
 - ``stop``: SIGTERM, ``grace`` seconds, SIGKILL; idempotent. ``wait``: the exit status
@@ -44,6 +46,30 @@ from runtime.logs import LOG_NAME, open_append
 log = get_logger(__name__)
 
 LABEL_APP = "crewship.app"
+# The locked-down container (DESIGN.md section 5): the image's user and HOME (the same
+# numbers as builder/image.py, which this floor does not import), the only writable places.
+CONTAINER_UID = 10001
+CONTAINER_HOME = "/home/crew"
+PIDS_LIMIT = 1024
+TMPFS_SIZE = "256m"
+
+
+def hardening() -> dict[str, Any]:
+    """``containers.run`` options every crew container gets: the crew's uid, read-only
+    root, writable HOME and /tmp (tmpfs), no capabilities, no new privileges, bounded
+    pids, no host mounts."""
+    owned = f"uid={CONTAINER_UID},gid={CONTAINER_UID}"
+    owned_by = f"{CONTAINER_UID}:{CONTAINER_UID}"
+    return {
+        "user": owned_by,   # the image's crew user, whatever the image says
+        "read_only": True,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={TMPFS_SIZE},mode=1777",  # noqa: S108
+                  CONTAINER_HOME: f"rw,nosuid,nodev,size={TMPFS_SIZE},mode=0700,{owned}"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "pids_limit": PIDS_LIMIT,
+        "volumes": {},   # never the data dir, nor anything else of the host
+    }
 _KILL_WAIT = 10.0
 
 def connect(timeout: float = 60.0) -> docker.DockerClient:
@@ -121,7 +147,7 @@ class DockerBackend:
             spec.image, command=spec.argv, name=f"crewship-{ident}", detach=True,
             environment=spec.env, working_dir=str(spec.cwd), labels=labels,
             network_mode="host", restart_policy={"Name": "no"}, stop_signal="SIGTERM",
-            **limits)
+            **hardening(), **limits)
         container.reload()  # State.Pid and StartedAt
         return container
 

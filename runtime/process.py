@@ -6,6 +6,9 @@
 - Each instance is recorded in ``instances/<id>.json`` (written atomically) with its
   pid and the start time from ``/proc/<pid>/stat``, so a recycled pid is never
   mistaken for ours. The record goes when the instance is stopped or reaped.
+- With a ``Sandbox`` (runtime/sandbox.py) the argv runs under bubblewrap; the recorded
+  pid is then the outer ``bwrap`` and the record also names its namespace's init, so a
+  stop reaches the crew inside and a kill ends the whole namespace, adopted or not.
 - Exits are noticed through a pidfd (also for adopted processes, which are not our
   children), falling back to polling ``/proc``.
 
@@ -34,6 +37,7 @@ from crewship.config import Layout
 from crewship.log import get as get_logger
 from runtime.backend import STATUS_UNKNOWN, BackendError, InstanceRef, InstanceSpec
 from runtime.logs import LOG_NAME, open_append
+from runtime.sandbox import Launch, Sandbox, first_child, read_init_pid
 
 _SAFE_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 _KILL_WAIT = 10.0
@@ -62,6 +66,8 @@ class _Tracked:
     pid: int
     start: int
     popen: subprocess.Popen[bytes] | None = None
+    # Sandboxed: pid is the outer bwrap; this is (pid, start) of its namespace's init.
+    init: tuple[int, int] | None = None
     exited: asyncio.Future[int] | None = None
     watcher: asyncio.Task[None] | None = None
 
@@ -69,8 +75,11 @@ class _Tracked:
 class ProcessBackend:
     """Instances as local processes; see the module docstring."""
 
-    def __init__(self, layout: Layout, poll_interval: float = 0.2) -> None:
+    def __init__(self, layout: Layout, poll_interval: float = 0.2,
+                 sandbox: Sandbox | None = None) -> None:
+        """``sandbox`` None runs crews unsandboxed (``--insecure-no-sandbox``, tests)."""
         self._layout = layout
+        self.sandbox = sandbox
         self._poll = poll_interval
         self._tracked: dict[str, _Tracked] = {}
         self._statuses: OrderedDict[str, int] = OrderedDict()
@@ -85,7 +94,7 @@ class ProcessBackend:
             raise BackendError(f"cannot start {spec.name}: unsafe app name {spec.app!r}")
         fd = open_append(self._layout.app_logs(spec.app) / LOG_NAME)
         try:
-            popen = await asyncio.to_thread(_spawn, spec, fd)
+            popen, init = await asyncio.to_thread(self._spawn, spec, fd)
         except OSError as exc:
             raise BackendError(f"cannot start {spec.name}: {exc.strerror or exc}") from exc
         finally:
@@ -94,11 +103,30 @@ class ProcessBackend:
         ref = InstanceRef(id=ident, app=spec.app, release=spec.release, index=spec.index,
                           host=spec.host, port=spec.port, pid=popen.pid,
                           started_at=time.time())
-        tracked = _Tracked(ref, popen.pid, stat[1] if stat else -1, popen)
+        tracked = _Tracked(ref, popen.pid, stat[1] if stat else -1, popen, init=init)
         self._tracked[ident] = tracked
         self._write_record(tracked, spec.argv[0])
         log.info("instance_started", app=spec.app, instance=ident, pid=popen.pid)
         return ref
+
+    def _spawn(self, spec: InstanceSpec, log_fd: int
+               ) -> tuple[subprocess.Popen[bytes], tuple[int, int] | None]:
+        """Spawn, sandboxed when there is a sandbox; also (pid, start) of its init."""
+        if self.sandbox is None:
+            return _spawn(spec, log_fd, None), None
+        self.sandbox.prepare(spec)
+        info_r, info_w = os.pipe()
+        try:
+            popen = _spawn(spec, log_fd, self.sandbox.launch(spec, info_w))
+            os.close(info_w)
+            info_w = -1
+            init = read_init_pid(info_r)
+        finally:
+            os.close(info_r)
+            if info_w >= 0:
+                os.close(info_w)
+        stat = proc_stat(init) if init is not None else None
+        return popen, ((init, stat[1]) if init is not None and stat else None)
 
     def _record_path(self, ident: str) -> Path:
         return self._layout.instances / f"{ident}.json"
@@ -107,7 +135,8 @@ class ProcessBackend:
         ref = tracked.ref
         record = {"id": ref.id, "app": ref.app, "release": ref.release, "index": ref.index,
                   "pid": tracked.pid, "proc_start": tracked.start, "host": ref.host,
-                  "port": ref.port, "started_at": ref.started_at, "argv0": argv0}
+                  "port": ref.port, "started_at": ref.started_at, "argv0": argv0,
+                  "sandbox_init": list(tracked.init) if tracked.init else None}
         path = self._record_path(ref.id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -151,17 +180,20 @@ class ProcessBackend:
         record = self._read_record(self._record_path(ref.id))
         if record is None or record["pid"] != ref.pid:
             return None
-        tracked = _Tracked(ref, int(record["pid"]), int(record["proc_start"]))
+        tracked = _Tracked(ref, int(record["pid"]), int(record["proc_start"]),
+                           init=_init_from(record))
         self._tracked[ref.id] = tracked
         return tracked
 
     def _signal(self, tracked: _Tracked, signum: signal.Signals, *, group: bool) -> None:
         if tracked.popen is None and not is_running(tracked.pid, tracked.start):
             return  # not ours (any more): never signal a recycled pid
+        if tracked.init is not None:  # bwrap forwards no signals: reach inside
+            _signal_sandbox(tracked.init, signum, whole=group)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if group:
                 os.killpg(tracked.pid, signum)
-            else:
+            elif tracked.init is None:
                 os.kill(tracked.pid, signum)
 
     def _exit_future(self, tracked: _Tracked) -> asyncio.Future[int]:
@@ -212,7 +244,10 @@ class ProcessBackend:
         return is_running(tracked.pid, tracked.start)
 
     async def _reap(self, tracked: _Tracked) -> int:
-        """The exit status; also SIGKILLs what is left of the instance's group."""
+        """The exit status; also SIGKILLs what is left of the instance's group (and of
+        its sandbox, should the outer bwrap have been killed on its own)."""
+        if tracked.init is not None:
+            _signal_sandbox(tracked.init, signal.SIGKILL, whole=True)
         if tracked.popen is None:
             return _reap_foreign(tracked)
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -237,7 +272,7 @@ class ProcessBackend:
                 path.unlink(missing_ok=True)
                 continue
             ref = _ref_from(record)
-            self._tracked.setdefault(ref.id, _Tracked(ref, pid, start))
+            self._tracked.setdefault(ref.id, _Tracked(ref, pid, start, init=_init_from(record)))
             refs.append(ref)
         return refs
 
@@ -263,10 +298,28 @@ class ProcessBackend:
         self._tracked.clear()
 
 
-def _spawn(spec: InstanceSpec, log_fd: int) -> subprocess.Popen[bytes]:
+def _spawn(spec: InstanceSpec, log_fd: int, launch: Launch | None) -> subprocess.Popen[bytes]:
+    """``launch``: the sandbox's argv (bwrap ... -- spec.argv) and descriptors it keeps."""
     return subprocess.Popen(
-        spec.argv, env=spec.env, cwd=spec.cwd, stdin=subprocess.DEVNULL,
-        stdout=log_fd, stderr=log_fd, start_new_session=True, close_fds=True)
+        launch.argv if launch is not None else spec.argv, env=spec.env, cwd=spec.cwd,
+        stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True,
+        close_fds=True, pass_fds=launch.pass_fds if launch is not None else ())
+
+
+def _signal_sandbox(init: tuple[int, int], signum: signal.Signals, *, whole: bool) -> None:
+    """``whole``: the namespace's init (the kernel then kills everything inside); else
+    the crew itself, the init's child (an init ignores what it has no handler for)."""
+    if not is_running(*init):
+        return
+    target = init[0] if whole else first_child(init[0])
+    if target is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(target, signum)
+
+
+def _init_from(record: dict[str, Any]) -> tuple[int, int] | None:
+    init = record.get("sandbox_init")
+    return (int(init[0]), int(init[1])) if init else None
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -147,7 +147,11 @@ def apps_page(user: str, apps: list[dict[str, Any]]) -> str:
              esc(a.get("scale", ""))] for a in apps]
     listing = table(["App", "State", "Live release", "URL", "Restarts", "Scale"], rows,
                     "No apps yet: git push a CrewAI project to ssh://git@HOST:2222/NAME.git")
-    return page("Apps", f"<h1>Apps</h1><section class='card' id='apps'>{listing}</section>", user)
+    unsandboxed = next((a for a in apps if a.get("sandbox") is False), None)
+    warning = (f"<section class='card error' id='sandbox-warning' role='alert'>Sandbox "
+               f"{esc(unsandboxed.get('sandbox_note'))}</section>" if unsandboxed else "")
+    return page("Apps", f"<h1>Apps</h1>{warning}<section class='card' id='apps'>{listing}"
+                "</section>", user)
 
 
 def _facts(status: dict[str, Any]) -> str:
@@ -157,7 +161,9 @@ def _facts(status: dict[str, Any]) -> str:
              ("Crew API", f"<code>{esc(status.get('url'))}</code>"),
              ("Git", f"<code>{esc(status.get('git_url'))}</code>"),
              ("Scale", esc(status.get("scale"))),
-             ("Up for", esc(duration(int(uptime)) if uptime is not None else "-"))]
+             ("Up for", esc(duration(int(uptime)) if uptime is not None else "-")),
+             ("Sandbox", f"<span id='sandbox' class='{'' if status.get('sandbox', True) else 'error'}'>"
+                         f"{esc(status.get('sandbox_note', ''))}</span>")]
     return ("<dl class='facts'>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
             + "</dl>")
 

@@ -318,11 +318,15 @@ class Deployer:
         env.update({"HOME": str(home), "CREWSHIP_APP": app, "CREWSHIP_RELEASE": f"v{version}",
                     "PYTHONUNBUFFERED": "1"})
 
+        fresh = self.apps.get(app)
+        uid = self.apps.sandbox_uid(fresh) if fresh is not None else None
+
         def make_spec(index: int, port: int) -> InstanceSpec:
             instance = f"v{version}.{index}"
             return InstanceSpec(app=app, release=version, index=index,
                                 argv=runner_argv(meta, "127.0.0.1", port, instance),
-                                env=dict(env), cwd=meta.app_dir, port=port)
+                                env=dict(env), cwd=meta.app_dir, port=port,
+                                readonly=(meta.dir, meta.env_path), home=home, uid=uid)
         return make_spec
 
     def _image_spec_factory(self, app: str, version: int, meta: ReleaseMeta,

@@ -71,6 +71,7 @@ class Operations:
             "commit": live.commit if live else None, "uptime_seconds": uptime,
             "restarts": runtime.restarts, "scale": fresh.scale,
             "url": self.settings.app_url(app.name), "git_url": self.settings.git_url(app.name),
+            "sandbox": self.settings.sandboxed, "sandbox_note": self.settings.sandbox_note,
             "instances": [{"id": i.id, "port": i.port, "pid": i.pid, "state": i.state,
                            "restarts": i.restarts} for i in runtime.instances],
         }

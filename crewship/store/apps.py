@@ -5,10 +5,12 @@ from __future__ import annotations
 import sqlite3
 import uuid
 
-from crewship.errors import ConflictError
+from crewship.errors import ConflictError, NotFoundError
 from crewship.model import AccessLevel, App
 from crewship.store.state import Database, now
 
+# Sandboxed crews run as uid = gid = SANDBOX_UID_BASE + n, one n per app (runtime/sandbox.py).
+SANDBOX_UID_BASE = 200_000
 _APP_SELECT = ("SELECT apps.*, users.name AS owner_name FROM apps "
                "LEFT JOIN users ON users.id = apps.owner_id")
 
@@ -60,6 +62,20 @@ class AppStore:
     def set_limits(self, app: App, memory: int | None, cpus: float | None) -> None:
         self.db.execute("UPDATE apps SET memory_limit = ?, cpu_limit = ? WHERE id = ?",
                         memory, cpus, app.id)
+
+    def sandbox_uid(self, app: App) -> int:
+        """The app's own uid/gid for its sandboxed crews, allocated on first use.
+
+        One statement, so two allocations cannot pick the same number; the unique
+        index would refuse it anyway.
+        """
+        self.db.execute(
+            "UPDATE apps SET sandbox_uid = (SELECT COALESCE(MAX(sandbox_uid), ?) + 1 FROM apps) "
+            "WHERE id = ? AND sandbox_uid IS NULL", SANDBOX_UID_BASE, app.id)
+        row = self.db.one("SELECT sandbox_uid FROM apps WHERE id = ?", app.id)
+        if row is None or row["sandbox_uid"] is None:
+            raise NotFoundError(f"app {app.name!r} is gone")
+        return int(row["sandbox_uid"])
 
     # access
     def grant(self, app: App, user_id: int) -> AccessLevel | None:

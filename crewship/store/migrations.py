@@ -129,4 +129,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE apps ADD COLUMN memory_limit INTEGER;
     ALTER TABLE apps ADD COLUMN cpu_limit REAL;
     """,
+    # the process runtime's sandbox: each app's own uid/gid (used when the daemon is root)
+    """
+    ALTER TABLE apps ADD COLUMN sandbox_uid INTEGER;
+    CREATE UNIQUE INDEX apps_sandbox_uid ON apps (sandbox_uid);
+    """,
 ]
