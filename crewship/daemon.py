@@ -91,6 +91,8 @@ class Daemon:
         for name in self.platform.repos.names():
             self.platform.repos.install_hooks(name)
         self.kickoffs.fail_orphans()
+        assert self.platform.deployer is not None
+        await self.platform.deployer.reconcile()  # before any push can arrive
         retention = Retention(self.settings.kickoff_retention_days,
                               self.settings.kickoff_retention_max)
         self._pruner = asyncio.create_task(
@@ -98,7 +100,6 @@ class Daemon:
         await self.hooks.start()
         await self.http.start()
         await self.ssh.start(self.settings.host, self.settings.ssh_port)
-        assert self.platform.deployer is not None
         await self.platform.deployer.restore()
         logger.info("server_started", ssh_port=self.ssh.port, http_port=self.http.port,
                     data_dir=str(self.layout.root), runtime=self.settings.runtime,
@@ -127,6 +128,8 @@ class Daemon:
         elif isinstance(event, InstanceRetired):
             self.kickoffs.instance_exited(event.app, event.instance_id, event.status)
         elif isinstance(event, AppCrashed):
+            if self.platform.deployer is not None:
+                self.platform.deployer.crashed(event.app)
             logger.warning("app_crashed", app=event.app, release=event.release,
                            crashes=event.crashes)
         self.telemetry.handle(event)

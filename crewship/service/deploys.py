@@ -18,7 +18,7 @@ from pathlib import Path
 
 from builder.env import remove_detached
 from builder.image import IMAGE_APP_DIR
-from builder.release import ReleaseBuilder, ReleaseMeta, load_release, runner_argv
+from builder.release import ReleaseBuilder, ReleaseMeta, load_release, remove_tree, runner_argv
 from crewship import log
 from crewship.config import Layout, Settings
 from crewship.errors import ConflictError, CrewshipError, DeployError
@@ -233,6 +233,7 @@ class Deployer:
             raise
         if current.scale == 0:
             self.apps.set_scale(current, 1)
+        self.apps.set_crashed(app.name, False)
         self.releases.mark_live(app, version)
         self.app_log(app.name).system(f"v{version} is live")
         logger.info("deploy_succeeded", app=app.name, release=version,
@@ -256,6 +257,7 @@ class Deployer:
                                              report=report)
             self.app_log(app.name).system(f"scaled to {n} (v{live.version})")
         self.apps.set_scale(fresh, n)
+        self.apps.set_crashed(app.name, False)
         logger.info("app_scaled", app=app.name, scale=n)
 
     # ---------------------------------------------------------------- retention
@@ -348,10 +350,10 @@ class Deployer:
 
     # ------------------------------------------------------------------ lifecycle
     async def restore(self) -> None:
-        """After a daemon (re)start: adopt or start each app's live release."""
-        self.releases.fail_unfinished()
+        """After a daemon (re)start and ``reconcile``: adopt or start each app's live
+        release, and stop whatever runs for apps or releases nobody knows."""
         for app in self.apps.all():
-            if app.live_release is None or app.scale == 0:
+            if app.live_release is None:
                 continue
             release = self.releases.get(app, app.live_release)
             if release is None or release.artifact is None:
@@ -359,15 +361,58 @@ class Deployer:
             try:
                 make_spec = self.spec_factory(app.name, release.version,
                                               Path(release.artifact), release.config)
-                await self.supervisor.adopt(app.name, release.version, make_spec, app.scale)
+                await self.supervisor.adopt(app.name, release.version, make_spec, app.scale,
+                                            crashed=app.crashed_at is not None)
             except CrewshipError as exc:
                 logger.warning("restore_failed", app=app.name, error=str(exc))
+        stopped = await self.supervisor.stop_orphans()
+        if stopped:
+            logger.info("orphans_stopped", instances=stopped)
+
+    async def reconcile(self) -> None:
+        """Finish what a daemon killed mid-deploy left: the push failed, its branch back
+        where it was, its release failed and its half-made trees removed."""
+        for row in self.apps.unfinished_pushes():
+            self.apps.set_push_outcome(int(row["id"]), "failed")
+            update = RefUpdate(row["old_sha"], row["new_sha"], row["ref"])
+            try:
+                await self.repos.update_ref(str(row["app_name"]), update.ref, update.old,
+                                            update.new)
+            except CrewshipError as exc:  # moved on since (a newer push): leave it
+                logger.warning("ref_revert_failed", app=row["app_name"], ref=update.ref,
+                               error=str(exc))
+            else:
+                logger.info("push_reverted", app=row["app_name"], ref=update.ref,
+                            commit=update.new, back_to=update.old)
+        for app_name, version in self.releases.fail_unfinished():
+            self.app_log(app_name).system(f"deploy v{version} failed: the server stopped "
+                                          "during the deploy")
+            if self.apps.get(app_name) is not None:
+                await asyncio.to_thread(self.builder.remove_release, app_name, version)
+        await asyncio.to_thread(_clear_tmp, self.layout.tmp)
 
     async def forget(self, app: App) -> None:
         await self.supervisor.stop(app.name)
+
+    def crashed(self, app: str) -> None:
+        """The supervisor gave ``app`` up: remembered until a deploy, restart or scale."""
+        if self.apps.get(app) is not None:
+            self.apps.set_crashed(app, True)
 
     def live(self, app: App) -> Release | None:
         fresh = self.apps.get(app.name)
         if fresh is None or fresh.live_release is None:
             return None
         return self.releases.get(fresh, fresh.live_release)
+
+
+def _clear_tmp(tmp: Path) -> None:
+    """Remove build, export and upload scratch trees: at start no build is running."""
+    if not tmp.is_dir():
+        return
+    for entry in tmp.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            remove_tree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        logger.info("temp_tree_removed", path=str(entry))

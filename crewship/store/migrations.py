@@ -129,4 +129,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE apps ADD COLUMN memory_limit INTEGER;
     ALTER TABLE apps ADD COLUMN cpu_limit REAL;
     """,
+    # 6: a crash-looped app stays crashed across daemon restarts (NULL: not crashed)
+    """
+    ALTER TABLE apps ADD COLUMN crashed_at TEXT;
+    """,
 ]
