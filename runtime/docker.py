@@ -5,8 +5,10 @@
   127.0.0.1), Docker's restart policy off (the supervisor restarts), the app's memory and
   CPU limits, and labels ``crewship.app``, ``crewship.release``, ``crewship.index``,
   ``crewship.port``, ``crewship.host`` so a restarted daemon can adopt it.
-- A follower thread per container appends its output to ``logs/NAME/app.log`` (the
-  runner already prefixes every line), whole lines only, so instances never splice.
+- A follower thread per container appends its output to ``logs/NAME/app.log``, whole
+  lines only (a line's buffer is bounded by ``runtime.logs.MAX_LINE``), each stamped
+  with the instance's tag by the daemon, so instances never splice and a crew cannot
+  forge ``[system]`` lines; it reopens the file after a rotation.
 - ``stop``: SIGTERM, ``grace`` seconds, SIGKILL; idempotent. ``wait``: the exit status
   (a signal death, status 128+N, reads as -N like a process). An exited container is
   removed once its output is in the log.
@@ -38,12 +40,13 @@ from docker.models.containers import Container
 from crewship.config import Layout
 from crewship.log import get as get_logger
 from runtime.backend import STATUS_UNKNOWN, BackendError, InstanceRef, InstanceSpec
-from runtime.logs import LOG_NAME, open_append
+from runtime.logs import LOG_NAME, AppLog, LineTagger, LogWriter
 
 log = get_logger(__name__)
 
 LABEL_APP = "crewship.app"
 _KILL_WAIT = 10.0
+_ROTATE_CHECK = 256 * 1024  # bytes a follower writes between two checks for rotation
 DOCKERD_HINT = ("start Docker (`systemctl start docker`, or `dockerd --bridge=none "
                 "--iptables=false --ip-masq=false &`), or run the server with --runtime process")
 
@@ -145,23 +148,29 @@ class DockerBackend:
 
     def _pump(self, client: docker.DockerClient, tracked: _Tracked, since: int | None) -> None:
         """Append whole lines of the container's output to the app's log (a thread)."""
-        fd = open_append(self._layout.app_logs(tracked.ref.app) / LOG_NAME)
-        pending = b""
+        log_dir = self._layout.app_logs(tracked.ref.app)
+        applog = AppLog(log_dir)
+        writer = LogWriter(log_dir / LOG_NAME)
+        tagger = LineTagger(tracked.ref.name)  # the daemon tags: no forged [system] lines
+        checked = 0
         try:
             stream = client.api.logs(tracked.container_id, stdout=True, stderr=True,
                                      stream=True, follow=True, since=since)
             tracked.stream = stream
             for chunk in stream:
-                *lines, pending = (pending + chunk).split(b"\n")
-                if lines:
-                    _write_all(fd, b"".join(line + b"\n" for line in lines))
+                if out := tagger.feed(chunk):
+                    writer.write(out)
+                if writer.written - checked >= _ROTATE_CHECK:
+                    checked = writer.written
+                    applog.rotate_if_needed()
         except Exception as exc:  # a follower must never kill the daemon
             if not self._closed:
                 log.warning("instance_logs_failed", instance=tracked.ref.id, error=str(exc))
         finally:
-            if pending:
-                _write_all(fd, pending + b"\n")
-            os.close(fd)
+            with contextlib.suppress(OSError):
+                if rest := tagger.flush():
+                    writer.write(rest)
+            writer.close()
             tracked.streamed.set()
 
     # -- stop and wait -----------------------------------------------------
@@ -337,11 +346,6 @@ def _wait_exit(client: docker.DockerClient, container_id: str) -> int:
             if not state.get("Running"):
                 return exit_status(int(state.get("ExitCode", STATUS_UNKNOWN)))
             time.sleep(1.0)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data):]
 
 
 def _short(exc: Exception) -> str:
