@@ -15,6 +15,7 @@ from crewship import log
 from crewship.api.server import HTTPServer
 from crewship.config import Layout, Settings
 from crewship.errors import InvalidInputError
+from crewship.loopwatch import LoopWatchdog
 from crewship.service.deploys import Deployer
 from crewship.service.kickoffs import KickoffService
 from crewship.service.platform import Platform
@@ -81,12 +82,16 @@ class Daemon:
         self.http = HTTPServer(self.platform, settings.host, settings.http_port)
         self._stop = asyncio.Event()
         self._closers: list[Callable[[], object]] = []
+        self._watchdog: LoopWatchdog | None = None
 
     @property
     def host_fingerprint(self) -> str:
         return str(self.host_key.get_fingerprint("sha256"))
 
     async def start(self) -> None:
+        if self.settings.loop_watchdog > 0:
+            self._watchdog = LoopWatchdog(asyncio.get_running_loop(), self.settings.loop_watchdog)
+            self._watchdog.start()
         register_admin_keys(self.platform, self.settings.admin_keys)
         for name in self.platform.repos.names():
             self.platform.repos.install_hooks(name)
@@ -118,6 +123,8 @@ class Daemon:
         await self.backend.aclose()
         await self.builder.aclose()
         self.db.close()
+        if self._watchdog is not None:
+            self._watchdog.stop()
         logger.info("server_stopped")
 
     def _on_event(self, event: SupervisorEvent) -> None:

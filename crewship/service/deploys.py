@@ -278,7 +278,7 @@ class Deployer:
     async def _prune(self, app: App) -> Pruned:
         fresh = self.apps.get(app.name) or app
         root = self.layout.releases / app.name
-        on_disk = [p.name for p in root.iterdir()] if root.is_dir() else []
+        on_disk = await asyncio.to_thread(_names_in, root)
         doomed = builds_to_prune(self.releases.all(fresh), fresh.live_release, on_disk)
         for name in doomed:
             await asyncio.to_thread(self.builder.remove_release, app.name, int(name[1:]))
@@ -293,7 +293,7 @@ class Deployer:
         busy = sorted(n for n, lock in self._locks.items() if n != app.name and lock.locked())
         if busy:
             return [], f"other deploys are running ({', '.join(busy)})"
-        keys = env_keys_in_use(self.layout.releases)
+        keys = await asyncio.to_thread(env_keys_in_use, self.layout.releases)  # a tree walk
         if keys is None:
             return [], "a build's release.json could not be read"
         detached = envs.detach(keys)  # synchronous: no build can start in between
@@ -404,6 +404,10 @@ class Deployer:
         if fresh is None or fresh.live_release is None:
             return None
         return self.releases.get(fresh, fresh.live_release)
+
+
+def _names_in(root: Path) -> list[str]:
+    return [p.name for p in root.iterdir()] if root.is_dir() else []
 
 
 def _clear_tmp(tmp: Path) -> None:

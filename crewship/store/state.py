@@ -35,6 +35,9 @@ class Database:
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._conn.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a commit is atomic and survives a killed daemon, without an
+        # fsync per commit (each would block the event loop on a busy disk).
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.execute("PRAGMA busy_timeout=30000")
         self._migrate()
