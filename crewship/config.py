@@ -37,6 +37,8 @@ class Settings:
     crash_limit: int = 10
     crash_window: float = 600.0
     restart_delay: float = 1.0
+    # Deploys (build + health-checked start) running at once across apps; 0: the core count.
+    deploy_concurrency: int = 0
     # Log where the event loop was stuck whenever it answers later than this (0: off).
     loop_watchdog: float = 0.0
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -77,6 +79,7 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_CRASH_WINDOW": ("crash_window", float),
     "CREWSHIP_RESTART_DELAY": ("restart_delay", float),
     "CREWSHIP_LOOP_WATCHDOG": ("loop_watchdog", float),
+    "CREWSHIP_DEPLOY_CONCURRENCY": ("deploy_concurrency", int),
 }
 
 

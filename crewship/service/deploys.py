@@ -18,7 +18,7 @@ from pathlib import Path
 
 from builder.env import remove_detached
 from builder.image import IMAGE_APP_DIR
-from builder.release import ReleaseBuilder, ReleaseMeta, load_release, remove_tree, runner_argv
+from builder.release import BuiltRelease, ReleaseBuilder, ReleaseMeta, load_release, remove_tree, runner_argv
 from crewship import log
 from crewship.config import Layout, Settings
 from crewship.errors import ConflictError, CrewshipError, DeployError
@@ -84,6 +84,8 @@ class Deployer:
         self.builder = builder
         self.supervisor = supervisor
         self._locks: dict[str, asyncio.Lock] = {}
+        self._slots_total = settings.deploy_concurrency or os.cpu_count() or 2
+        self._slots = asyncio.Semaphore(self._slots_total)
         self._holders: dict[str, LockHolder] = {}
         self.on_event: EventSink = ignore   # the daemon wires telemetry here
 
@@ -113,6 +115,16 @@ class Deployer:
         finally:
             self._holders.pop(app.name, None)
             lock.release()
+
+    @asynccontextmanager
+    async def slot(self, report: Reporter) -> AsyncIterator[None]:
+        """Deploys of different apps run in parallel up to the core count: a crew's
+        health check then measures the crew, not a queue for the CPU."""
+        if self._slots.locked():
+            report.step(f"Waiting for a free deploy slot ({self._slots_total} deploys run "
+                        "at once on this server)")
+        async with self._slots:
+            yield
 
     # -------------------------------------------------------------------- pushes
     def _is_deploy_ref(self, app: App, ref: str) -> bool:
@@ -164,14 +176,9 @@ class Deployer:
                                            created_by=user, description=f"Deploy {commit[:12]}")
             self.app_log(app.name).system(f"deploy v{release.version} ({commit[:12]}) by {user}")
             try:
-                built = await self.builder.build(app.name, release.version,
-                                                 self.repos.path(app.name), commit, report,
-                                                 config_keys=set(config))
-                self.releases.set_artifact(app, release.version, str(built.dir))
-                logger.info("build_finished", app=app.name, release=release.version, user=user,
-                            cache_hit=built.env.cache_hit,
-                            duration_ms=round((time.monotonic() - started) * 1000))
-                await self._activate(app, release.version, built.dir, config, report)
+                async with self.slot(report):
+                    built = await self._build_and_activate(app, release, commit, config,
+                                                           report, started, user)
             except CrewshipError as exc:
                 self._fail(app, release.version, exc)
                 self._finished(app, release.version, user, "push", started, exc)
@@ -179,6 +186,18 @@ class Deployer:
             self._finished(app, release.version, user, "push", started,
                            cache_hit=built.env.cache_hit)
             return release
+
+    async def _build_and_activate(self, app: App, release: Release, commit: str,
+                                  config: dict[str, str], report: Reporter, started: float,
+                                  user: str) -> BuiltRelease:
+        built = await self.builder.build(app.name, release.version, self.repos.path(app.name),
+                                         commit, report, config_keys=set(config))
+        self.releases.set_artifact(app, release.version, str(built.dir))
+        logger.info("build_finished", app=app.name, release=release.version, user=user,
+                    cache_hit=built.env.cache_hit,
+                    duration_ms=round((time.monotonic() - started) * 1000))
+        await self._activate(app, release.version, built.dir, config, report)
+        return built
 
     # --------------------------------------------------------------- new releases
     async def release_from(self, app: App, user: str, *, kind: str, description: str,
@@ -192,7 +211,8 @@ class Deployer:
         self.app_log(app.name).system(f"{description} as v{release.version} by {user}")
         started = time.monotonic()
         try:
-            await self._activate(app, release.version, Path(base.artifact), config, report)
+            async with self.slot(report):
+                await self._activate(app, release.version, Path(base.artifact), config, report)
         except CrewshipError as exc:
             self._fail(app, release.version, exc)
             self._finished(app, release.version, user, kind, started, exc)
