@@ -121,6 +121,8 @@ def server(root: Path, data_dir: Path | None = None) -> Iterator[CrewshipServer]
         yield srv
     finally:
         srv.close()
+        if keep := os.environ.get("CHAOS_SERVER_LOG"):  # to see what the server said
+            Path(keep).write_bytes(srv.log_path.read_bytes())
 
 
 # ---- d. 20 concurrent pushes to 20 apps -------------------------------------------------------
@@ -255,11 +257,12 @@ def _full_push(srv: CrewshipServer, project: Path, row: Row) -> None:
         row.succeeded += 1
     elif result.returncode == 1:
         row.failed += 1
-        reason = [ln for ln in result.stderr.splitlines() if "space" in ln.lower()
-                  or "full" in ln.lower()]
+        reason = [ln for ln in result.stderr.splitlines()
+                  if "no space" in ln.lower() or "disk is full" in ln.lower()]
         log(f"push into a full disk: {reason[-1] if reason else result.stderr[-400:]}")
         if not reason:
             row.note = "push failed without saying the disk is full"
+            log(result.stderr[-1500:])
     else:
         row.lost += 1
 

@@ -12,6 +12,7 @@ keeps logging) and ends when the last writer of the pipe is gone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -24,10 +25,13 @@ _CHECK_EVERY = 256 * 1024  # bytes written between two size checks for rotation
 
 
 def relay(source: int, log: AppLog, tag: str) -> int:
-    """Copy ``source`` to the log until EOF; the number of bytes written."""
+    """Copy ``source`` to the log until EOF; the number of bytes written.
+
+    A write that fails (a full disk) drops those lines, never the instance: the pipe
+    keeps being read, and the first line written afterwards says how much was lost."""
     tagger = LineTagger(tag)
     writer = LogWriter(log.path)
-    checked = 0
+    checked = dropped = 0
     try:
         while True:
             try:
@@ -35,11 +39,20 @@ def relay(source: int, log: AppLog, tag: str) -> int:
             except InterruptedError:
                 continue
             out = tagger.feed(data) if data else tagger.flush()
+            if out and dropped:
+                out = tagger.line(f"[crewship: {dropped} bytes of this instance's output "
+                                  "were lost: the log could not be written]".encode()) + out
             if out:
-                writer.write(out)
+                try:
+                    writer.write(out)
+                    dropped = 0
+                except OSError:
+                    dropped += len(out)
+                    writer.close()
             if writer.written - checked >= _CHECK_EVERY:
                 checked = writer.written
-                log.rotate_if_needed()
+                with contextlib.suppress(OSError):
+                    log.rotate_if_needed()
             if not data:
                 return writer.written
     finally:

@@ -155,6 +155,10 @@ class LineTagger:
         rest, self._pending = self._pending, b""
         return self._stamp(rest) if rest else b""
 
+    def line(self, text: bytes) -> bytes:
+        """One complete line of our own, stamped; the buffered partial line is untouched."""
+        return self._stamp(text)
+
     def _stamp(self, line: bytes) -> bytes:
         line = line.removesuffix(b"\r").replace(b"\r", b"\\r")
         found = _STAMPED.match(line)
@@ -182,11 +186,17 @@ class AppLog:
         self._append("".join(f"{stamp} [system] {line}\n" for line in lines))
 
     def _append(self, chunk: str) -> None:
-        fd = open_append(self.path)
+        """A ``[system]`` line never fails what it reports on (a full disk loses the line)."""
+        try:
+            fd = open_append(self.path)
+        except OSError:
+            return
         try:
             data = chunk.encode(errors="replace")
             while data:
                 data = data[os.write(fd, data):]
+        except OSError:
+            pass
         finally:
             os.close(fd)
 

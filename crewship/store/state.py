@@ -6,6 +6,7 @@ directory; this holds the small, relational facts about them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sqlite3
 import threading
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from crewship.errors import StorageFullError
 from crewship.store.migrations import MIGRATIONS
 
 
@@ -53,28 +55,46 @@ class Database:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
     @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """SQLite's "database or disk is full" as a clear error; the write was rolled back."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "full" not in str(exc):
+                raise
+            raise StorageFullError(
+                f"the server's disk is full ({self.path.parent}): nothing was saved; "
+                "free some space there and try again") from exc
+
+    @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, self._guard():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # a failed COMMIT ended it already
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise
 
     def one(self, sql: str, *args: Any) -> sqlite3.Row | None:
-        with self._lock:
+        with self._lock, self._guard():
             row: sqlite3.Row | None = self._conn.execute(sql, args).fetchone()
             return row
 
     def all(self, sql: str, *args: Any) -> list[sqlite3.Row]:
-        with self._lock:
+        with self._lock, self._guard():
             return list(self._conn.execute(sql, args).fetchall())
 
     def execute(self, sql: str, *args: Any) -> int:
         """Run one statement in its own transaction; returns lastrowid."""
-        with self._lock:
+        with self._lock, self._guard():
             cur = self._conn.execute(sql, args)
             return int(cur.lastrowid or 0)
 
