@@ -12,7 +12,9 @@
 - ``stop``: SIGTERM, ``grace`` seconds, SIGKILL; idempotent. ``wait``: the exit status
   (a signal death, status 128+N, reads as -N like a process). An exited container is
   removed once its output is in the log.
-- ``list``: running labelled containers, adopted (followed from now on, not replayed).
+- ``list``: running labelled containers, adopted (followed from now on, not replayed);
+  only this server's (``crewship.server``, a hash of the data dir: one dockerd may serve
+  several servers), so a restarted daemon never stops or adopts another's containers.
 
 Short SDK calls go through ``asyncio.to_thread``; the calls that block for a
 container's lifetime (waiting, following output) run on the backend's own threads, so
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import secrets
 import threading
@@ -45,6 +48,7 @@ from runtime.logs import LOG_NAME, AppLog, LineTagger, LogWriter
 log = get_logger(__name__)
 
 LABEL_APP = "crewship.app"
+LABEL_SERVER = "crewship.server"
 _KILL_WAIT = 10.0
 _ROTATE_CHECK = 256 * 1024  # bytes a follower writes between two checks for rotation
 DOCKERD_HINT = ("start Docker (`systemctl start docker`, or `dockerd --bridge=none "
@@ -87,6 +91,8 @@ class DockerBackend:
         self._tracked: dict[str, _Tracked] = {}
         self._statuses: OrderedDict[str, int] = OrderedDict()
         self._closed = False
+        # whose containers these are: one dockerd may serve several crewship servers
+        self._server = hashlib.sha256(str(layout.root).encode()).hexdigest()[:16]
 
     async def _docker(self) -> docker.DockerClient:
         if self._client is None:
@@ -104,7 +110,7 @@ class DockerBackend:
         client = await self._docker()
         ident = f"{spec.app}-{spec.name}-{secrets.token_hex(3)}"
         try:
-            container = await asyncio.to_thread(self._run, client, spec, ident)
+            container = await asyncio.to_thread(self._run, client, spec, ident, self._server)
         except docker.errors.ImageNotFound as exc:
             raise BackendError(f"cannot start {spec.name}: image {spec.image[:19]} is gone "
                                "(pruned?): push again to rebuild it") from exc
@@ -118,8 +124,10 @@ class DockerBackend:
         return ref
 
     @staticmethod
-    def _run(client: docker.DockerClient, spec: InstanceSpec, ident: str) -> Container:
-        labels = {LABEL_APP: spec.app, "crewship.release": str(spec.release),
+    def _run(client: docker.DockerClient, spec: InstanceSpec, ident: str,
+             server: str) -> Container:
+        labels = {LABEL_APP: spec.app, LABEL_SERVER: server,
+                  "crewship.release": str(spec.release),
                   "crewship.index": str(spec.index), "crewship.port": str(spec.port),
                   "crewship.host": spec.host, "crewship.instance": ident}
         limits: dict[str, Any] = {}
@@ -263,6 +271,8 @@ class DockerBackend:
         refs = []
         for summary in found:
             labels = summary.get("Labels") or {}
+            if not self._ours(labels, everything=app is None):
+                continue
             ident = labels.get("crewship.instance", "")
             if summary.get("State") != "running":
                 if ident not in self._tracked:  # exited while no daemon watched it
@@ -280,6 +290,14 @@ class DockerBackend:
                 self._follow(tracked, since=int(time.time()))
             refs.append(self._tracked[ident].ref)
         return refs
+
+    def _ours(self, labels: dict[str, str], *, everything: bool) -> bool:
+        """A container this server started: its server label, or (asked about one app)
+        none at all, as containers started before the label existed have."""
+        owner = labels.get(LABEL_SERVER)
+        if owner is None:
+            return not everything  # never stop another server's unlabelled container
+        return owner == self._server
 
     async def aclose(self) -> None:
         """Stop watching and following; the containers keep running for the next daemon."""
