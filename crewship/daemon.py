@@ -21,7 +21,7 @@ from crewship.service.kickoffs import KickoffService
 from crewship.service.platform import Platform
 from crewship.service.telemetry import Telemetry, runtime_states
 from crewship.store.history import Retention, prune_forever
-from crewship.store.state import Database
+from crewship.store.state import Database, checkpoint_forever
 from gitserver.hooks import HookServer
 from gitserver.server import SSHGateway, load_host_key
 from runtime.backend import Backend
@@ -79,6 +79,7 @@ class Daemon:
         self.platform.deployer.on_event = self.kickoffs.on_event = self.telemetry.handle
         self.platform.metrics.states = runtime_states(self.platform.apps_store, self.supervisor)
         self._pruner: asyncio.Task[None] | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
         self.http = HTTPServer(self.platform, settings.host, settings.http_port)
         self._stop = asyncio.Event()
         self._closers: list[Callable[[], object]] = []
@@ -102,6 +103,7 @@ class Daemon:
                               self.settings.kickoff_retention_max)
         self._pruner = asyncio.create_task(
             prune_forever(self.db, retention, self.settings.kickoff_prune_interval))
+        self._checkpointer = asyncio.create_task(checkpoint_forever(self.db))
         await self.hooks.start()
         await self.http.start()
         await self.ssh.start(self.settings.host, self.settings.ssh_port)
@@ -116,9 +118,10 @@ class Daemon:
         await self.http.close()
         await self.supervisor.aclose()
         await self.kickoffs.aclose()
-        if self._pruner is not None:
-            self._pruner.cancel()
-            await asyncio.gather(self._pruner, return_exceptions=True)
+        for task in (self._pruner, self._checkpointer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.telemetry.aclose()
         await self.backend.aclose()
         await self.builder.aclose()

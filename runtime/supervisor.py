@@ -343,7 +343,8 @@ class Supervisor:
             await self._await_healthy(ref)
         except InstanceFailedError as exc:
             await self._stop_quietly(ref, self._stop_grace)
-            exc.output = "\n".join(st.log.instance_output(ref.name, 40, offset))
+            lines = await asyncio.to_thread(st.log.instance_output, ref.name, 40, offset)
+            exc.output = "\n".join(lines)
             raise
         except BaseException:  # cancelled (a newer deploy or a stop): clean up behind us
             self._spawn(self._stop_quietly(ref, self._stop_grace))

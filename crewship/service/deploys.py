@@ -18,7 +18,14 @@ from pathlib import Path
 
 from builder.env import remove_detached
 from builder.image import IMAGE_APP_DIR
-from builder.release import BuiltRelease, ReleaseBuilder, ReleaseMeta, load_release, remove_tree, runner_argv
+from builder.release import (
+    BuiltRelease,
+    ReleaseBuilder,
+    ReleaseMeta,
+    load_release,
+    remove_tree,
+    runner_argv,
+)
 from crewship import log
 from crewship.config import Layout, Settings
 from crewship.errors import ConflictError, CrewshipError, DeployError

@@ -6,6 +6,7 @@ directory; this holds the small, relational facts about them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import sqlite3
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from crewship import log
 from crewship.errors import StorageFullError
 from crewship.store.migrations import MIGRATIONS
 
@@ -40,6 +42,9 @@ class Database:
         # WAL + NORMAL: a commit is atomic and survives a killed daemon, without an
         # fsync per commit (each would block the event loop on a busy disk).
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        # No checkpoint inside a commit (it fsyncs the database file, on the caller's
+        # thread: the event loop's); ``checkpoint()`` runs them from a thread instead.
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.execute("PRAGMA busy_timeout=30000")
         self._migrate()
@@ -98,6 +103,25 @@ class Database:
             cur = self._conn.execute(sql, args)
             return int(cur.lastrowid or 0)
 
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file (blocking: call it from a thread). Its own
+        connection, so the loop's queries never wait for it; PASSIVE blocks nobody."""
+        conn = sqlite3.connect(str(self.path), timeout=30)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+async def checkpoint_forever(db: Database, interval: float = 10.0) -> None:
+    """The daemon's WAL checkpoints, off the event loop, every ``interval`` seconds."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(db.checkpoint)
+        except sqlite3.Error as exc:  # a full disk: the WAL keeps the data meanwhile
+            log.get("crewship.store.state").warning("checkpoint_failed", error=str(exc))

@@ -252,3 +252,19 @@ def test_a_full_disk_is_a_clear_error_and_changes_nothing(tmp_path: Path) -> Non
     db.execute(f"PRAGMA max_page_count = {2**30}")      # space is back
     apps.create("after", int(owner["id"]))
     assert [a.name for a in apps.all()] == ["after", "kept"]
+
+
+def test_commits_never_checkpoint_and_checkpoint_copies_the_wal(tmp_path: Path) -> None:
+    """A commit on the event loop only appends to the WAL (no fsync of state.db inside it);
+    the daemon's ``checkpoint()`` thread moves the WAL into the database file."""
+    db = Database(tmp_path / "state.db")
+    db.execute("INSERT INTO users (name, is_admin, created_at) VALUES ('ann', 1, 'now')")
+    for i in range(3000):  # well past SQLite's default autocheckpoint of 1000 pages
+        db.execute("UPDATE users SET created_at = ? WHERE name = 'ann'", "x" * 2000 + str(i))
+    wal = tmp_path / "state.db-wal"
+    assert wal.stat().st_size > 1000 * 4096  # nothing checkpointed it on the way
+    db.checkpoint()
+    row = db.one("PRAGMA wal_checkpoint(PASSIVE)")
+    assert row is not None
+    assert row[1] == row[2]  # every frame of the WAL is in the database file
+    db.close()
