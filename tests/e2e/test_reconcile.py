@@ -75,6 +75,21 @@ def slow_project(srv: CrewshipServer, tmp_path: Path) -> Path:
     return project
 
 
+def mentioning(path: Path) -> list[int]:
+    """Pids of live processes whose command line names ``path``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(str(path).encode() in arg for arg in argv) and alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
 def ref_head(srv: CrewshipServer, project: Path) -> str:
     return srv.git(None, "rev-parse", "HEAD", cwd=project).stdout.strip()
 
@@ -134,8 +149,11 @@ def test_kill9_during_health_check_reverts_the_push_and_stops_its_instances(
     assert all(alive(pid) for pid in starting)  # the half-deployed instances outlived it
 
     srv.start()
-    # the interrupted instances are stopped; the live one is adopted, not restarted
+    # the interrupted instances are stopped (their log relays end with them); the live
+    # one is adopted, not restarted
     wait_until(lambda: not any(alive(pid) for pid in starting), 30, "orphans to stop")
+    wait_until(lambda: not mentioning(srv.data_dir / "logs" / "first"), 30,
+               "the first app's log relay to end")
     assert instance_pid(srv, "live") == v1_pid
     # branches are back where the live release is, the pushes are recorded as failed
     assert ref_of(srv, "live") == commit_a
@@ -189,3 +207,24 @@ def test_a_crashed_app_stays_crashed_across_kill9_and_scale_0_reads_stopped(
     assert instance_pid(srv, "loop") is not None
     srv.restart(leave_children=True)
     assert srv.ssh_json(srv.admin_key, "status", "loop")["state"] == "running"
+
+
+def test_destroy_waits_for_a_running_deploy_then_leaves_nothing_running(
+        srv: CrewshipServer, llm: FakeLLM, tmp_path: Path) -> None:
+    configure(srv, "doomed", llm)
+    srv.ssh(srv.admin_key, "config:set", "doomed", "SLOW_IMPORT=4", check=True)
+    project = slow_project(srv, tmp_path / "doomed")
+    pusher = subprocess.Popen(["git", "push", srv.git_url("doomed"), "main"], cwd=project,
+                              env=srv.git_env(srv.admin_key), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    srv.wait_for_log("instance_started", app="doomed", timeout=120, since_start=True)
+    destroy = srv.ssh(srv.admin_key, "apps:destroy", "doomed", "--force")
+    _, err = pusher.communicate(timeout=120)
+    assert pusher.returncode == 0, err         # the deploy was not cut off under it ...
+    assert destroy.returncode == 0, destroy.stderr
+    destroyed = srv.logs("app_destroyed", since_start=True)[0]["timestamp"]
+    live = srv.logs("deploy_finished", since_start=True, app="doomed")[0]["timestamp"]
+    assert live < destroyed                    # ... destroy ran after it
+    wait_until(lambda: not mentioning(srv.data_dir / "releases" / "doomed"), 30,
+               "the destroyed app's instance to stop")
+    assert not (srv.data_dir / "releases" / "doomed").exists()
