@@ -414,8 +414,7 @@ class Deployer:
         for app_name, version in self.releases.fail_unfinished():
             self.app_log(app_name).system(f"deploy v{version} failed: the server stopped "
                                           "during the deploy")
-            if self.apps.get(app_name) is not None:
-                await asyncio.to_thread(self.builder.remove_release, app_name, version)
+            await asyncio.to_thread(self.builder.remove_release, app_name, version)
         await asyncio.to_thread(_clear_tmp, self.layout.tmp)
 
     async def forget(self, app: App) -> None:
