@@ -271,13 +271,15 @@ class Supervisor:
             await self._fill_missing(st, make_spec, scale)
             self._refresh(st)
 
-    async def stop_orphans(self) -> list[str]:
-        """Stop what the backend runs for apps nobody supervises (after ``adopt``).
+    async def stop_orphans(self, spare: frozenset[str] = frozenset()) -> list[str]:
+        """Stop what the backend runs for apps nobody supervises (after ``adopt``),
+        except those of the apps in ``spare``.
 
         An app destroyed mid-deploy, or a first deploy killed during its health check,
         leaves instances no database row knows; they are stopped, never adopted.
         """
-        orphans = [ref for ref in await self._backend.list(None) if ref.app not in self._apps]
+        orphans = [ref for ref in await self._backend.list(None)
+                   if ref.app not in self._apps and ref.app not in spare]
         await asyncio.gather(*(self._stop_quietly(ref, self._stop_grace) for ref in orphans))
         for ref in orphans:
             log.info("orphan_stopped", app=ref.app, instance=ref.id, release=ref.release)

@@ -379,6 +379,7 @@ class Deployer:
     async def restore(self) -> None:
         """After a daemon (re)start and ``reconcile``: adopt or start each app's live
         release, and stop whatever runs for apps or releases nobody knows."""
+        failed: set[str] = set()
         for app in self.apps.all():
             if app.live_release is None:
                 continue
@@ -390,9 +391,10 @@ class Deployer:
                                               Path(release.artifact), release.config)
                 await self.supervisor.adopt(app.name, release.version, make_spec, app.scale,
                                             crashed=app.crashed_at is not None)
-            except CrewshipError as exc:
+            except CrewshipError as exc:  # its instances are left as they are
+                failed.add(app.name)
                 logger.warning("restore_failed", app=app.name, error=str(exc))
-        stopped = await self.supervisor.stop_orphans()
+        stopped = await self.supervisor.stop_orphans(frozenset(failed))
         if stopped:
             logger.info("orphans_stopped", instances=stopped)
 
