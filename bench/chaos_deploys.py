@@ -36,8 +36,11 @@ APPS = 20
 PUSH_TIMEOUT = 600.0
 TINY = '''"""A crew-shaped function: answers from its inputs, imports nothing heavy."""
 
+import time
+
 
 def run(inputs):
+    time.sleep(float(inputs.get("sleep", 0)))
     return f"tiny crew ran with {sorted(inputs)}"
 '''
 
@@ -185,24 +188,25 @@ def fill(path: Path) -> int:
                 block = block[: len(block) // 16]
 
 
-def kickoff(srv: CrewshipServer, app: str, token: str) -> tuple[int, str]:
+def kickoff(srv: CrewshipServer, app: str, token: str, sleep: float = 0) -> tuple[int, str]:
     try:
         resp = httpx.post(f"{srv.http_url}/apps/{app}/kickoff", timeout=30, trust_env=False,
                           headers={"Authorization": f"Bearer {token}"},
-                          json={"inputs": {"topic": "disk"}})
+                          json={"inputs": {"topic": "disk", "sleep": str(sleep)}})
     except httpx.HTTPError as exc:
         return -1, str(exc)
     return resp.status_code, resp.text
 
 
-def finished(srv: CrewshipServer, app: str, token: str, kickoff_id: str) -> str:
+def finished(srv: CrewshipServer, app: str, token: str, kickoff_id: str,
+             timeout: float = 60) -> str:
     def state() -> str:
         resp = httpx.get(f"{srv.http_url}/apps/{app}/status/{kickoff_id}", timeout=10,
                          trust_env=False, headers={"Authorization": f"Bearer {token}"})
         return str(resp.json().get("state", "")) if resp.status_code == 200 else ""
 
     ended = ("SUCCESS", "FAILURE", "REVOKED")
-    wait_until(lambda: state() in ended, 60)
+    wait_until(lambda: state() in ended, timeout)
     return state()
 
 
@@ -231,10 +235,12 @@ def scenario_f() -> Row:
         if push(srv, project, "full").returncode != 0:
             raise RuntimeError("the first push failed before the disk was full")
         token = srv.ssh(srv.admin_key, "tokens", "full", check=True).stdout.strip()
+        in_flight = [kickoff(srv, "full", token, sleep=3) for _ in range(3)]
         filler = mount / "filler"
         log(f"filled the data dir's filesystem with {fill(filler) // 1024 // 1024} MB")
         _full_push(srv, project, row)
         _full_kickoffs(srv, token, row)
+        ids = _started(in_flight, row)
         if not intact(srv.data_dir / "state.db"):
             row.lost += 1
             row.note = "state.db failed its integrity check"
@@ -243,6 +249,7 @@ def scenario_f() -> Row:
             row.note = f"half-written: {half}"
         filler.unlink()
         started = time.monotonic()
+        _settled(srv, token, ids, row)
         _recovered(srv, project, token, row)
         row.recover_s = time.monotonic() - started
     return row
@@ -286,6 +293,28 @@ def _full_kickoffs(srv: CrewshipServer, token: str, row: Row) -> None:
         else:  # a 500 or no answer: not a clear error
             row.lost += 1
             log(f"kickoff into a full disk: unclear answer {status} {text[:200]}")
+
+
+def _started(answers: list[tuple[int, str]], row: Row) -> list[str]:
+    """The kickoffs accepted before the disk filled (still running while it is full)."""
+    row.accepted += len(answers)
+    ids = [httpx.Response(200, text=text).json()["kickoff_id"]
+           for status, text in answers if status in (200, 201, 202)]
+    row.failed += len(answers) - len(ids)
+    return ids
+
+
+def _settled(srv: CrewshipServer, token: str, ids: list[str], row: Row) -> None:
+    """Kickoffs that ran while the disk was full end, told, once space is back."""
+    for kickoff_id in ids:
+        state = finished(srv, "full", token, kickoff_id, timeout=30)
+        if state == "SUCCESS":
+            row.succeeded += 1
+        elif state in ("FAILURE", "REVOKED"):
+            row.failed += 1
+        else:
+            row.lost += 1
+            log(f"kickoff {kickoff_id} still {state or 'unknown'} after space returned")
 
 
 def _recovered(srv: CrewshipServer, project: Path, token: str, row: Row) -> None:
