@@ -189,12 +189,12 @@ class ReleaseBuilder:
             report.step("Validating")
             info = await self._validate(repo, commit, work / "app", report, config_keys)
             env = await self.envs.ensure(work / "app", report)
-            self._assemble(app, version, commit, work, env, info)
+            await asyncio.to_thread(self._assemble, app, version, commit, work, env, info)
             publish(work, dest)
         finally:
             if work.exists():
                 await asyncio.to_thread(remove_tree, work)
-        meta = load_release(dest)
+        meta = await asyncio.to_thread(load_release, dest)
         report.info(f"release v{version}: {info.kind} {info.package}, env {env.key[:12]}, "
                     f"Python {env.python_version}")
         return BuiltRelease(app, version, commit, dest, env, info, meta)

@@ -39,6 +39,10 @@ class Settings:
     restart_delay: float = 1.0
     # The process runtime runs crews under bubblewrap unless this is set (DESIGN.md 5).
     insecure_no_sandbox: bool = False
+    # Deploys (build + health-checked start) running at once across apps; 0: the core count.
+    deploy_concurrency: int = 0
+    # Log where the event loop was stuck whenever it answers later than this (0: off).
+    loop_watchdog: float = 0.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -104,6 +108,8 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_CRASH_WINDOW": ("crash_window", float),
     "CREWSHIP_RESTART_DELAY": ("restart_delay", float),
     "CREWSHIP_INSECURE_NO_SANDBOX": ("insecure_no_sandbox", _flag),
+    "CREWSHIP_LOOP_WATCHDOG": ("loop_watchdog", float),
+    "CREWSHIP_DEPLOY_CONCURRENCY": ("deploy_concurrency", int),
 }
 
 

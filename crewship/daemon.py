@@ -15,12 +15,13 @@ from crewship import log
 from crewship.api.server import HTTPServer
 from crewship.config import Layout, Settings
 from crewship.errors import InvalidInputError
+from crewship.loopwatch import LoopWatchdog
 from crewship.service.deploys import Deployer
 from crewship.service.kickoffs import KickoffService
 from crewship.service.platform import Platform
 from crewship.service.telemetry import Telemetry, runtime_states
 from crewship.store.history import Retention, prune_forever
-from crewship.store.state import Database
+from crewship.store.state import Database, checkpoint_forever
 from gitserver.hooks import HookServer
 from gitserver.server import SSHGateway, load_host_key
 from runtime.backend import Backend
@@ -79,27 +80,34 @@ class Daemon:
         self.platform.engine.deployer.on_event = self.kickoffs.on_event = self.telemetry.handle
         self.platform.metrics.states = runtime_states(self.platform.apps_store, self.supervisor)
         self._pruner: asyncio.Task[None] | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
         self.http = HTTPServer(self.platform, settings.host, settings.http_port)
         self._stop = asyncio.Event()
         self._closers: list[Callable[[], object]] = []
+        self._watchdog: LoopWatchdog | None = None
 
     @property
     def host_fingerprint(self) -> str:
         return str(self.host_key.get_fingerprint("sha256"))
 
     async def start(self) -> None:
+        if self.settings.loop_watchdog > 0:
+            self._watchdog = LoopWatchdog(asyncio.get_running_loop(), self.settings.loop_watchdog)
+            self._watchdog.start()
         register_admin_keys(self.platform, self.settings.admin_keys)
         for name in self.platform.repos.names():
             self.platform.repos.install_hooks(name)
         self.kickoffs.fail_orphans()
+        assert self.platform.engine.deployer is not None
+        await self.platform.engine.deployer.reconcile()  # before any push can arrive
         retention = Retention(self.settings.kickoff_retention_days,
                               self.settings.kickoff_retention_max)
         self._pruner = asyncio.create_task(
             prune_forever(self.db, retention, self.settings.kickoff_prune_interval))
+        self._checkpointer = asyncio.create_task(checkpoint_forever(self.db))
         await self.hooks.start()
         await self.http.start()
         await self.ssh.start(self.settings.host, self.settings.ssh_port)
-        assert self.platform.engine.deployer is not None
         await self.platform.engine.deployer.restore()
         logger.info("server_started", ssh_port=self.ssh.port, http_port=self.http.port,
                     data_dir=str(self.layout.root), runtime=self.settings.runtime,
@@ -111,13 +119,16 @@ class Daemon:
         await self.http.close()
         await self.supervisor.aclose()
         await self.kickoffs.aclose()
-        if self._pruner is not None:
-            self._pruner.cancel()
-            await asyncio.gather(self._pruner, return_exceptions=True)
+        for task in (self._pruner, self._checkpointer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.telemetry.aclose()
         await self.backend.aclose()
         await self.builder.aclose()
         self.db.close()
+        if self._watchdog is not None:
+            self._watchdog.stop()
         logger.info("server_stopped")
 
     def _on_event(self, event: SupervisorEvent) -> None:
@@ -128,6 +139,8 @@ class Daemon:
         elif isinstance(event, InstanceRetired):
             self.kickoffs.instance_exited(event.app, event.instance_id, event.status)
         elif isinstance(event, AppCrashed):
+            if self.platform.engine.deployer is not None:
+                self.platform.engine.deployer.crashed(event.app)
             logger.warning("app_crashed", app=event.app, release=event.release,
                            crashes=event.crashes)
         self.telemetry.handle(event)

@@ -12,6 +12,7 @@ traceback and reported as ``internal error (ref <id>)``.
     ├── PermissionDeniedError  known thing, not allowed (403)
     ├── ConflictError          already exists, or busy (409)
     ├── UnavailableError       nothing is running to answer (503)
+    │   └── StorageFullError   the data dir's disk is full, nothing written (503)
     ├── BuildError             the builder refused or failed the commit
     │   └── ValidationError    a project check with a code (missing_tasks_yaml, ...)
     └── DeployError            the release did not become live (health check, start)
@@ -53,6 +54,10 @@ class ConflictError(CrewshipError):
 
 class UnavailableError(CrewshipError):
     http_status = 503
+
+
+class StorageFullError(UnavailableError):
+    """The data dir's filesystem is full: nothing was written; free space and retry."""
 
 
 class BuildError(CrewshipError):

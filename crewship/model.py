@@ -109,6 +109,7 @@ class App:
     live_release: int | None = None
     memory_limit: int | None = None   # bytes (the docker runtime's ps:limits)
     cpu_limit: float | None = None
+    crashed_at: str | None = None      # set when a crash loop stopped restarts
 
 
 _MEMORY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([kmgKMG]?)[bB]?$")

@@ -7,12 +7,16 @@
   ``crewship.port``, ``crewship.host`` so a restarted daemon can adopt it; locked down
   by ``hardening()`` (read-only root, tmpfs HOME and /tmp, no capabilities, no new
   privileges, a pids limit, no host mounts).
-- A follower thread per container appends its output to ``logs/NAME/app.log`` (the
-  runner already prefixes every line), whole lines only, so instances never splice.
+- A follower thread per container appends its output to ``logs/NAME/app.log``, whole
+  lines only (a line's buffer is bounded by ``runtime.logs.MAX_LINE``), each stamped
+  with the instance's tag by the daemon, so instances never splice and a crew cannot
+  forge ``[system]`` lines; it reopens the file after a rotation.
 - ``stop``: SIGTERM, ``grace`` seconds, SIGKILL; idempotent. ``wait``: the exit status
   (a signal death, status 128+N, reads as -N like a process). An exited container is
   removed once its output is in the log.
-- ``list``: running labelled containers, adopted (followed from now on, not replayed).
+- ``list``: running labelled containers, adopted (followed from now on, not replayed);
+  only this server's (``crewship.server``, a hash of the data dir: one dockerd may serve
+  several servers), so a restarted daemon never stops or adopts another's containers.
 
 Short SDK calls go through ``asyncio.to_thread``; the calls that block for a
 container's lifetime (waiting, following output) run on the backend's own threads, so
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import hashlib
 import secrets
 import threading
 import time
@@ -41,11 +45,14 @@ from crewship import dockerd
 from crewship.config import Layout
 from crewship.log import get as get_logger
 from runtime.backend import STATUS_UNKNOWN, BackendError, InstanceRef, InstanceSpec
-from runtime.logs import LOG_NAME, open_append
+from runtime.logs import LOG_NAME, AppLog, LineTagger, LogWriter
 
 log = get_logger(__name__)
 
 LABEL_APP = "crewship.app"
+LABEL_SERVER = "crewship.server"
+_KILL_WAIT = 10.0
+_ROTATE_CHECK = 256 * 1024  # bytes a follower writes between two checks for rotation
 # The locked-down container (DESIGN.md section 5): the image's user and HOME (the same
 # numbers as builder/image.py, which this floor does not import), the only writable places.
 CONTAINER_UID = 10001
@@ -70,7 +77,7 @@ def hardening() -> dict[str, Any]:
         "pids_limit": PIDS_LIMIT,
         "volumes": {},   # never the data dir, nor anything else of the host
     }
-_KILL_WAIT = 10.0
+
 
 def connect(timeout: float = 60.0) -> docker.DockerClient:
     """A client of the local Docker daemon, or ``BackendError`` saying what to start."""
@@ -102,6 +109,8 @@ class DockerBackend:
         self._tracked: dict[str, _Tracked] = {}
         self._statuses: OrderedDict[str, int] = OrderedDict()
         self._closed = False
+        # whose containers these are: one dockerd may serve several crewship servers
+        self._server = hashlib.sha256(str(layout.root).encode()).hexdigest()[:16]
 
     async def _docker(self) -> docker.DockerClient:
         if self._client is None:
@@ -119,7 +128,7 @@ class DockerBackend:
         client = await self._docker()
         ident = f"{spec.app}-{spec.name}-{secrets.token_hex(3)}"
         try:
-            container = await asyncio.to_thread(self._run, client, spec, ident)
+            container = await asyncio.to_thread(self._run, client, spec, ident, self._server)
         except docker.errors.ImageNotFound as exc:
             raise BackendError(f"cannot start {spec.name}: image {spec.image[:19]} is gone "
                                "(pruned?): push again to rebuild it") from exc
@@ -133,8 +142,10 @@ class DockerBackend:
         return ref
 
     @staticmethod
-    def _run(client: docker.DockerClient, spec: InstanceSpec, ident: str) -> Container:
-        labels = {LABEL_APP: spec.app, "crewship.release": str(spec.release),
+    def _run(client: docker.DockerClient, spec: InstanceSpec, ident: str,
+             server: str) -> Container:
+        labels = {LABEL_APP: spec.app, LABEL_SERVER: server,
+                  "crewship.release": str(spec.release),
                   "crewship.index": str(spec.index), "crewship.port": str(spec.port),
                   "crewship.host": spec.host, "crewship.instance": ident}
         limits: dict[str, Any] = {}
@@ -163,23 +174,29 @@ class DockerBackend:
 
     def _pump(self, client: docker.DockerClient, tracked: _Tracked, since: int | None) -> None:
         """Append whole lines of the container's output to the app's log (a thread)."""
-        fd = open_append(self._layout.app_logs(tracked.ref.app) / LOG_NAME)
-        pending = b""
+        log_dir = self._layout.app_logs(tracked.ref.app)
+        applog = AppLog(log_dir)
+        writer = LogWriter(log_dir / LOG_NAME)
+        tagger = LineTagger(tracked.ref.name)  # the daemon tags: no forged [system] lines
+        checked = 0
         try:
             stream = client.api.logs(tracked.container_id, stdout=True, stderr=True,
                                      stream=True, follow=True, since=since)
             tracked.stream = stream
             for chunk in stream:
-                *lines, pending = (pending + chunk).split(b"\n")
-                if lines:
-                    _write_all(fd, b"".join(line + b"\n" for line in lines))
+                if out := tagger.feed(chunk):
+                    writer.write(out)
+                if writer.written - checked >= _ROTATE_CHECK:
+                    checked = writer.written
+                    applog.rotate_if_needed()
         except Exception as exc:  # a follower must never kill the daemon
             if not self._closed:
                 log.warning("instance_logs_failed", instance=tracked.ref.id, error=str(exc))
         finally:
-            if pending:
-                _write_all(fd, pending + b"\n")
-            os.close(fd)
+            with contextlib.suppress(OSError):
+                if rest := tagger.flush():
+                    writer.write(rest)
+            writer.close()
             tracked.streamed.set()
 
     # -- stop and wait -----------------------------------------------------
@@ -272,6 +289,8 @@ class DockerBackend:
         refs = []
         for summary in found:
             labels = summary.get("Labels") or {}
+            if not self._ours(labels, everything=app is None):
+                continue
             ident = labels.get("crewship.instance", "")
             if summary.get("State") != "running":
                 if ident not in self._tracked:  # exited while no daemon watched it
@@ -289,6 +308,14 @@ class DockerBackend:
                 self._follow(tracked, since=int(time.time()))
             refs.append(self._tracked[ident].ref)
         return refs
+
+    def _ours(self, labels: dict[str, str], *, everything: bool) -> bool:
+        """A container this server started: its server label, or (asked about one app)
+        none at all, as containers started before the label existed have."""
+        owner = labels.get(LABEL_SERVER)
+        if owner is None:
+            return not everything  # never stop another server's unlabelled container
+        return owner == self._server
 
     async def aclose(self) -> None:
         """Stop watching and following; the containers keep running for the next daemon."""
@@ -355,11 +382,6 @@ def _wait_exit(client: docker.DockerClient, container_id: str) -> int:
             if not state.get("Running"):
                 return exit_status(int(state.get("ExitCode", STATUS_UNKNOWN)))
             time.sleep(1.0)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data):]
 
 
 def _short(exc: Exception) -> str:

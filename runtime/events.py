@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import anyio._backends._asyncio  # noqa: F401  # loaded lazily, it stalled the loop ~0.25 s
 import httpx
 
 from crewship.errors import DeployError

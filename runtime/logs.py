@@ -1,23 +1,26 @@
 """Per-app log files: every instance of an app and the daemon's ``[system]`` lines
-go to ``logs/NAME/app.log``, rotated by copy-then-truncate.
+go to ``logs/NAME/app.log``, rotated by renaming (``app.log`` -> ``app.log.1`` ...).
 
-Instances hold their own ``O_APPEND`` file descriptors for their whole life, so a
-rotation copies the file aside and truncates it in place (renaming it would leave
-them writing into the rotated copy). ``follow()`` notices both a truncation and a
-replaced file and keeps going, so ``logs -t`` follows the app across restarts and
-redeploys, not a process.
+Only the daemon's side writes the file: a ``LogWriter`` reopens ``app.log`` when it
+was renamed away, so a rotation loses nothing and copies nothing. An instance's
+output reaches the file through a ``LineTagger`` that stamps every line with the
+instance's tag (``runtime.logrelay`` for the process runtime, the follower thread for
+docker), so a crew cannot forge a ``[system]`` line however it writes to fd 1 or 2.
+``follow()`` notices a replaced file and keeps going, so ``logs -t`` follows the app
+across rotations, restarts and redeploys.
 
-Lines look like ``2026-11-26T10:00:00.123Z [v3.1] text`` (the runner's) and
-``2026-11-26T10:00:00.123Z [system] text`` (ours). Never write config values here.
+Lines look like ``2026-11-26T10:00:00.123Z [v3.1] text`` (an instance's) and
+``2026-11-26T10:00:00.123Z [system] text`` (ours), split on ``\n`` only. Never write
+config values here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import re
-import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +30,10 @@ LOG_NAME = "app.log"
 _TAGGED = re.compile(r"^\S+ \[([^\]]+)\] ")
 _BLOCK = 64 * 1024
 _MAX_OUTPUT_READ = 1024 * 1024
+MAX_LINE = 64 * 1024          # longer output lines are cut into pieces of this size
+MAX_BYTES = 10 * 1024 * 1024  # rotate app.log past this size ...
+BACKUPS = 5                   # ... keeping app.log.1 .. app.log.5
+_STAMPED = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[([^\]\n]+)\] ")
 
 
 def timestamp(now: datetime | None = None) -> str:
@@ -51,17 +58,24 @@ def _last_lines(path: Path, n: int, end: int | None = None) -> list[str]:
         return []
     with handle:
         pos = os.fstat(handle.fileno()).st_size if end is None else end
-        data = b""
-        while pos > 0 and data.count(b"\n") <= n:
+        blocks: list[bytes] = []
+        newlines = 0
+        while pos > 0 and newlines <= n:
             step = min(_BLOCK, pos)
             pos -= step
             handle.seek(pos)
-            data = handle.read(step) + data
-    return _split(data)[-n:]
+            block = handle.read(step)
+            newlines += block.count(b"\n")
+            blocks.append(block)
+    return _split(b"".join(reversed(blocks)))[-n:]
 
 
 def _split(data: bytes) -> list[str]:
-    return [line.rstrip("\r") for line in data.decode(errors="replace").splitlines()]
+    """Lines split on ``\n`` alone: a crew's ``\r`` or U+2028 never starts a line."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [line.rstrip(b"\r").decode(errors="replace") for line in lines]
 
 
 def _read_from(path: Path, offset: int, limit: int = _MAX_OUTPUT_READ) -> bytes:
@@ -75,10 +89,88 @@ def _read_from(path: Path, offset: int, limit: int = _MAX_OUTPUT_READ) -> bytes:
         return b""
 
 
+class LogWriter:
+    """Appends to ``path``, reopening it when a rotation renamed it away.
+
+    Each ``write`` is whole lines in as few ``os.write`` calls as the kernel allows
+    (one, below the pipe/file atomicity limits in practice), so writers never splice.
+    ``written`` counts the bytes the kernel took, not the characters asked for.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        self._ino = -1
+        self.written = 0
+
+    def _current(self) -> int:
+        try:
+            ino = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            ino = -2
+        if self._fd < 0 or ino != self._ino:  # first write, or renamed by a rotation
+            self.close()
+            self._fd = open_append(self.path)
+            self._ino = os.fstat(self._fd).st_ino
+        return self._fd
+
+    def write(self, data: bytes) -> None:
+        fd = self._current()
+        while data:
+            done = os.write(fd, data)
+            self.written += done
+            data = data[done:]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class LineTagger:
+    """An instance's raw output -> ``<ts> [<tag>] <line>\n`` lines, in a bounded buffer.
+
+    Whatever the crew writes, each line it produces starts with the daemon's stamp and
+    the instance's tag: ``[system] ...`` printed by a crew reads ``<ts> [v1.1] [system]
+    ...``. A line the runner already stamped with this very tag keeps its stamp. A line
+    longer than ``max_line`` bytes is cut; a stray ``\r`` is shown as ``\\r``.
+    """
+
+    def __init__(self, tag: str, max_line: int = MAX_LINE) -> None:
+        self.tag = tag
+        self._tag = tag.encode()
+        self._max = max_line
+        self._pending = b""
+
+    def feed(self, data: bytes) -> bytes:
+        *lines, self._pending = (self._pending + data).split(b"\n")
+        out = [self._stamp(line) for line in lines]
+        while len(self._pending) > self._max:
+            out.append(self._stamp(self._pending[:self._max]))
+            self._pending = self._pending[self._max:]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """The unfinished last line (the instance exited without a newline)."""
+        rest, self._pending = self._pending, b""
+        return self._stamp(rest) if rest else b""
+
+    def line(self, text: bytes) -> bytes:
+        """One complete line of our own, stamped; the buffered partial line is untouched."""
+        return self._stamp(text)
+
+    def _stamp(self, line: bytes) -> bytes:
+        line = line.removesuffix(b"\r").replace(b"\r", b"\\r")
+        found = _STAMPED.match(line)
+        if found is not None and found.group(1) == self._tag:
+            return line + b"\n"
+        return f"{timestamp()} [{self.tag}] ".encode() + line + b"\n"
+
+
 class AppLog:
     """One app's log: ``dir/app.log`` plus ``app.log.1`` ... ``app.log.<backups>``."""
 
-    def __init__(self, dir: Path, max_bytes: int = 10 * 1024 * 1024, backups: int = 5) -> None:
+    def __init__(self, dir: Path, max_bytes: int = MAX_BYTES, backups: int = BACKUPS) -> None:
         self.dir = dir
         self.path = dir / LOG_NAME
         self.max_bytes = max_bytes
@@ -90,13 +182,21 @@ class AppLog:
     def system(self, text: str) -> None:
         """Append ``<ts> [system] <text>``: one write per line, never a config value."""
         stamp = timestamp()
-        lines = text.splitlines() or [""]
+        lines = text.replace("\r", "\\r").split("\n")
         self._append("".join(f"{stamp} [system] {line}\n" for line in lines))
 
     def _append(self, chunk: str) -> None:
-        fd = open_append(self.path)
+        """A ``[system]`` line never fails what it reports on (a full disk loses the line)."""
         try:
-            os.write(fd, chunk.encode())
+            fd = open_append(self.path)
+        except OSError:
+            return
+        try:
+            data = chunk.encode(errors="replace")
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError:
+            pass
         finally:
             os.close(fd)
 
@@ -141,29 +241,40 @@ class AppLog:
         return kept[-n:]
 
     def rotate_if_needed(self) -> bool:
-        """Copy-then-truncate once the file reaches ``max_bytes``; True if rotated."""
+        """Rename ``app.log`` to ``app.log.1`` (shifting the older ones) once it reaches
+        ``max_bytes``; writers reopen ``app.log`` on their next line. True if rotated.
+
+        An ``flock`` on ``.rotate.lock`` makes concurrent rotators (the daemon and each
+        instance's relay) rotate once, not once each."""
         if self.size() < self.max_bytes:
             return False
-        for k in range(self.backups - 1, 0, -1):
-            if self.rotated(k).exists():
-                os.replace(self.rotated(k), self.rotated(k + 1))
-        if self.backups > 0:
-            target = self.rotated(1)
-            shutil.copyfile(self.path, target)
-            target.chmod(0o600)
-        os.truncate(self.path, 0)
-        return True
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / ".rotate.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self.size() < self.max_bytes:
+                return False  # another writer rotated while we waited
+            if self.backups <= 0:
+                self.path.unlink(missing_ok=True)
+                return True
+            for k in range(self.backups - 1, 0, -1):
+                if self.rotated(k).exists():
+                    os.replace(self.rotated(k), self.rotated(k + 1))
+            os.replace(self.path, self.rotated(1))
+            return True
+        finally:
+            os.close(fd)  # releases the lock
 
     async def follow(self, n: int, stop: asyncio.Event | None = None,
                      poll: float = 0.2) -> AsyncIterator[str]:
         """The last ``n`` lines, then every new line until ``stop`` is set."""
         cursor = _Cursor(self)
-        end = cursor.open_at_end()
+        end = await asyncio.to_thread(cursor.open_at_end)
         for line in await asyncio.to_thread(self._tail, n, end):
             yield line
         try:
             while stop is None or not stop.is_set():
-                for line in cursor.read():
+                for line in await asyncio.to_thread(cursor.read):
                     yield line
                 if stop is None:
                     await asyncio.sleep(poll)

@@ -27,6 +27,7 @@ import re
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from runtime.sandbox import Launch, Sandbox, first_child, read_init_pid
 
 _SAFE_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 _KILL_WAIT = 10.0
+_RELAY_WAIT = 5.0
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # holds runtime/ (for -m)
 log = get_logger(__name__)
 
 
@@ -70,6 +73,7 @@ class _Tracked:
     init: tuple[int, int] | None = None
     exited: asyncio.Future[int] | None = None
     watcher: asyncio.Task[None] | None = None
+    relay: subprocess.Popen[bytes] | None = None   # its output's relay (our child)
 
 
 class ProcessBackend:
@@ -92,18 +96,23 @@ class ProcessBackend:
         ident = f"{spec.app}-{spec.name}-{secrets.token_hex(3)}"
         if not _SAFE_ID.match(ident):
             raise BackendError(f"cannot start {spec.name}: unsafe app name {spec.app!r}")
-        fd = open_append(self._layout.app_logs(spec.app) / LOG_NAME)
+        relay: subprocess.Popen[bytes] | None = None
         try:
-            popen, init = await asyncio.to_thread(self._spawn, spec, fd)
+            relay, fd = await asyncio.to_thread(_start_relay, self._layout.app_logs(spec.app),
+                                                spec.name)
+            try:
+                popen, init = await asyncio.to_thread(self._spawn, spec, fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
+            if relay is not None:
+                _reap_relay(relay, 2.0)  # its pipe has no writer left: it ends now
             raise BackendError(f"cannot start {spec.name}: {exc.strerror or exc}") from exc
-        finally:
-            os.close(fd)
         stat = proc_stat(popen.pid)
         ref = InstanceRef(id=ident, app=spec.app, release=spec.release, index=spec.index,
                           host=spec.host, port=spec.port, pid=popen.pid,
                           started_at=time.time())
-        tracked = _Tracked(ref, popen.pid, stat[1] if stat else -1, popen, init=init)
+        tracked = _Tracked(ref, popen.pid, stat[1] if stat else -1, popen, init=init, relay=relay)
         self._tracked[ident] = tracked
         self._write_record(tracked, spec.argv[0])
         log.info("instance_started", app=spec.app, instance=ident, pid=popen.pid)
@@ -206,6 +215,8 @@ class ProcessBackend:
     async def _watch(self, tracked: _Tracked) -> None:
         await self._until_gone(tracked)
         status = await self._reap(tracked)
+        if tracked.relay is not None:  # its last lines are in the log before anyone hears
+            await asyncio.to_thread(_reap_relay, tracked.relay, _RELAY_WAIT)
         self._record_path(tracked.ref.id).unlink(missing_ok=True)
         self._tracked.pop(tracked.ref.id, None)
         self._statuses[tracked.ref.id] = status
@@ -296,6 +307,37 @@ class ProcessBackend:
             if tracked.exited is not None and not tracked.exited.done():
                 tracked.exited.cancel()
         self._tracked.clear()
+
+
+def _start_relay(log_dir: Path, tag: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A ``runtime.logrelay`` reading a new pipe; returns it and the pipe's write end.
+
+    The relay runs with the daemon's interpreter in a session of its own, so it
+    outlives the daemon like the instance does; it ends when the instance's last
+    process closes the pipe."""
+    os.close(open_append(log_dir / LOG_NAME))  # there from the start, as before
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "runtime.logrelay", str(log_dir), tag],
+            stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=_PACKAGE_ROOT, env={"PYTHONPATH": str(_PACKAGE_ROOT),
+                                    "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            start_new_session=True, close_fds=True)
+    except OSError:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return relay, write_end
+
+
+def _reap_relay(relay: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait for the relay to drain the pipe and exit (a thread); never waits forever."""
+    try:
+        relay.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("log_relay_slow", pid=relay.pid)  # left to finish on its own
 
 
 def _spawn(spec: InstanceSpec, log_fd: int, launch: Launch | None) -> subprocess.Popen[bytes]:

@@ -234,19 +234,31 @@ class Supervisor:
             st.log.system("stopped")
             del self._apps[app]
 
-    async def adopt(self, app: str, release: int, make_spec: MakeSpec, scale: int) -> None:
-        """Take over the instances a previous daemon left running for ``release``."""
+    async def adopt(self, app: str, release: int, make_spec: MakeSpec, scale: int,
+                    *, crashed: bool = False) -> None:
+        """Take over the instances a previous daemon left running for ``release``.
+
+        ``crashed``: the app was given up as a crash loop before the restart; it stays
+        crashed (nothing started) until a deploy, restart or scale clears it.
+        """
         st = self._app(app)
         async with st.lock:
             keep: dict[int, InstanceRef] = {}
             strays: list[InstanceRef] = []
             for ref in sorted(await self._backend.list(app), key=lambda r: -r.started_at):
                 if ref.release == release and 1 <= ref.index <= scale \
-                        and ref.index not in keep:
+                        and ref.index not in keep and not crashed:
                     keep[ref.index] = ref
                 else:
                     strays.append(ref)
             st.release, st.make_spec, st.scale = release, make_spec, scale
+            if crashed:
+                st.backoff.crashed = True
+                self._retire(st, [_Instance(ref) for ref in strays])
+                st.log.system(f"still crashed after the server restart (v{release}): "
+                              "push, restart or scale to start it again")
+                self._refresh(st)
+                return
             healthy = await asyncio.gather(*(self._healthy(ref) for ref in keep.values()))
             for ref, ok in zip(keep.values(), healthy, strict=True):
                 if ok:
@@ -258,6 +270,20 @@ class Supervisor:
             st.log.system(f"adopted {len(st.live)} running instance(s) of v{release}")
             await self._fill_missing(st, make_spec, scale)
             self._refresh(st)
+
+    async def stop_orphans(self, spare: frozenset[str] = frozenset()) -> list[str]:
+        """Stop what the backend runs for apps nobody supervises (after ``adopt``),
+        except those of the apps in ``spare``.
+
+        An app destroyed mid-deploy, or a first deploy killed during its health check,
+        leaves instances no database row knows; they are stopped, never adopted.
+        """
+        orphans = [ref for ref in await self._backend.list(None)
+                   if ref.app not in self._apps and ref.app not in spare]
+        await asyncio.gather(*(self._stop_quietly(ref, self._stop_grace) for ref in orphans))
+        for ref in orphans:
+            log.info("orphan_stopped", app=ref.app, instance=ref.id, release=ref.release)
+        return [ref.id for ref in orphans]
 
     async def _fill_missing(self, st: _App, make_spec: MakeSpec, scale: int) -> None:
         """Start the slots nobody runs; a slot that fails goes to crash recovery."""
@@ -319,7 +345,8 @@ class Supervisor:
             await self._await_healthy(ref)
         except InstanceFailedError as exc:
             await self._stop_quietly(ref, self._stop_grace)
-            exc.output = "\n".join(st.log.instance_output(ref.name, 40, offset))
+            lines = await asyncio.to_thread(st.log.instance_output, ref.name, 40, offset)
+            exc.output = "\n".join(lines)
             raise
         except BaseException:  # cancelled (a newer deploy or a stop): clean up behind us
             self._spawn(self._stop_quietly(ref, self._stop_grace))

@@ -232,7 +232,7 @@ async def logs(request: Request, user: User) -> Response:
     if request.path_params["log_type"] != "deployment":
         raise NotFoundError("only the 'deployment' log is served here; the app's own log is "
                             f"'ssh ... logs {app.name}'")
-    return JSONResponse(service(request).logs(app))
+    return JSONResponse(await asyncio.to_thread(service(request).logs, app))  # file reads
 
 
 @authed

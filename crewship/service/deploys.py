@@ -18,7 +18,14 @@ from pathlib import Path
 
 from builder.env import remove_detached
 from builder.image import IMAGE_APP_DIR
-from builder.release import ReleaseBuilder, ReleaseMeta, load_release, runner_argv
+from builder.release import (
+    BuiltRelease,
+    ReleaseBuilder,
+    ReleaseMeta,
+    load_release,
+    remove_tree,
+    runner_argv,
+)
 from crewship import log
 from crewship.config import Layout, Settings
 from crewship.errors import ConflictError, CrewshipError, DeployError
@@ -85,6 +92,8 @@ class Deployer:
         self.builder = builder
         self.supervisor = supervisor
         self._locks: dict[str, asyncio.Lock] = {}
+        self._slots_total = settings.deploy_concurrency or os.cpu_count() or 2
+        self._slots = asyncio.Semaphore(self._slots_total)
         self._holders: dict[str, LockHolder] = {}
         self.on_event: EventSink = ignore   # the daemon wires telemetry here
 
@@ -114,6 +123,16 @@ class Deployer:
         finally:
             self._holders.pop(app.name, None)
             lock.release()
+
+    @asynccontextmanager
+    async def slot(self, report: Reporter) -> AsyncIterator[None]:
+        """Deploys of different apps run in parallel up to the core count: a crew's
+        health check then measures the crew, not a queue for the CPU."""
+        if self._slots.locked():
+            report.step(f"Waiting for a free deploy slot ({self._slots_total} deploys run "
+                        "at once on this server)")
+        async with self._slots:
+            yield
 
     # -------------------------------------------------------------------- pushes
     def _is_deploy_ref(self, app: App, ref: str) -> bool:
@@ -165,14 +184,9 @@ class Deployer:
                                            created_by=user, description=f"Deploy {commit[:12]}")
             self.app_log(app.name).system(f"deploy v{release.version} ({commit[:12]}) by {user}")
             try:
-                built = await self.builder.build(app.name, release.version,
-                                                 self.repos.path(app.name), commit, report,
-                                                 config_keys=set(config))
-                self.releases.set_artifact(app, release.version, str(built.dir))
-                logger.info("build_finished", app=app.name, release=release.version, user=user,
-                            cache_hit=built.env.cache_hit,
-                            duration_ms=round((time.monotonic() - started) * 1000))
-                await self._activate(app, release.version, built.dir, config, report)
+                async with self.slot(report):
+                    built = await self._build_and_activate(app, release, commit, config,
+                                                           report, started, user)
             except CrewshipError as exc:
                 self._fail(app, release.version, exc)
                 self._finished(app, release.version, user, "push", started, exc)
@@ -180,6 +194,18 @@ class Deployer:
             self._finished(app, release.version, user, "push", started,
                            cache_hit=built.env.cache_hit)
             return release
+
+    async def _build_and_activate(self, app: App, release: Release, commit: str,
+                                  config: dict[str, str], report: Reporter, started: float,
+                                  user: str) -> BuiltRelease:
+        built = await self.builder.build(app.name, release.version, self.repos.path(app.name),
+                                         commit, report, config_keys=set(config))
+        self.releases.set_artifact(app, release.version, str(built.dir))
+        logger.info("build_finished", app=app.name, release=release.version, user=user,
+                    cache_hit=built.env.cache_hit,
+                    duration_ms=round((time.monotonic() - started) * 1000))
+        await self._activate(app, release.version, built.dir, config, report)
+        return built
 
     # --------------------------------------------------------------- new releases
     async def release_from(self, app: App, user: str, *, kind: str, description: str,
@@ -193,7 +219,8 @@ class Deployer:
         self.app_log(app.name).system(f"{description} as v{release.version} by {user}")
         started = time.monotonic()
         try:
-            await self._activate(app, release.version, Path(base.artifact), config, report)
+            async with self.slot(report):
+                await self._activate(app, release.version, Path(base.artifact), config, report)
         except CrewshipError as exc:
             self._fail(app, release.version, exc)
             self._finished(app, release.version, user, kind, started, exc)
@@ -234,6 +261,7 @@ class Deployer:
             raise
         if current.scale == 0:
             self.apps.set_scale(current, 1)
+        self.apps.set_crashed(app.name, False)
         self.releases.mark_live(app, version)
         self.app_log(app.name).system(f"v{version} is live")
         logger.info("deploy_succeeded", app=app.name, release=version,
@@ -257,6 +285,7 @@ class Deployer:
                                              report=report)
             self.app_log(app.name).system(f"scaled to {n} (v{live.version})")
         self.apps.set_scale(fresh, n)
+        self.apps.set_crashed(app.name, False)
         logger.info("app_scaled", app=app.name, scale=n)
 
     # ---------------------------------------------------------------- retention
@@ -277,7 +306,7 @@ class Deployer:
     async def _prune(self, app: App) -> Pruned:
         fresh = self.apps.get(app.name) or app
         root = self.layout.releases / app.name
-        on_disk = [p.name for p in root.iterdir()] if root.is_dir() else []
+        on_disk = await asyncio.to_thread(_names_in, root)
         doomed = builds_to_prune(self.releases.all(fresh), fresh.live_release, on_disk)
         for name in doomed:
             await asyncio.to_thread(self.builder.remove_release, app.name, int(name[1:]))
@@ -292,7 +321,7 @@ class Deployer:
         busy = sorted(n for n, lock in self._locks.items() if n != app.name and lock.locked())
         if busy:
             return [], f"other deploys are running ({', '.join(busy)})"
-        keys = env_keys_in_use(self.layout.releases)
+        keys = await asyncio.to_thread(env_keys_in_use, self.layout.releases)  # a tree walk
         if keys is None:
             return [], "a build's release.json could not be read"
         detached = envs.detach(keys)  # synchronous: no build can start in between
@@ -353,10 +382,11 @@ class Deployer:
 
     # ------------------------------------------------------------------ lifecycle
     async def restore(self) -> None:
-        """After a daemon (re)start: adopt or start each app's live release."""
-        self.releases.fail_unfinished()
+        """After a daemon (re)start and ``reconcile``: adopt or start each app's live
+        release, and stop whatever runs for apps or releases nobody knows."""
+        failed: set[str] = set()
         for app in self.apps.all():
-            if app.live_release is None or app.scale == 0:
+            if app.live_release is None:
                 continue
             release = self.releases.get(app, app.live_release)
             if release is None or release.artifact is None:
@@ -364,15 +394,62 @@ class Deployer:
             try:
                 make_spec = self.spec_factory(app.name, release.version,
                                               Path(release.artifact), release.config)
-                await self.supervisor.adopt(app.name, release.version, make_spec, app.scale)
-            except CrewshipError as exc:
+                await self.supervisor.adopt(app.name, release.version, make_spec, app.scale,
+                                            crashed=app.crashed_at is not None)
+            except CrewshipError as exc:  # its instances are left as they are
+                failed.add(app.name)
                 logger.warning("restore_failed", app=app.name, error=str(exc))
+        stopped = await self.supervisor.stop_orphans(frozenset(failed))
+        if stopped:
+            logger.info("orphans_stopped", instances=stopped)
+
+    async def reconcile(self) -> None:
+        """Finish what a daemon killed mid-deploy left: the push failed, its branch back
+        where it was, its release failed and its half-made trees removed."""
+        for row in self.apps.unfinished_pushes():
+            self.apps.set_push_outcome(int(row["id"]), "failed")
+            update = RefUpdate(row["old_sha"], row["new_sha"], row["ref"])
+            try:
+                await self.repos.update_ref(str(row["app_name"]), update.ref, update.old,
+                                            update.new)
+            except CrewshipError as exc:  # moved on since (a newer push): leave it
+                logger.warning("ref_revert_failed", app=row["app_name"], ref=update.ref,
+                               error=str(exc))
+            else:
+                logger.info("push_reverted", app=row["app_name"], ref=update.ref,
+                            commit=update.new, back_to=update.old)
+        for app_name, version in self.releases.fail_unfinished():
+            self.app_log(app_name).system(f"deploy v{version} failed: the server stopped "
+                                          "during the deploy")
+            await asyncio.to_thread(self.builder.remove_release, app_name, version)
+        await asyncio.to_thread(_clear_tmp, self.layout.tmp)
 
     async def forget(self, app: App) -> None:
         await self.supervisor.stop(app.name)
+
+    def crashed(self, app: str) -> None:
+        """The supervisor gave ``app`` up: remembered until a deploy, restart or scale."""
+        if self.apps.get(app) is not None:
+            self.apps.set_crashed(app, True)
 
     def live(self, app: App) -> Release | None:
         fresh = self.apps.get(app.name)
         if fresh is None or fresh.live_release is None:
             return None
         return self.releases.get(fresh, fresh.live_release)
+
+
+def _names_in(root: Path) -> list[str]:
+    return [p.name for p in root.iterdir()] if root.is_dir() else []
+
+
+def _clear_tmp(tmp: Path) -> None:
+    """Remove build, export and upload scratch trees: at start no build is running."""
+    if not tmp.is_dir():
+        return
+    for entry in tmp.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            remove_tree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        logger.info("temp_tree_removed", path=str(entry))

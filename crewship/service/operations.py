@@ -6,6 +6,7 @@ front door still reaches one service.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ class Operations:
             raise InvalidInputError("-n must be between 0 and 100000")
         log = self.engine.require_deployer().app_log(app.name)
         if not follow:
-            for line in log.tail(lines):
+            for line in await asyncio.to_thread(log.tail, lines):  # reads from the end
                 yield line
             return
         async for line in log.follow(lines):

@@ -7,6 +7,7 @@ app not existing.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from builder.release import remove_tree
@@ -20,7 +21,7 @@ from crewship.errors import (
     app_not_found,
 )
 from crewship.model import AccessLevel, App, Key, RefUpdate, User, validate_app_name
-from crewship.reporter import Reporter
+from crewship.reporter import NullReporter, Reporter
 from crewship.service.access import AppAccess, Engine
 from crewship.service.lifecycle import Lifecycle
 from crewship.service.metrics import Metrics
@@ -177,15 +178,22 @@ class Platform:
             raise InvalidInputError(
                 f"destroying {name} removes its repo, releases, config and logs for good; "
                 f"run 'apps:destroy {name} --force' to confirm")
-        if self.engine.deployer is not None:
-            await self.engine.deployer.forget(app)
-        self.apps_store.delete(app)
-        self.repos.delete(name)
-        for path in (self.layout.releases / name, self.layout.app_logs(name),
-                     self.layout.app_home(name)):
-            remove_tree(path, ignore_errors=True)
+        deployer = self.engine.deployer
+        if deployer is None:
+            await self._destroy(app)
+        else:  # a running deploy finishes (or fails) first, never half-destroyed under it
+            async with deployer.locked(app, caller.name, "destroy", NullReporter()):
+                await deployer.forget(app)
+                await self._destroy(app)
         logger.info("app_destroyed", app=name, user=caller.name)
         return app
+
+    async def _destroy(self, app: App) -> None:
+        self.apps_store.delete(app)
+        await asyncio.to_thread(self.repos.delete, app.name)
+        for path in (self.layout.releases / app.name, self.layout.app_logs(app.name),
+                     self.layout.app_home(app.name)):
+            await asyncio.to_thread(remove_tree, path, ignore_errors=True)
 
     # ------------------------------------------------------------------- access
     def access(self, caller: User, name: str) -> list[tuple[str, AccessLevel]]:

@@ -19,7 +19,8 @@ def _app(row: sqlite3.Row) -> App:
     return App(id=row["id"], name=row["name"], uuid=row["uuid"], owner=row["owner_name"],
                created_at=row["created_at"], deploy_branch=row["deploy_branch"],
                scale=row["scale"], live_release=row["live_release"],
-               memory_limit=row["memory_limit"], cpu_limit=row["cpu_limit"])
+               memory_limit=row["memory_limit"], cpu_limit=row["cpu_limit"],
+               crashed_at=row["crashed_at"])
 
 
 class AppStore:
@@ -58,6 +59,11 @@ class AppStore:
 
     def set_scale(self, app: App, scale: int) -> None:
         self.db.execute("UPDATE apps SET scale = ? WHERE id = ?", scale, app.id)
+
+    def set_crashed(self, name: str, crashed: bool) -> None:
+        """Remember a crash loop (or its end: a push, restart or scale) across restarts."""
+        self.db.execute("UPDATE apps SET crashed_at = ? WHERE name = ?",
+                        now() if crashed else None, name)
 
     def set_limits(self, app: App, memory: int | None, cpus: float | None) -> None:
         self.db.execute("UPDATE apps SET memory_limit = ?, cpu_limit = ? WHERE id = ?",
@@ -114,6 +120,12 @@ class AppStore:
 
     def set_push_outcome(self, push_id: int, outcome: str) -> None:
         self.db.execute("UPDATE pushes SET outcome = ? WHERE id = ?", outcome, push_id)
+
+    def unfinished_pushes(self) -> list[sqlite3.Row]:
+        """Pushes a daemon accepted but never finished (killed mid-deploy), oldest first."""
+        return self.db.all("SELECT pushes.*, apps.name AS app_name FROM pushes "
+                           "JOIN apps ON apps.id = pushes.app_id "
+                           "WHERE pushes.outcome IS NULL ORDER BY pushes.id")
 
     def pushes(self, app: App) -> list[sqlite3.Row]:
         return self.db.all("SELECT * FROM pushes WHERE app_id = ? ORDER BY id", app.id)

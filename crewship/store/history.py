@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from crewship import log
-from crewship.errors import InvalidInputError
+from crewship.errors import InvalidInputError, StorageFullError
 from crewship.store.state import Database
 
 logger = log.get("crewship.store.history")
@@ -100,6 +100,6 @@ async def prune_forever(db: Database, retention: Retention, interval: float) -> 
     while True:
         try:
             await asyncio.to_thread(prune_kickoffs, db, retention)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StorageFullError) as exc:
             logger.warning("kickoffs_prune_failed", error=str(exc))
         await asyncio.sleep(interval)

@@ -129,9 +129,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE apps ADD COLUMN memory_limit INTEGER;
     ALTER TABLE apps ADD COLUMN cpu_limit REAL;
     """,
-    # the process runtime's sandbox: each app's own uid/gid (used when the daemon is root)
+    # 6: the process runtime's sandbox: each app's own uid/gid (used when the daemon is root)
     """
     ALTER TABLE apps ADD COLUMN sandbox_uid INTEGER;
     CREATE UNIQUE INDEX apps_sandbox_uid ON apps (sandbox_uid);
+    """,
+    # 7: a crash-looped app stays crashed across daemon restarts (NULL: not crashed)
+    """
+    ALTER TABLE apps ADD COLUMN crashed_at TEXT;
     """,
 ]

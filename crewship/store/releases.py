@@ -7,6 +7,7 @@ make new releases that reuse an earlier artifact.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import re
@@ -146,12 +147,15 @@ class ReleaseStore:
         self.db.execute("UPDATE releases SET status = 'failed', error = ? WHERE app_id = ? "
                         "AND version = ?", error[:2000], app.id, version)
 
-    def fail_unfinished(self) -> int:
-        """Releases left 'building' by a daemon that stopped mid-deploy."""
-        before = self.db.one("SELECT COUNT(*) FROM releases WHERE status = 'building'")
-        self.db.execute("UPDATE releases SET status = 'failed', "
-                        "error = 'the server stopped during the deploy' WHERE status = 'building'")
-        return int(before[0]) if before else 0
+    def fail_unfinished(self) -> builtins.list[tuple[str, int]]:
+        """Releases left 'building' by a daemon that stopped mid-deploy: (app, version)."""
+        with self.db.tx() as c:
+            rows = c.execute("SELECT apps.name, releases.version FROM releases "
+                             "JOIN apps ON apps.id = releases.app_id "
+                             "WHERE releases.status = 'building'").fetchall()
+            c.execute("UPDATE releases SET status = 'failed', "
+                      "error = 'the server stopped during the deploy' WHERE status = 'building'")
+        return [(str(r[0]), int(r[1])) for r in rows]
 
 
 class ConfigStore:

@@ -257,7 +257,10 @@ def test_second_daemon_adopts_running_instances(rig: Rig) -> None:
             assert len(rig.records()) == 2
             assert sup.status(APP).state == "running"
             victim = sup.endpoints(APP)[0]
-            os.kill(before[0], signal.SIGKILL)                   # not this backend's child
+            victim_pid = next(s.pid for s in sup.status(APP).instances
+                              if s.id == victim.instance_id)
+            assert victim_pid is not None
+            os.kill(victim_pid, signal.SIGKILL)                  # not this backend's child
             await eventually(lambda: len(sup.endpoints(APP)) == 2
                              and victim not in sup.endpoints(APP))
             rig.remember(sup)
@@ -309,7 +312,7 @@ def test_logs_follow_across_a_crash_restart(rig: Rig) -> None:
     run(body())
 
 
-def test_follow_survives_copy_truncate_rotation(tmp_path: Path) -> None:
+def test_follow_survives_rename_rotation(tmp_path: Path) -> None:
     async def body() -> None:
         log = AppLog(tmp_path, max_bytes=300, backups=2)
         log.system("before 0")

@@ -222,3 +222,49 @@ def test_app_fields_and_pushes(db: Database) -> None:
     push = apps.record_push(app, "olive", "refs/heads/main", "0" * 40, "a" * 40)
     apps.set_push_outcome(push, "deployed")
     assert [(r["ref"], r["outcome"]) for r in apps.pushes(app)] == [("refs/heads/main", "deployed")]
+
+
+def test_a_full_disk_is_a_clear_error_and_changes_nothing(tmp_path: Path) -> None:
+    """SQLite's SQLITE_FULL (here: max_page_count reached) is a 503 saying what to do."""
+    from crewship.errors import StorageFullError
+
+    db = Database(tmp_path / "state.db")
+    apps = AppStore(db)
+    db.execute("INSERT INTO users (name, is_admin, created_at) VALUES ('ann', 1, 'now')")
+    owner = db.one("SELECT id FROM users WHERE name = 'ann'")
+    assert owner is not None
+    apps.create("kept", int(owner["id"]))
+    pages = db.one("PRAGMA page_count")
+    assert pages is not None
+    db.execute(f"PRAGMA max_page_count = {int(pages[0])}")
+    def fill() -> None:
+        with db.tx() as conn:
+            for i in range(2000):
+                conn.execute("INSERT INTO pushes (app_id, user_name, ref, old_sha, new_sha, "
+                             "created_at) VALUES (1, 'ann', 'refs/heads/main', ?, ?, 'now')",
+                             ("0" * 40, f"{i:040d}" + "x" * 500))
+
+    with pytest.raises(StorageFullError, match=r"disk is full .* free some space"):
+        fill()
+    assert db.all("SELECT * FROM pushes") == []
+    assert [a.name for a in apps.all()] == ["kept"]
+    assert db.one("PRAGMA integrity_check")[0] == "ok"  # type: ignore[index]
+    db.execute(f"PRAGMA max_page_count = {2**30}")      # space is back
+    apps.create("after", int(owner["id"]))
+    assert [a.name for a in apps.all()] == ["after", "kept"]
+
+
+def test_commits_never_checkpoint_and_checkpoint_copies_the_wal(tmp_path: Path) -> None:
+    """A commit on the event loop only appends to the WAL (no fsync of state.db inside it);
+    the daemon's ``checkpoint()`` thread moves the WAL into the database file."""
+    db = Database(tmp_path / "state.db")
+    db.execute("INSERT INTO users (name, is_admin, created_at) VALUES ('ann', 1, 'now')")
+    for i in range(3000):  # well past SQLite's default autocheckpoint of 1000 pages
+        db.execute("UPDATE users SET created_at = ? WHERE name = 'ann'", "x" * 2000 + str(i))
+    wal = tmp_path / "state.db-wal"
+    assert wal.stat().st_size > 1000 * 4096  # nothing checkpointed it on the way
+    db.checkpoint()
+    row = db.one("PRAGMA wal_checkpoint(PASSIVE)")
+    assert row is not None
+    assert row[1] == row[2]  # every frame of the WAL is in the database file
+    db.close()

@@ -291,6 +291,43 @@ def test_adopt_replaces_an_unhealthy_instance(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
+def test_adopt_keeps_a_crashed_app_crashed_until_scaled(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        leftover = rig.backend.add(APP, 3, 1, 41001)
+        await rig.sup.adopt(APP, 3, spec_factory(3, rig.cwd), 1, crashed=True)
+        assert rig.sup.status(APP).state == "crashed"
+        assert rig.backend.names("start") == []                  # not silently restarted
+        await eventually(lambda: not leftover.alive)
+        await eventually(lambda: [i.state for i in rig.sup.status(APP).instances] == ["crashed"])
+        assert "still crashed after the server restart" in rig.log()
+        await rig.sup.scale(APP, 1, rig.report)                   # an operator's scale clears it
+        assert rig.sup.status(APP).state == "running"
+        assert rig.live_names() == ["v3.1"]
+    run(tmp_path, body)
+
+
+def test_adopt_at_scale_0_reads_stopped_not_idle(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.sup.adopt(APP, 2, spec_factory(2, rig.cwd), 0)
+        assert rig.sup.status(APP).state == "stopped"
+        assert rig.sup.status(APP).release == 2
+        assert rig.backend.names("start") == []
+    run(tmp_path, body)
+
+
+def test_stop_orphans_stops_what_no_supervised_app_owns(tmp_path: Path) -> None:
+    async def body(rig: Rig) -> None:
+        kept = rig.backend.add(APP, 1, 1, 41001)
+        orphan = rig.backend.add("destroyed", 4, 1, 41002)
+        await rig.sup.adopt(APP, 1, spec_factory(1, rig.cwd), 1)
+        stopped = await rig.sup.stop_orphans()
+        assert stopped == [orphan.ref.id]
+        assert not orphan.alive
+        assert kept.alive
+        assert await rig.sup.stop_orphans() == []                 # nothing left
+    run(tmp_path, body)
+
+
 def test_stop_stops_everything_and_forgets_the_app(tmp_path: Path) -> None:
     async def body(rig: Rig) -> None:
         await rig.deploy(1, scale=2)
