@@ -43,7 +43,7 @@ class Telemetry:
         self.settings = settings
         self.metrics = metrics
         self.alerts = alerts
-        self.deliverer = deliverer or Deliverer()
+        self.deliverer = deliverer or Deliverer(settings.url_policy())
         self.gate = gate or AlertGate()
 
     def handle(self, event: object) -> None:
