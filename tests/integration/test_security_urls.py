@@ -19,6 +19,7 @@ from crewship.config import Layout, Settings
 from crewship.errors import InvalidInputError
 from crewship.model import AccessLevel
 from crewship.service import sources
+from crewship.service.kickoffs import WebhookRelay
 from crewship.service.notify import Deliverer
 from crewship.service.platform import Platform
 from crewship.store.state import Database
@@ -222,6 +223,20 @@ def test_a_refused_delivery_is_never_attempted_or_retried() -> None:
 
     assert asyncio.run(deliver()) == [False]
     assert calls == ["internal.example.com"]
+
+
+def test_task_and_step_webhooks_are_relayed_once_each_to_the_daemons_deliverer() -> None:
+    """The runner records bodies; the daemon relays each once (polls, then the final reply)."""
+    due: list[object] = []
+    relay = WebhookRelay("demo", "k-1", {"task": "https://hooks.example.com/t"}, due.append)
+    events = [{"kind": "task", "body": {"n": n}} for n in range(4)]
+    relay.take(events[:2], start=0)         # a poll with after=0
+    relay.take(events[1:3], start=1)        # an overlapping poll
+    relay.take(events, start=0)             # the final reply: all of them
+    relay.take([{"kind": "step", "body": {}}, "junk"], start=4)   # no step URL; junk ignored
+    assert [(e.kind, e.url, e.body) for e in due] == [  # type: ignore[attr-defined]
+        ("task", "https://hooks.example.com/t", {"n": n}) for n in range(4)]
+    assert relay.seen == 6
 
 
 # --------------------------------------------------------- alert receivers
