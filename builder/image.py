@@ -174,7 +174,7 @@ def ca_bundle(env: dict[str, str] | None = None) -> Path | None:
 # ---- the Dockerfile ---------------------------------------------------------------------
 
 
-def dockerfile(base: str, *, with_ca: bool, args: AbstractSet[str]) -> str:
+def dockerfile(base: str, *, with_ca: bool, args: AbstractSet[str], deps_key: str = "") -> str:
     """The generated Dockerfile: a ``deps`` stage that installs the environment (the only
     place the index settings go in), and a final stage that copies the environment, the
     code and the runner, so no build arg (an index URL may carry a password) is in the
@@ -184,7 +184,7 @@ def dockerfile(base: str, *, with_ca: bool, args: AbstractSet[str]) -> str:
                 f"ENV SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca} PIP_CERT={ca}"] if with_ca else []
     deps = [
         f"FROM {base} AS deps",
-        f'LABEL {DEPS_LABEL}="true"',
+        f'LABEL {DEPS_LABEL}="{deps_key or "true"}"',
         *ca_lines,
         "COPY uv /usr/local/bin/uv",
         *[f"ARG {name}" for name in sorted(args) if name not in PROXY_VARS],
@@ -230,7 +230,7 @@ def secret_values(args: dict[str, str]) -> list[str]:
 
 
 def write_context(ctx: Path, release_work: Path, base: str, uv: str,
-                  args: AbstractSet[str], ca: Path | None) -> None:
+                  args: AbstractSet[str], ca: Path | None, deps_key: str = "") -> None:
     """The build context: Dockerfile, uv, the CA bundle, deps/ (lock only), app/, runner."""
     ctx.mkdir(parents=True)
     (ctx / "deps").mkdir()
@@ -244,7 +244,8 @@ def write_context(ctx: Path, release_work: Path, base: str, uv: str,
         shutil.copyfile(ca, ctx / "ca-bundle.crt")
         (ctx / "ca-bundle.crt").chmod(0o644)
     _normalize_modes(ctx)
-    (ctx / "Dockerfile").write_text(dockerfile(base, with_ca=ca is not None, args=args))
+    (ctx / "Dockerfile").write_text(dockerfile(base, with_ca=ca is not None, args=args,
+                                               deps_key=deps_key))
 
 
 def _normalize_modes(root: Path) -> None:
@@ -430,7 +431,8 @@ class ImageBuilder(ReleaseBuilder):
                           Interpreter(self.base_image, "", self.base_image, self.base_image))
             self._place_runner(work)
             report.step(f"Building image crewship/{app}:v{version} (base {self.base_image})")
-            progress = await self._build(client, app, version, commit, work, report)
+            progress = await self._build(client, app, version, commit, work, report,
+                                         deps_key=f"image-{key}")
             env = EnvRef(f"image-{key}", Path(IMAGE_VENV), Path(IMAGE_VENV) / "bin" / "python",
                          progress.python or "image", cache_hit=bool(progress.deps_cached))
             self._assemble(app, version, commit, work, env, info, image=progress.image_id)
@@ -462,12 +464,12 @@ class ImageBuilder(ReleaseBuilder):
                                          f"{DOCKERD_HINT}") from exc
 
     async def _build(self, client: docker.DockerClient, app: str, version: int, commit: str,
-                     work: Path, report: Reporter) -> BuildProgress:
+                     work: Path, report: Reporter, deps_key: str = "") -> BuildProgress:
         args = build_args()
         ctx = self.layout.tmp / f"context-{app}-v{version}-{uuid.uuid4().hex[:8]}"
         try:
             await asyncio.to_thread(write_context, ctx, work, self.base_image, self.envs.uv,
-                                    set(args), ca_bundle())
+                                    set(args), ca_bundle(), deps_key)
             labels = {"crewship.app": app, "crewship.release": str(version),
                       "crewship.commit": commit}
             progress = await build_image(client, ctx, f"crewship/{app}:v{version}", labels,
@@ -515,7 +517,18 @@ class ImageBuilder(ReleaseBuilder):
         if self._building == 0:  # another app's build would lose the layers it stands on
             with contextlib.suppress(docker.errors.DockerException):
                 client.images.prune(filters={"dangling": True, "label": MANAGED_LABEL})
+                self._gc_deps(client)
         return removed
+
+    def _gc_deps(self, client: docker.DockerClient) -> None:
+        """Dependency-stage images (the environment cache) no kept release of any app uses."""
+        used = set()
+        for meta in self.layout.releases.glob("*/v*/" + RELEASE_FILE):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                used.add(str(json.loads(meta.read_text())["env_key"]))
+        for image in client.images.list(filters={"label": DEPS_LABEL}):
+            if image.labels.get(DEPS_LABEL) not in used and not image.tags:
+                self._remove_image(client, image.id)
 
     @staticmethod
     def _remove_image(client: docker.DockerClient, image: str) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from crewship.config import Layout, Settings
+from crewship.config import Layout, Settings, from_env
 from crewship.errors import InvalidInputError
 from crewship.model import AccessLevel
 from crewship.service import sources
@@ -83,6 +83,14 @@ def test_private_targets_pass_only_when_the_operator_allows_them() -> None:
     assert check_url("http://build-box.lan/hook", "stepWebhookUrl", allowed).address == "10.0.0.5"
     assert Settings(allow_private_urls=True).url_policy().allow_private
     assert not Settings().url_policy().allow_private
+
+
+def test_the_settings_that_relax_the_checks_are_flags() -> None:
+    relaxed = from_env({"CREWSHIP_ALLOW_PRIVATE_URLS": "1", "CREWSHIP_ALLOW_LOCAL_CLONE": "true"})
+    assert (relaxed.allow_private_urls, relaxed.allow_local_clone) == (True, True)
+    assert not from_env({"CREWSHIP_ALLOW_PRIVATE_URLS": "0"}).allow_private_urls
+    with pytest.raises(InvalidInputError, match="CREWSHIP_ALLOW_LOCAL_CLONE='maybe'"):
+        from_env({"CREWSHIP_ALLOW_LOCAL_CLONE": "maybe"})
 
 
 def test_the_servers_own_ports_are_refused_even_when_private_targets_are_allowed() -> None:
