@@ -336,3 +336,32 @@ def test_plus_api_clone_urls_refused_the_same_whether_a_path_exists(
     assert messages[2] == messages[3]
     assert "CREWSHIP_ALLOW_LOCAL_CLONE=1" in messages[0]
     assert "sneaky" not in srv.ssh(srv.admin_key, "apps").stdout
+
+
+def test_local_clone_paths_work_only_when_the_operator_allows_them(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    project = tmp_path_factory.mktemp("local-project")
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "local_crew"\nversion = "0.1.0"\n'
+        'dependencies = ["crewai==1.15.30"]\n\n[tool.crewai]\ntype = "crew"\n')
+    (project / "src/local_crew").mkdir(parents=True)
+    (project / "src/local_crew/__init__.py").write_text("")
+    _git("init", "-q", "-b", "main", cwd=project)
+    _git("add", "-A", cwd=project)
+    _git("commit", "-q", "-m", "local", cwd=project)
+    head = _git("rev-parse", "HEAD", cwd=project).strip()
+    with CrewshipServer(tmp_path_factory.mktemp("local-clone"),
+                        env={"CREWSHIP_ALLOW_LOCAL_CLONE": "1"}) as srv:
+        token = srv.ssh(srv.admin_key, "api-tokens:create", check=True).stdout.strip()
+        with httpx.Client(base_url=f"{srv.http_url}/crewai_plus/api/v1", timeout=30,
+                          headers={"Authorization": f"Bearer {token}"}) as api:
+            inside = api.post("/crews", json={"deploy": {
+                "name": "local_crew", "repo_clone_url": str(srv.data_dir / "repos")}})
+            assert inside.status_code == 422
+            assert "inside crewship's data directory" in inside.json()["repo_clone_url"][0]
+            created = api.post("/crews", json={"deploy": {
+                "name": "local_crew", "repo_clone_url": f"file://{project}"}})
+            assert created.status_code == 201, created.text
+        fetched = _git("--git-dir", str(srv.repo_path("local-crew")), "rev-parse", "main",
+                       cwd=srv.root).strip()
+        assert fetched == head
