@@ -108,7 +108,8 @@ class PlusService:
             app = await self.platform.create_app(caller, app_name)
             try:
                 update = await self._commit(caller, app, work, "crewai deploy create (ZIP)")
-                await sources.write_source(self._repo(app), sources.Source("zip", None))
+                await sources.write_source(self._repo(app), sources.Source("zip", None),
+                                           self.platform.db.sealer)
             except BaseException:
                 await self.platform.destroy_app(caller, app.name, force=True)
                 raise
@@ -133,7 +134,7 @@ class PlusService:
             self._check_idle(app)
         source = sources.Source("git", target.source_url if target.own_app is None else None)
         try:
-            await sources.write_source(self._repo(app), source)
+            await sources.write_source(self._repo(app), source, self.platform.db.sealer)
             return await self._deploy_git(caller, app, source, config)
         except BaseException:
             if existing is None:
@@ -147,12 +148,14 @@ class PlusService:
         self._check_idle(app)
         async with self._unpacked(upload) as work:
             update = await self._commit(caller, app, work, "crewai deploy push (ZIP)")
-        await sources.write_source(self._repo(app), sources.Source("zip", None))
+        await sources.write_source(self._repo(app), sources.Source("zip", None),
+                                   self.platform.db.sealer)
         return self._start(caller, app, config, update)
 
     async def redeploy(self, caller: User, app: App) -> dict[str, Any]:
         self._check_idle(app)
-        source = await sources.read_source(self._repo(app)) or sources.Source("git", None)
+        source = (await sources.read_source(self._repo(app), self.platform.db.sealer)
+                  or sources.Source("git", None))
         return await self._deploy_git(caller, app, source, {})
 
     async def _deploy_git(self, caller: User, app: App, source: sources.Source,
@@ -277,7 +280,7 @@ class PlusService:
                 "git_url": self.platform.settings.git_url(app.name)}
 
     async def full_status(self, app: App) -> dict[str, Any]:
-        source = await sources.read_source(self._repo(app))
+        source = await sources.read_source(self._repo(app), self.platform.db.sealer)
         zip_source = source is not None and source.kind == "zip"
         return {**self.status(app), "source_type": "zip" if zip_source else "any_git",
                 "zip_deployment": zip_source}

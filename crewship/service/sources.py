@@ -11,8 +11,9 @@ URLs are fetched, and each app's source is remembered in its bare repo's git con
   operator allows local clones; anything else is refused with the reason.
 * ``fetch_head``: ``git fetch`` of that ``HEAD`` into the bare repo, pinned to the
   checked address, with git's transports limited to https/http/ssh.
-* ``Source``: ``crewship.source`` (zip | git) and ``crewship.cloneUrl`` in the repo's
-  config, so a later ``/deploy`` knows what to do and ``status`` can tell the client.
+* ``Source``: ``crewship.source`` (zip | git) and ``crewship.cloneUrl`` (sealed: a URL
+  may carry a token) in the repo's config, so a later ``/deploy`` knows what to do and
+  ``status`` can tell the client.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from crewship import proc
 from crewship.config import Settings
 from crewship.errors import ConflictError, InvalidInputError
 from crewship.store.repos import ZERO_SHA
+from crewship.store.sealing import Sealer
 from crewship.urls import CloneURL, URLRefusedError, check_target, parse_clone_url
 
 GIT_TIMEOUT = 120.0
@@ -186,17 +188,18 @@ def _local_path(text: str, data_dir: Path) -> str:
     return str(resolved)
 
 
-async def read_source(repo: Path) -> Source | None:
+async def read_source(repo: Path, sealer: Sealer) -> Source | None:
     kind = (await _git(repo, "config", "--get", "crewship.source", check=False)).text.strip()
     if kind not in ("zip", "git"):
         return None
     url = (await _git(repo, "config", "--get", "crewship.cloneUrl", check=False)).text.strip()
-    return Source(kind, url or None)
+    return Source(kind, sealer.open(url) if url else None)
 
 
-async def write_source(repo: Path, source: Source) -> None:
+async def write_source(repo: Path, source: Source, sealer: Sealer) -> None:
+    """Remembered in the repo's git config; the clone URL sealed (it may hold a token)."""
     await _git(repo, "config", "crewship.source", source.kind)
     if source.clone_url:
-        await _git(repo, "config", "crewship.cloneUrl", source.clone_url)
+        await _git(repo, "config", "crewship.cloneUrl", sealer.seal(source.clone_url))
     else:
         await _git(repo, "config", "--unset-all", "crewship.cloneUrl", check=False)

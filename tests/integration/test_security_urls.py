@@ -365,3 +365,6 @@ def test_local_clone_paths_work_only_when_the_operator_allows_them(
         fetched = _git("--git-dir", str(srv.repo_path("local-crew")), "rev-parse", "main",
                        cwd=srv.root).strip()
         assert fetched == head
+        remembered = (srv.repo_path("local-crew") / "config").read_text()
+        assert "cloneUrl = fernet:" in remembered  # a clone URL may carry a token: sealed
+        assert str(project) not in remembered
