@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -192,6 +195,42 @@ def test_gits_own_transport_cannot_reach_a_local_path_on_a_remote_fetch(tmp_path
     allowed = sources.CloneTarget(str(source), None, str(source), local=True)
     head = asyncio.run(sources.fetch_head(bare, allowed))
     assert head == _git("rev-parse", "HEAD", cwd=source).strip()
+
+
+class _Redirector(BaseHTTPRequestHandler):
+    """A 'git server' that answers every request with a redirect (to itself, elsewhere)."""
+
+    target = ""
+    hits: ClassVar[list[str]] = []
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        self.send_response(302)
+        self.send_header("Location", self.target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_a_remote_fetch_follows_no_redirect(tmp_path: Path) -> None:
+    bare = tmp_path / "app.git"
+    _git("init", "-q", "--bare", str(bare), cwd=tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirector)
+    _Redirector.target = (f"http://127.0.0.1:{server.server_address[1]}/elsewhere.git"
+                          "/info/refs?service=git-upload-pack")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/crew.git"
+        with pytest.raises(sources.CloneURLError, match="cannot fetch"):
+            asyncio.run(sources.fetch_head(bare, sources.CloneTarget(url, None, url)))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert len(_Redirector.hits) == 1  # asked once, the redirect not followed
 
 
 # --------------------------------------------------------- pinned deliveries
