@@ -386,7 +386,7 @@ def forget_secrets(client: docker.DockerClient, secrets: list[str]) -> int:
             continue
         if any(secret in history for secret in secrets):
             with contextlib.suppress(docker.errors.DockerException):
-                client.images.remove(image.id, force=True, noprune=False)
+                client.images.remove(image.id, force=False, noprune=False)
                 removed += 1
     return removed
 
