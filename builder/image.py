@@ -5,20 +5,26 @@ runner, ``release.json``), then an image is built from a generated Dockerfile::
 
     FROM <CREWSHIP_BASE_IMAGE>                     base (python3 and venv inside)
     user crew (uid 10001), the host's CA bundle, uv (the server's own binary)
-    COPY pyproject.toml uv.lock; RUN uv sync ...   the dependency layer: depends ONLY on
-                                                   those two files (and the base), so a
-                                                   code-only push finds it in the cache
+    COPY pyproject.toml uv.lock; RUN uv sync ...   stage ``deps``: depends ONLY on those two
+                                                   files (and the base), so a code-only push
+                                                   finds it in the cache
+    FROM <base>; user crew; CA                     the final stage:
+    COPY --from=deps /app/.venv                    the environment, without the build args
     COPY app/ /app/; COPY crewship_runner.py       the code layer
     USER crew
 
 The build runs with host networking so uv reaches the package index the host uses; the
 host's index settings (``UV_*`` variables, pip config) go in as build args and its CA
 bundle (``SSL_CERT_FILE`` / pip's ``cert``) is copied in, as a build behind a corporate
-proxy needs. uv is the server's own binary (the one that validated the lockfile), so
-no download is needed to get it. The image is tagged ``crewship/APP:vN``, labelled
-``crewship.app``, ``crewship.release``, ``crewship.commit``; its id goes into
-``release.json`` (``image``). Images follow the release directories: when a build is
-pruned (keep the last 5) its image goes too, and so do the dangling layers.
+proxy needs. Only the ``deps`` stage sees the build args, so an index URL's password is
+never in the final image's history; when one carries credentials, the ``deps`` stage
+images (whose history records the args) are removed after the build, so no image keeps
+them (the price: dependencies install again on each build). uv is the server's own
+binary (the one that validated the lockfile), so no download is needed to get it. The
+image is tagged ``crewship/APP:vN``, labelled ``crewship.app``, ``crewship.release``,
+``crewship.commit``; its id goes into ``release.json`` (``image``). Images follow the
+release directories: when a build is pruned (keep the last 5) its image goes too, and so
+do the dangling layers.
 
     BuildError
     ├── DockerUnavailableError   no Docker daemon answers (what to start)
@@ -40,6 +46,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import docker.errors
@@ -69,6 +76,7 @@ IMAGE_HOME = "/home/crew"
 IMAGE_UID = 10001
 BUILD_TIMEOUT = 1800.0
 MANAGED_LABEL = "crewship.managed"
+DEPS_LABEL = "crewship.deps"   # the dependency stage (the build cache of the environment)
 MKIMAGE_HINT = ("mmdebstrap --variant=apt --include=python3,python3-venv,ca-certificates "
                 "bookworm - | docker import - crewship-base:bookworm")
 INDEX_VARS = ("UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "UV_INDEX",
@@ -159,10 +167,28 @@ def ca_bundle(env: dict[str, str] | None = None) -> Path | None:
 # ---- the Dockerfile ---------------------------------------------------------------------
 
 
-def dockerfile(base: str, *, with_ca: bool, args: AbstractSet[str]) -> str:
-    """The generated Dockerfile: base, user, CA, uv, dependency layer, code layer."""
+def dockerfile(base: str, *, with_ca: bool, args: AbstractSet[str], deps_key: str = "") -> str:
+    """The generated Dockerfile: a ``deps`` stage that installs the environment (the only
+    place the index settings go in), and a final stage that copies the environment, the
+    code and the runner, so no build arg (an index URL may carry a password) is in the
+    final image's history."""
     ca = "/etc/crewship/ca-bundle.crt"
-    lines = [
+    ca_lines = [f"COPY ca-bundle.crt {ca}",
+                f"ENV SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca} PIP_CERT={ca}"] if with_ca else []
+    deps = [
+        f"FROM {base} AS deps",
+        f'LABEL {DEPS_LABEL}="{deps_key or "true"}"',
+        *ca_lines,
+        "COPY uv /usr/local/bin/uv",
+        *[f"ARG {name}" for name in sorted(args) if name not in PROXY_VARS],
+        f"ENV UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT={IMAGE_VENV} UV_LINK_MODE=copy "
+        "UV_NO_PROGRESS=1",
+        f"WORKDIR {IMAGE_APP_DIR}",
+        f"COPY deps/pyproject.toml deps/uv.lock {IMAGE_APP_DIR}/",
+        "RUN uv sync --frozen --no-install-project --no-dev --compile-bytecode --no-cache "
+        "--python python3",
+    ]
+    final = [
         f"FROM {base}",
         f'LABEL {MANAGED_LABEL}="true"',
         f"RUN (command -v useradd >/dev/null && useradd --uid {IMAGE_UID} --user-group "
@@ -170,30 +196,34 @@ def dockerfile(base: str, *, with_ca: bool, args: AbstractSet[str]) -> str:
         f"(echo 'crew:x:{IMAGE_UID}:{IMAGE_UID}::{IMAGE_HOME}:/bin/sh' >> /etc/passwd && "
         f"echo 'crew:x:{IMAGE_UID}:' >> /etc/group && mkdir -p {IMAGE_HOME} && "
         f"chown {IMAGE_UID}:{IMAGE_UID} {IMAGE_HOME})",
-    ]
-    if with_ca:
-        lines += [f"COPY ca-bundle.crt {ca}",
-                  f"ENV SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca} PIP_CERT={ca}"]
-    lines += ["COPY uv /usr/local/bin/uv"]
-    lines += [f"ARG {name}" for name in sorted(args) if name not in PROXY_VARS]
-    lines += [
-        f"ENV UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT={IMAGE_VENV} UV_LINK_MODE=copy "
-        "UV_NO_PROGRESS=1",
+        *ca_lines,
         f"WORKDIR {IMAGE_APP_DIR}",
-        f"COPY deps/pyproject.toml deps/uv.lock {IMAGE_APP_DIR}/",
-        "RUN uv sync --frozen --no-install-project --no-dev --compile-bytecode --no-cache "
-        "--python python3",
+        f"COPY --from=deps {IMAGE_VENV} {IMAGE_VENV}",
         f"COPY app/ {IMAGE_APP_DIR}/",
         f"COPY {RUNNER_FILE} {IMAGE_APP_DIR}/{RUNNER_FILE}",
         f"ENV PATH={IMAGE_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
         f"HOME={IMAGE_HOME} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1",
         f"USER {IMAGE_UID}:{IMAGE_UID}",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*deps, "", *final]) + "\n"
+
+
+def secret_values(args: dict[str, str]) -> list[str]:
+    """The passwords (and tokens) in the build args' URLs: what no image may keep."""
+    found: list[str] = []
+    for name, value in args.items():
+        if name in PROXY_VARS:
+            continue  # docker never records the predefined proxy args in an image
+        for url in value.split():
+            with contextlib.suppress(ValueError):
+                parts = urlsplit(url)
+                found += [v for v in (parts.password, parts.username if parts.password is None
+                                      else None) if v]
+    return found
 
 
 def write_context(ctx: Path, release_work: Path, base: str, uv: str,
-                  args: AbstractSet[str], ca: Path | None) -> None:
+                  args: AbstractSet[str], ca: Path | None, deps_key: str = "") -> None:
     """The build context: Dockerfile, uv, the CA bundle, deps/ (lock only), app/, runner."""
     ctx.mkdir(parents=True)
     (ctx / "deps").mkdir()
@@ -207,7 +237,8 @@ def write_context(ctx: Path, release_work: Path, base: str, uv: str,
         shutil.copyfile(ca, ctx / "ca-bundle.crt")
         (ctx / "ca-bundle.crt").chmod(0o644)
     _normalize_modes(ctx)
-    (ctx / "Dockerfile").write_text(dockerfile(base, with_ca=ca is not None, args=args))
+    (ctx / "Dockerfile").write_text(dockerfile(base, with_ca=ca is not None, args=args,
+                                               deps_key=deps_key))
 
 
 def _normalize_modes(root: Path) -> None:
@@ -338,6 +369,21 @@ async def build_image(client: docker.DockerClient, ctx: Path, tag: str, labels: 
     return progress
 
 
+def forget_secrets(client: docker.DockerClient, secrets: list[str]) -> int:
+    """Remove the dependency-stage images whose history records one of ``secrets``."""
+    removed = 0
+    for image in client.images.list(all=True, filters={"label": DEPS_LABEL}):
+        try:
+            history = " ".join(str(h.get("CreatedBy") or "") for h in image.history())
+        except docker.errors.DockerException:
+            continue
+        if any(secret in history for secret in secrets):
+            with contextlib.suppress(docker.errors.DockerException):
+                client.images.remove(image.id, force=False, noprune=False)
+                removed += 1
+    return removed
+
+
 # ---- the builder --------------------------------------------------------------------------
 
 
@@ -373,7 +419,8 @@ class ImageBuilder(ReleaseBuilder):
                           Interpreter(self.base_image, "", self.base_image, self.base_image))
             self._place_runner(work)
             report.step(f"Building image crewship/{app}:v{version} (base {self.base_image})")
-            progress = await self._build(client, app, version, commit, work, report)
+            progress = await self._build(client, app, version, commit, work, report,
+                                         deps_key=f"image-{key}")
             env = EnvRef(f"image-{key}", Path(IMAGE_VENV), Path(IMAGE_VENV) / "bin" / "python",
                          progress.python or "image", cache_hit=bool(progress.deps_cached))
             self._assemble(app, version, commit, work, env, info, image=progress.image_id)
@@ -401,18 +448,24 @@ class ImageBuilder(ReleaseBuilder):
                                          f"{dockerd.DOCKERD_HINT}") from exc
 
     async def _build(self, client: docker.DockerClient, app: str, version: int, commit: str,
-                     work: Path, report: Reporter) -> BuildProgress:
+                     work: Path, report: Reporter, deps_key: str = "") -> BuildProgress:
         args = build_args()
         ctx = self.layout.tmp / f"context-{app}-v{version}-{uuid.uuid4().hex[:8]}"
         try:
             await asyncio.to_thread(write_context, ctx, work, self.base_image, self.envs.uv,
-                                    set(args), ca_bundle())
+                                    set(args), ca_bundle(), deps_key)
             labels = {"crewship.app": app, "crewship.release": str(version),
                       "crewship.commit": commit}
             progress = await build_image(client, ctx, f"crewship/{app}:v{version}", labels,
                                          args, report, self.no_cache)
         finally:
             await asyncio.to_thread(shutil.rmtree, ctx, True)
+            if secrets := secret_values(args):
+                removed = await asyncio.to_thread(forget_secrets, client, secrets)
+                if removed:
+                    report.info("the package index URL carries credentials: the dependency "
+                                "stage is not kept in any image (dependencies install again "
+                                "on each build)")
         log.info("image_built", app=app, release=version, image=progress.image_id,
                  deps_cached=progress.deps_cached)
         return progress
@@ -448,7 +501,18 @@ class ImageBuilder(ReleaseBuilder):
         if self._building == 0:  # another app's build would lose the layers it stands on
             with contextlib.suppress(docker.errors.DockerException):
                 client.images.prune(filters={"dangling": True, "label": MANAGED_LABEL})
+                self._gc_deps(client)
         return removed
+
+    def _gc_deps(self, client: docker.DockerClient) -> None:
+        """Dependency-stage images (the environment cache) no kept release of any app uses."""
+        used = set()
+        for meta in self.layout.releases.glob("*/v*/" + RELEASE_FILE):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                used.add(str(json.loads(meta.read_text())["env_key"]))
+        for image in client.images.list(filters={"label": DEPS_LABEL}):
+            if image.labels.get(DEPS_LABEL) not in used and not image.tags:
+                self._remove_image(client, image.id)
 
     @staticmethod
     def _remove_image(client: docker.DockerClient, image: str) -> bool:

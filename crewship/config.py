@@ -7,6 +7,10 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crewship.urls import Policy
 
 RUNTIMES = ("process", "docker", "swarm")
 
@@ -43,6 +47,9 @@ class Settings:
     deploy_concurrency: int = 0
     # Log where the event loop was stuck whenever it answers later than this (0: off).
     loop_watchdog: float = 0.0
+    # Outbound URLs (crewship/urls.py): private/loopback targets and local clone paths.
+    allow_private_urls: bool = False
+    allow_local_clone: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -77,15 +84,26 @@ class Settings:
     def git_url(self, app: str) -> str:
         return f"ssh://git@{self.url_host}:{self.ssh_port}/{app}.git"
 
+    def url_policy(self) -> Policy:
+        """What outbound URLs may reach (webhooks, alerts, clone URLs)."""
+        from crewship.urls import Policy
 
-def _flag(value: str) -> bool:
-    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``."""
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
+        return Policy(allow_private=self.allow_private_urls,
+                      allow_local_clone=self.allow_local_clone,
+                      own_ports=frozenset({self.ssh_port, self.http_port}),
+                      own_hosts=frozenset({self.host, self.url_host}))
+
+
+def parse_flag(value: str) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off`` (ValueError otherwise)."""
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
         return True
-    if lowered in ("0", "false", "no", "off"):
+    if text in ("0", "false", "no", "off"):
         return False
     raise ValueError(value)
+
+
 
 _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_DATA_DIR": ("data_dir", Path),
@@ -107,9 +125,11 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_CRASH_LIMIT": ("crash_limit", int),
     "CREWSHIP_CRASH_WINDOW": ("crash_window", float),
     "CREWSHIP_RESTART_DELAY": ("restart_delay", float),
-    "CREWSHIP_INSECURE_NO_SANDBOX": ("insecure_no_sandbox", _flag),
+    "CREWSHIP_INSECURE_NO_SANDBOX": ("insecure_no_sandbox", parse_flag),
     "CREWSHIP_LOOP_WATCHDOG": ("loop_watchdog", float),
     "CREWSHIP_DEPLOY_CONCURRENCY": ("deploy_concurrency", int),
+    "CREWSHIP_ALLOW_PRIVATE_URLS": ("allow_private_urls", parse_flag),
+    "CREWSHIP_ALLOW_LOCAL_CLONE": ("allow_local_clone", parse_flag),
 }
 
 

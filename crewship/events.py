@@ -44,6 +44,17 @@ class KickoffFinished:
     webhooks: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class WebhookDue:
+    """A task or step webhook a running kickoff produced, to deliver to ``url`` (C.7)."""
+
+    app: str
+    kickoff_id: str
+    kind: str                  # task | step
+    url: str
+    body: dict[str, Any]
+
+
 EventSink = Callable[[object], None]
 
 

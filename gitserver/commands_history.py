@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 from crewship.errors import InvalidInputError
@@ -57,7 +58,8 @@ def _add_args(p: ArgumentParser) -> None:
 
 @command("alerts:add", "POST JSON alerts about an app to URL", _add_args)
 async def alerts_add(ctx: Context, args: argparse.Namespace) -> int:
-    alert = ctx.platform.monitoring.add_alert(ctx.user, args.app, args.url, args.events)
+    alert = await asyncio.to_thread(ctx.platform.monitoring.add_alert, ctx.user, args.app,
+                                    args.url, args.events)
     ctx.out(f"alert {alert.id}: {', '.join(alert.events)} -> {alert.url}")
     return 0
 

@@ -1,4 +1,5 @@
-"""SSH commands for live apps: status, logs, config, config:set/unset, tokens, kickoff."""
+"""SSH commands for live apps: status, logs, config, config:set/unset/purge-history, tokens,
+kickoff."""
 
 from __future__ import annotations
 
@@ -118,6 +119,19 @@ async def config_unset(ctx: Context, args: argparse.Namespace) -> int:
     changes = {key: "" for key in args.keys}
     await ctx.platform.ops.config_set(ctx.user, args.app, changes, ctx.reporter(), unset=True,
                                   restart=not args.no_restart)
+    return 0
+
+
+def _purge_args(p: ArgumentParser) -> None:
+    app_arg(p)
+    p.add_argument("key", metavar="KEY", help="a config var already removed with config:unset")
+
+
+@command("config:purge-history", "remove an unset config var from every stored release "
+         "(app admin; a rollback to those releases is then refused)", _purge_args)
+async def config_purge_history(ctx: Context, args: argparse.Namespace) -> int:
+    await ctx.platform.lifecycle.purge_config_history(ctx.user, args.app, args.key,
+                                                      ctx.reporter())
     return 0
 
 

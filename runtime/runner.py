@@ -10,8 +10,9 @@ starts it with the release's own interpreter (which has crewai, the daemon never
 Standard library only (crewai is imported lazily), Python 3.10+. The crew is loaded
 before the port is bound, so a crew that cannot load exits non-zero with its traceback.
 HTTP API (JSON bodies): ``GET /healthz``, ``GET /inputs``, ``POST /runs`` (blocks until
-the run ends; ``{"kickoff_id", "inputs", "webhooks": {"task", "step"}, "meta"}``: the
-runner POSTs CrewAI's task and step webhooks itself), ``GET /runs/{id}``,
+the run ends; ``{"kickoff_id", "inputs", "webhooks": {"task": true, "step": true}, "meta"}``:
+the runner records CrewAI's task and step webhook bodies, the daemon delivers them),
+``GET /runs/{id}[?after=N]`` (with ``after``: the webhook bodies from number N on),
 ``POST /runs/{id}/stop``. SIGTERM/SIGINT: refuse new
 runs (503), let running ones finish, exit 0. Every output line is written as
 ``<ISO-8601 UTC ms>Z [<instance>] <text>`` to the inherited stdout/stderr.
@@ -25,15 +26,12 @@ import importlib
 import inspect
 import json
 import os
-import queue
 import re
 import signal
 import sys
 import threading
 import time
 import traceback
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -50,8 +48,7 @@ TELEMETRY_ENV = {
 }
 FINISHED_KEPT = 1000
 TEXT_LIMIT = 2000
-WEBHOOK_DELAYS = (0.5, 1.0, 2.0)  # between the tries of one webhook POST
-WEBHOOK_TIMEOUT = 10.0
+WEBHOOK_EVENTS_KEPT = 2000  # task/step webhook bodies one run keeps for the daemon
 
 
 # ---- output: one timestamped, instance-tagged line per write ---------------------------------
@@ -239,63 +236,33 @@ def _entrypoint_project(spec: str | None) -> Project:
 
 
 # ---- task and step webhooks (crewai-protocol.md C.7) ------------------------------------------
+# The runner only records them, in order; the daemon fetches them (``GET /runs/{id}?after=N``
+# while the run goes on, and the ``POST /runs`` reply) and delivers them itself, to the
+# address it checked, with its retries. The runner never sees a webhook URL.
 
 
-def post_json(url: str, body: dict[str, Any], delays: tuple[float, ...] = WEBHOOK_DELAYS) -> bool:
-    """POST ``body``; retried after network errors, 408, 429 and 5xx. True if delivered."""
-    data = json.dumps(body, default=str).encode()
-    headers = {"Content-Type": "application/json", "User-Agent": "crewship-runner"}
-    for attempt in range(len(delays) + 1):
-        request = urllib.request.Request(url, data=data, headers=headers, method="POST")  # noqa: S310
-        try:
-            with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as resp:  # noqa: S310
-                if resp.status < 300:
-                    return True
-        except urllib.error.HTTPError as exc:
-            if exc.code < 500 and exc.code not in (408, 429):
-                return False
-        except (OSError, ValueError):
-            pass
-        if attempt < len(delays):
-            time.sleep(delays[attempt])
-    return False
+class WebhookLog:
+    """One run's task/step webhook bodies, in order, for the daemon to deliver."""
 
-
-class WebhookSender:
-    """Sends one run's task/step webhooks in order from a background thread (best effort).
-
-    The run never waits for a receiver; ``close()`` lets the thread end once the queue
-    is empty.
-    """
-
-    def __init__(self, urls: dict[str, Any], kickoff_id: str, meta: Any) -> None:
-        self.urls = {
-            kind: url
-            for kind, url in urls.items()
-            if kind in ("task", "step") and isinstance(url, str) and url.startswith(("http://", "https://"))
-        }
+    def __init__(self, kinds: Any, kickoff_id: str, meta: Any) -> None:
+        wanted = kinds if isinstance(kinds, dict) else {}
+        self.kinds = {kind for kind in wanted if kind in ("task", "step")}
         self.kickoff_id = kickoff_id
         self.meta = meta
-        self.queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
-        self.thread: threading.Thread | None = None
+        self.events: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
 
     def send(self, kind: str, payload: dict[str, Any]) -> None:
-        url = self.urls.get(kind)
-        if not url:
+        if kind not in self.kinds:
             return
-        if self.thread is None:
-            name = f"hooks-{self.kickoff_id[:8]}"
-            self.thread = threading.Thread(target=self._work, name=name, daemon=True)
-            self.thread.start()
-        self.queue.put((url, {**payload, "kickoff_id": self.kickoff_id, "meta": self.meta}))
+        body = {**payload, "kickoff_id": self.kickoff_id, "meta": self.meta}
+        with self.lock:
+            if len(self.events) < WEBHOOK_EVENTS_KEPT:
+                self.events.append({"kind": kind, "body": body})
 
-    def close(self) -> None:
-        self.queue.put(None)
-
-    def _work(self) -> None:
-        while (item := self.queue.get()) is not None:
-            if not post_json(*item):
-                say(f"kickoff {self.kickoff_id}: a webhook could not be delivered")
+    def since(self, count: int) -> list[dict[str, Any]]:
+        with self.lock:
+            return self.events[max(0, count):]
 
 
 _STEP_RUNS: dict[str, Run] = {}  # crewAI task id -> the run executing it (step webhooks)
@@ -323,7 +290,7 @@ def _final_step(event: Any) -> dict[str, Any] | None:
 
 def watch_final_answers(run: Run, tasks: list[Any]) -> None:
     """Send a step webhook for each ReAct final answer of ``tasks`` (crewAI's event bus)."""
-    if run.webhooks is None or "step" not in run.webhooks.urls:
+    if run.webhooks is None or "step" not in run.webhooks.kinds:
         return
     if not _STEP_LISTENER:
         from crewai.events import crewai_event_bus
@@ -387,7 +354,7 @@ class Run:
         self.task_times: list[float] = []
         self.outcome: dict[str, Any] = {}
         self.finished = threading.Event()
-        self.webhooks: WebhookSender | None = None
+        self.webhooks: WebhookLog | None = None
         self.task_ids: list[str] = []  # watched for step webhooks
 
     def elapsed(self) -> float:
@@ -493,7 +460,7 @@ class Runner:
             return sum(1 for r in self.runs.values() if r.state == "RUNNING")
 
     def start(
-        self, kickoff_id: str, inputs: dict[str, Any], webhooks: WebhookSender | None = None
+        self, kickoff_id: str, inputs: dict[str, Any], webhooks: WebhookLog | None = None
     ) -> Run | None:
         with self.lock:
             if kickoff_id in self.runs:
@@ -545,8 +512,6 @@ class Runner:
                 return
             run.state = outcome["state"]
             run.outcome = outcome
-        if run.webhooks is not None:
-            run.webhooks.close()
         for task_id in run.task_ids:
             _STEP_RUNS.pop(task_id, None)
         run.finished.set()
@@ -564,6 +529,14 @@ class Runner:
             }
         self.finish(run, {"state": "REVOKED", "error": "stopped", "execution_time": run.elapsed()})
         return 200, {"kickoff_id": kickoff_id, "state": "REVOKED"}
+
+
+def _with_webhooks(run: Run, after: int | None) -> dict[str, Any]:
+    """A run's status, plus its webhook bodies from number ``after`` on (when asked)."""
+    body = run.status()
+    if after is not None and run.webhooks is not None:
+        body["webhook_events"] = run.webhooks.since(after)
+    return body
 
 
 def _not_found(kickoff_id: str) -> dict[str, Any]:
@@ -612,10 +585,11 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, {"inputs": runner.project.inputs})
         elif match and not match.group(2):
             run = runner.runs.get(match.group(1))
+            after = re.search(r"(?:^|&)after=(\d{1,9})(?:&|$)", self.path.partition("?")[2])
             if run is None:
                 self.reply(404, _not_found(match.group(1)))
             else:
-                self.reply(200, run.status())
+                self.reply(200, _with_webhooks(run, int(after.group(1)) if after else None))
         else:
             self.reply(404, {"error": "Not Found", "message": f"no route GET {path}"})
 
@@ -645,13 +619,13 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(503, {"error": "Service Unavailable", "message": "runner is stopping"})
             return
         hooks = body.get("webhooks")
-        sender = WebhookSender(hooks, kickoff_id, body.get("meta")) if isinstance(hooks, dict) else None
-        run = runner.start(kickoff_id, inputs, sender)
+        log = WebhookLog(hooks, kickoff_id, body.get("meta")) if isinstance(hooks, dict) else None
+        run = runner.start(kickoff_id, inputs, log)
         if run is None:
             self.reply(409, {"error": "Conflict", "message": f"kickoff {kickoff_id} exists"})
             return
         run.finished.wait()
-        self.reply(200, run.status())
+        self.reply(200, _with_webhooks(run, 0))
 
 
 class RunnerServer(ThreadingHTTPServer):

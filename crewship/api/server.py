@@ -16,6 +16,7 @@ from starlette.responses import Response
 from crewship import log
 from crewship.api import crew, dashboard, plus, telemetry
 from crewship.api.errors import from_exception
+from crewship.errors import CrewshipError
 from crewship.service.platform import Platform
 
 logger = log.get("crewship.http")
@@ -23,7 +24,9 @@ logger = log.get("crewship.http")
 
 def create_app(platform: Platform) -> Starlette:
     app = Starlette(routes=[*dashboard.routes, *crew.routes, *plus.routes, *telemetry.routes],
-                    exception_handlers={Exception: from_exception})
+                    # CrewshipError first: answered in place (a handler for Exception alone
+                    # runs in ServerErrorMiddleware, which re-raises and drops the connection).
+                    exception_handlers={CrewshipError: from_exception, Exception: from_exception})
     app.state.platform = platform
 
     app.add_middleware(BaseHTTPMiddleware, dispatch=access_log)

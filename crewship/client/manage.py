@@ -57,6 +57,12 @@ def config_unset(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def config_purge_history(client: Client, args: argparse.Namespace) -> int:
+    validate_config_key(args.key)
+    client.remote(["config:purge-history", client.app_name(args.uuid), args.key])
+    return 0
+
+
 def releases(client: Client, args: argparse.Namespace) -> int:
     client.remote(["releases", client.app_name(args.uuid), *_json_flag(args)])
     return 0

@@ -70,6 +70,10 @@ def _config(sub: Subparsers) -> None:
     _uuid(p)
     p.add_argument("keys", nargs="+", metavar="KEY")
     p.add_argument("--no-restart", action="store_true", help="store only; apply on next deploy")
+    p = _cmd(csub, "purge-history", manage.config_purge_history,
+             "remove an unset (leaked) config var from every stored release")
+    _uuid(p)
+    p.add_argument("key", metavar="KEY")
 
 
 def _keys(sub: Subparsers) -> None:

@@ -24,7 +24,7 @@ from crewship.errors import (
     NotFoundError,
     UnavailableError,
 )
-from crewship.events import EventSink, KickoffFinished, ignore
+from crewship.events import EventSink, KickoffFinished, WebhookDue, ignore
 from crewship.model import App
 from crewship.store.state import Database, now
 from runtime.events import Endpoint
@@ -144,10 +144,11 @@ class KickoffService:
                         kickoff_id, app.id, app.live_release, encoded,
                         json.dumps(meta) if meta else None, _dump(webhooks or None), now())
         run = {"kickoff_id": kickoff_id, "inputs": inputs}
-        if webhooks and (webhooks.keys() & {"task", "step"}):  # the runner posts these (C.7)
-            run["webhooks"] = {k: v for k, v in webhooks.items() if k in ("task", "step")}
+        relayed = {k: v for k, v in (webhooks or {}).items() if k in ("task", "step")}
+        if relayed:  # the runner records them; this service relays them to telemetry (C.7)
+            run["webhooks"] = {k: True for k in relayed}
             run["meta"] = meta
-        task = asyncio.create_task(self._run(app, kickoff_id, run))
+        task = asyncio.create_task(self._run(app, kickoff_id, run, relayed))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         logger.info("kickoff_received", app=app.name, kickoff_id=kickoff_id)
@@ -157,7 +158,8 @@ class KickoffService:
         endpoints = self._endpoints(app)
         return min(endpoints, key=lambda e: self._busy.get(e.instance_id, 0))
 
-    async def _run(self, app: App, kickoff_id: str, run: dict[str, Any]) -> None:
+    async def _run(self, app: App, kickoff_id: str, run: dict[str, Any],
+                   webhooks: dict[str, str]) -> None:
         try:
             endpoint = self._least_busy(app)
         except UnavailableError as exc:
@@ -170,6 +172,8 @@ class KickoffService:
                         "started_at = ? WHERE id = ? AND state = 'PENDING'",
                         name, release, now(), kickoff_id)
         self._busy[name] = self._busy.get(name, 0) + 1
+        relay = WebhookRelay(app.name, kickoff_id, webhooks, self.on_event)
+        polling = asyncio.create_task(self._poll_webhooks(endpoint, relay)) if webhooks else None
         try:
             resp = await self.client.post(f"{_base(endpoint)}/runs", json=run)
             result = resp.json()
@@ -178,9 +182,25 @@ class KickoffService:
                       "error": f"instance {name} stopped during the run ({type(exc).__name__})"}
         finally:
             self._busy[name] -= 1
+            if polling is not None:
+                polling.cancel()
+                await asyncio.gather(polling, return_exceptions=True)
+        relay.take(result.get("webhook_events"), start=0)
         self._finish(kickoff_id, result)
         logger.info("kickoff_finished", app=app.name, kickoff_id=kickoff_id,
                     state=result.get("state"), duration_s=result.get("execution_time"))
+
+    async def _poll_webhooks(self, endpoint: Endpoint, relay: WebhookRelay) -> None:
+        """While the run goes on: fetch the task/step webhooks it recorded since the last look."""
+        url = f"{_base(endpoint)}/runs/{relay.kickoff_id}"
+        while True:
+            await asyncio.sleep(WEBHOOK_POLL_INTERVAL)
+            try:
+                resp = await self.client.get(url, params={"after": relay.seen}, timeout=5.0)
+                events = resp.json().get("webhook_events") if resp.status_code == 200 else None
+            except (httpx.HTTPError, ValueError, AttributeError):
+                continue
+            relay.take(events, start=relay.seen)
 
     def _finish(self, kickoff_id: str, result: dict[str, Any]) -> None:
         row = self.db.one("SELECT kickoffs.*, apps.name AS app_name FROM kickoffs JOIN apps "
@@ -239,6 +259,30 @@ class KickoffService:
 
 
 _RELEASE_IN_ID = re.compile(r"-v(\d+)\.\d+-")
+WEBHOOK_POLL_INTERVAL = 1.0
+
+
+class WebhookRelay:
+    """Turns the webhook bodies a runner recorded into ``WebhookDue`` events, each once.
+
+    The runner numbers them from 0; ``seen`` counts those already relayed, so the polls
+    (``start=seen``) and the final reply (``start=0``: all of them) never repeat one.
+    The URLs stay here: the runner (the crew's own process) never sees them.
+    """
+
+    def __init__(self, app: str, kickoff_id: str, urls: dict[str, str], sink: EventSink) -> None:
+        self.app, self.kickoff_id, self.urls, self.sink = app, kickoff_id, urls, sink
+        self.seen = 0
+
+    def take(self, events: Any, *, start: int) -> None:
+        if not self.urls or not isinstance(events, list):
+            return
+        for event in events[max(0, self.seen - start):]:
+            self.seen += 1
+            kind = event.get("kind") if isinstance(event, dict) else None
+            body = event.get("body") if isinstance(event, dict) else None
+            if isinstance(kind, str) and kind in self.urls and isinstance(body, dict):
+                self.sink(WebhookDue(self.app, self.kickoff_id, kind, self.urls[kind], body))
 
 
 def _base(endpoint: Endpoint) -> str:

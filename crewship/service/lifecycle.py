@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crewship import log
 from crewship.errors import ConflictError, InvalidInputError, NotFoundError
-from crewship.model import AccessLevel, User
+from crewship.model import AccessLevel, User, validate_config_key
 from crewship.reporter import Reporter
 from crewship.store.releases import Release, rollback_target
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from crewship.service.access import AppAccess, Engine
     from crewship.store.apps import AppStore
     from crewship.store.releases import ConfigStore, ReleaseStore
+
+logger = log.get("crewship.service.lifecycle")
 
 MAX_SCALE = 10
 
@@ -35,7 +38,7 @@ def release_info(release: Release, live: int | None, available: bool) -> dict[st
         "status": release.status, "live": release.version == live,
         "description": release.description, "error": release.error,
         "build": Path(release.artifact).name if release.artifact else None,
-        "build_available": available,
+        "build_available": available, "purged_keys": list(release.purged),
     }
 
 
@@ -74,6 +77,12 @@ class Lifecycle:
         async with deployer.locked(app, caller.name, what, report):
             fresh = self.apps_store.get(app.name) or app
             target = rollback_target(self.releases.all(fresh), fresh.live_release, version)
+            if target.purged:
+                raise ConflictError(
+                    f"v{target.version} had {', '.join(target.purged)} removed from its config by "
+                    f"config:purge-history, so it cannot be restored as it was: set the "
+                    f"value(s) again and deploy, or roll back to another release "
+                    f"(see 'releases {name}')")
             if not build_available(target):
                 raise NotFoundError(
                     f"v{target.version}'s build was removed (crewship keeps the last 5 builds "
@@ -87,6 +96,35 @@ class Lifecycle:
                 report=report, description=f"Rollback to v{target.version}")
             self.config_store.replace(fresh, target.config)
             return release
+
+    # ------------------------------------------------------------ purge history
+    async def purge_config_history(self, caller: User, name: str, key: str,
+                                   report: Reporter) -> list[int]:
+        """Remove config ``key`` (already unset) from every stored release snapshot.
+
+        For a leaked secret: after ``config:unset`` no earlier release keeps it, and a
+        rollback to one of them refuses (``Release.purged``) instead of restoring it.
+        """
+        app = self.access.app_for(caller, name, AccessLevel.ADMIN)
+        validate_config_key(key)
+        deployer = self.engine.require_deployer()
+        async with deployer.locked(app, caller.name, "config:purge-history", report):
+            fresh = self.apps_store.get(app.name) or app
+            if key in self.config_store.get(fresh):
+                raise ConflictError(f"{name} still has {key} set: run 'config:unset {name} {key}' "
+                                    "first, then purge it from the history")
+            versions = list(self.releases.purge_key(fresh, key))
+            logger.info("config_history_purged", app=name, user=caller.name, key=key,
+                        releases=len(versions))
+            if not versions:
+                report.done(f"no stored release of {name} has {key}: nothing to purge")
+                return versions
+            report.done(f"removed {key} from {len(versions)} release(s): "
+                        f"{', '.join(f'v{v}' for v in versions)}; rolling back to them is refused")
+            if fresh.live_release in versions:
+                report.info(f"the live v{fresh.live_release} still runs with {key} in its "
+                            f"environment until 'restart {name}'")
+            return versions
 
     # ------------------------------------------------------------------ restart
     async def restart(self, caller: User, name: str, report: Reporter) -> Release:

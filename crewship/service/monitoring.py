@@ -6,13 +6,15 @@ so the SSH commands and the HTTP routes reach the same checks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from crewship import log
 from crewship.model import AccessLevel, App, User
 from crewship.store.alerts import Alert, AlertStore, parse_events
 from crewship.store.history import parse_limit, parse_state
+from crewship.urls import Policy, check_url, masked
 
 if TYPE_CHECKING:
     from crewship.service.access import AppAccess, Engine
@@ -32,6 +34,7 @@ class Monitoring:
     access: AppAccess
     engine: Engine
     alerts: AlertStore
+    policy: Policy = field(default_factory=Policy)
 
     # ------------------------------------------------------------------ history
     def kickoff_history(self, caller: User, name: str, *, limit: int | str | None = 20,
@@ -47,12 +50,20 @@ class Monitoring:
         return [{k: row.get(k) for k in HISTORY_FIELDS} for row in rows]
 
     # ------------------------------------------------------------------- alerts
+    def _shown(self, caller: User, app: App, alert: Alert) -> Alert:
+        """Alert URLs in full only to the app's admins (a URL may hold a secret)."""
+        if self.access.level(caller, app) >= AccessLevel.ADMIN:
+            return alert
+        return dataclasses.replace(alert, url=masked(alert.url))
+
     def alert_receivers(self, caller: User, name: str) -> list[Alert]:
         app = self.access.app_for(caller, name, AccessLevel.READ)
-        return self.alerts.all(app.name)
+        return [self._shown(caller, app, a) for a in self.alerts.all(app.name)]
 
     def add_alert(self, caller: User, name: str, url: str, events: str | None = None) -> Alert:
+        """Check the receiver (resolving its host: blocking) and store it."""
         app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
+        check_url(url, "the alert URL", self.policy)
         alert = self.alerts.add(app, url, parse_events(events), caller.name)
         logger.info("alert_added", app=app.name, user=caller.name, alert_id=alert.id,
                     events=list(alert.events))
@@ -62,4 +73,4 @@ class Monitoring:
         app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
         alert = self.alerts.remove(app, alert_id)
         logger.info("alert_removed", app=app.name, user=caller.name, alert_id=alert_id)
-        return alert
+        return self._shown(caller, app, alert)

@@ -5,6 +5,11 @@ delivery runs as a task of the daemon's loop. Network errors, 408, 429 and 5xx a
 retried (``attempts`` in all, waiting ``base_delay`` doubling up to ``max_delay``);
 any other status is final. Only the receiver's host is logged: a URL may carry a
 secret in its path or query.
+
+Every request goes through ``crewship.urls.PinnedTransport``: the receiver's name is
+resolved once per attempt, refused when it is loopback, private, link-local, ... (unless
+the operator allows private targets), and the connection goes to the checked address.
+A refused receiver is not retried.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 import httpx
 
 from crewship import log
-from crewship.urls import host_of
+from crewship.urls import PinnedTransport, Policy, URLRefusedError, host_of
 
 logger = log.get("crewship.service.notify")
 
@@ -32,10 +37,11 @@ Done = Callable[[bool], None]
 
 
 class Deliverer:
-    def __init__(self, client: httpx.AsyncClient | None = None, *, attempts: int = 5,
+    def __init__(self, policy: Policy | None = None, *, attempts: int = 5,
                  base_delay: float = 0.5, max_delay: float = 30.0,
                  timeout: float = 10.0) -> None:
-        self.client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        self.client = httpx.AsyncClient(timeout=timeout, follow_redirects=False,
+                                        transport=PinnedTransport(policy or Policy()))
         self.delays = retry_delays(attempts, base_delay, max_delay)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -53,6 +59,11 @@ class Deliverer:
         for attempt, delay in enumerate([*self.delays, None], start=1):
             try:
                 resp = await self.client.post(url, json=body)
+            except URLRefusedError as exc:
+                logger.warning("delivery_refused", what=what, receiver=host_of(url),
+                               reason=str(exc))
+                error = "refused"
+                break
             except httpx.HTTPError as exc:
                 error = type(exc).__name__
             else:

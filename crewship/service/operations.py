@@ -17,6 +17,7 @@ from crewship.errors import InvalidInputError, NotFoundError
 from crewship.model import AccessLevel, App, User, validate_config_key
 from crewship.reporter import Reporter
 from crewship.store.releases import Release
+from crewship.urls import check_urls
 
 if TYPE_CHECKING:
     from crewship.config import Settings
@@ -159,6 +160,9 @@ class Operations:
     # ------------------------------------------------------------------ kickoffs
     async def kickoff(self, app: App, inputs: Any, meta: Any = None,
                       webhooks: dict[str, str] | None = None) -> str:
+        """Start a run; each webhook URL is checked first (a refused one is a 400, no run)."""
+        await check_urls([(f"{kind}WebhookUrl", url) for kind, url in (webhooks or {}).items()],
+                         self.settings.url_policy())
         fresh = self.apps_store.get(app.name) or app
         return await self.engine.require_kickoffs().kickoff(fresh, inputs, meta, webhooks)
 

@@ -58,7 +58,7 @@ class Platform:
                               self.config_store, self.tokens)
         self.lifecycle = Lifecycle(settings, self.checker, self.engine, self.apps_store,
                                    self.releases, self.config_store)
-        self.monitoring = Monitoring(self.checker, self.engine, self.alerts)
+        self.monitoring = Monitoring(self.checker, self.engine, self.alerts, settings.url_policy())
 
     # ----------------------------------------------------------------- identity
     def authenticate(self, fingerprint: str) -> User | None:

@@ -108,7 +108,8 @@ class PlusService:
             app = await self.platform.create_app(caller, app_name)
             try:
                 update = await self._commit(caller, app, work, "crewai deploy create (ZIP)")
-                await sources.write_source(self._repo(app), sources.Source("zip", None))
+                await sources.write_source(self._repo(app), sources.Source("zip", None),
+                                           self.platform.db.sealer)
             except BaseException:
                 await self.platform.destroy_app(caller, app.name, force=True)
                 raise
@@ -118,7 +119,7 @@ class PlusService:
                               env: dict[str, str]) -> dict[str, Any]:
         app_name = app_name_for(name)
         config = parse_env(env)
-        target = self._clone_target(url)
+        target = await self._clone_target(url)
         if target.own_app is not None and target.own_app != app_name:
             raise PlusError("repo_clone_url", f"is the git URL of app {target.own_app}, but this "
                                               f"project deploys as {app_name}: use that app's "
@@ -131,9 +132,9 @@ class PlusService:
         else:
             app = existing
             self._check_idle(app)
-        source = sources.Source("git", str(target.local_path) if target.local_path else None)
+        source = sources.Source("git", target.source_url if target.own_app is None else None)
         try:
-            await sources.write_source(self._repo(app), source)
+            await sources.write_source(self._repo(app), source, self.platform.db.sealer)
             return await self._deploy_git(caller, app, source, config)
         except BaseException:
             if existing is None:
@@ -147,12 +148,14 @@ class PlusService:
         self._check_idle(app)
         async with self._unpacked(upload) as work:
             update = await self._commit(caller, app, work, "crewai deploy push (ZIP)")
-        await sources.write_source(self._repo(app), sources.Source("zip", None))
+        await sources.write_source(self._repo(app), sources.Source("zip", None),
+                                   self.platform.db.sealer)
         return self._start(caller, app, config, update)
 
     async def redeploy(self, caller: User, app: App) -> dict[str, Any]:
         self._check_idle(app)
-        source = await sources.read_source(self._repo(app)) or sources.Source("git", None)
+        source = (await sources.read_source(self._repo(app), self.platform.db.sealer)
+                  or sources.Source("git", None))
         return await self._deploy_git(caller, app, source, {})
 
     async def _deploy_git(self, caller: User, app: App, source: sources.Source,
@@ -160,10 +163,8 @@ class PlusService:
         repo, branch = self._repo(app), self._branch(app)
         head = await sources.branch_head(repo, branch)
         if source.kind == "git" and source.clone_url:
-            path = sources.classify_clone_url(source.clone_url, self.platform.settings,
-                                              self.platform.layout.root).local_path
-            assert path is not None
-            new = await self._fetch(repo, path)
+            target = await self._clone_target(source.clone_url)  # checked again each time
+            new = await self._fetch(repo, target)
             if new != head:
                 await sources.move_ref(repo, branch, new, head)
             return self._start(caller, app, config, RefUpdate(head or ZERO_SHA, new, branch))
@@ -173,16 +174,16 @@ class PlusService:
                     "next_step": f"git push {self.platform.settings.git_url(app.name)} main"}
         return self._start(caller, app, config, RefUpdate(head, head, branch))
 
-    async def _fetch(self, repo: Path, path: Path) -> str:
+    async def _fetch(self, repo: Path, target: sources.CloneTarget) -> str:
         try:
-            return await sources.fetch_head(repo, path)
+            return await sources.fetch_head(repo, target)
         except sources.CloneURLError as exc:
             raise PlusError("repo_clone_url", str(exc)) from None
 
-    def _clone_target(self, url: str) -> sources.CloneTarget:
+    async def _clone_target(self, url: str) -> sources.CloneTarget:
         try:
-            return sources.classify_clone_url(url, self.platform.settings,
-                                              self.platform.layout.root)
+            return await asyncio.to_thread(sources.classify_clone_url, url,
+                                           self.platform.settings, self.platform.layout.root)
         except sources.CloneURLError as exc:
             raise PlusError("repo_clone_url", str(exc)) from None
 
@@ -279,7 +280,7 @@ class PlusService:
                 "git_url": self.platform.settings.git_url(app.name)}
 
     async def full_status(self, app: App) -> dict[str, Any]:
-        source = await sources.read_source(self._repo(app))
+        source = await sources.read_source(self._repo(app), self.platform.db.sealer)
         zip_source = source is not None and source.kind == "zip"
         return {**self.status(app), "source_type": "zip" if zip_source else "any_git",
                 "zip_deployment": zip_source}

@@ -3,7 +3,8 @@
 ``Telemetry.handle`` is the daemon's event sink. It takes the platform's events
 (``crewship.events``) and the supervisor's (``runtime.events``), updates the Prometheus
 metrics, raises alerts through ``AlertGate`` (one per failure, never a storm) and
-delivers the ``crewWebhookUrl`` of a finished kickoff (reference C.7). Every delivery
+delivers the kickoff webhooks (reference C.7): ``crewWebhookUrl`` when a kickoff
+finished, and the task/step webhooks the kickoff service relays from the runner. Every delivery
 runs in the background (``crewship.service.notify``): nothing here waits on a receiver.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from crewship import log
 from crewship.config import Settings
-from crewship.events import DeployFinished, KickoffFinished
+from crewship.events import DeployFinished, KickoffFinished, WebhookDue
 from crewship.service.metrics import Metrics, StateSource
 from crewship.service.notify import Deliverer
 from crewship.store.alerts import AlertGate, AlertStore
@@ -43,7 +44,7 @@ class Telemetry:
         self.settings = settings
         self.metrics = metrics
         self.alerts = alerts
-        self.deliverer = deliverer or Deliverer()
+        self.deliverer = deliverer or Deliverer(settings.url_policy())
         self.gate = gate or AlertGate()
 
     def handle(self, event: object) -> None:
@@ -51,6 +52,8 @@ class Telemetry:
             self._deploy(event)
         elif isinstance(event, KickoffFinished):
             self._kickoff(event)
+        elif isinstance(event, WebhookDue):
+            self._webhook(event.kind, event.url, event.body)
         elif isinstance(event, InstanceExited):
             self.metrics.crashes.labels(event.app).inc()
         elif isinstance(event, AppCrashed):
@@ -79,15 +82,18 @@ class Telemetry:
                                       event.token_usage)
         url = event.webhooks.get("crew")
         if url:
-            def done(ok: bool) -> None:
-                self.metrics.webhooks.labels("crew", "delivered" if ok else "failed").inc()
-            self.deliverer.post(url, crew_webhook_body(event), what="crew_webhook", done=done)
+            self._webhook("crew", url, crew_webhook_body(event))
         if event.state == "FAILURE":
             self.alert("kickoff_failed", event.app, event.release,
                        f"kickoff {event.kickoff_id} of {event.app} failed: {event.error}",
                        {"kickoff_id": event.kickoff_id, "error": event.error,
                         "execution_time": event.execution_time, "meta": event.meta},
                        key=event.kickoff_id)
+
+    def _webhook(self, kind: str, url: str, body: dict[str, Any]) -> None:
+        def done(ok: bool) -> None:
+            self.metrics.webhooks.labels(kind, "delivered" if ok else "failed").inc()
+        self.deliverer.post(url, body, what=f"{kind}_webhook", done=done)
 
     def alert(self, name: str, app: str, release: int | None, message: str,
               details: dict[str, Any], *, key: str = "") -> None:

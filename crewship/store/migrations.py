@@ -1,8 +1,26 @@
-"""Numbered schema migrations; ``PRAGMA user_version`` records the last one applied."""
+"""Numbered schema migrations; ``PRAGMA user_version`` records the last one applied.
+
+A migration is an SQL script, or a function of the open connection and the state's
+``Sealer`` (a data migration; run in one transaction).
+"""
 
 from __future__ import annotations
 
-MIGRATIONS: list[str] = [
+import sqlite3
+from collections.abc import Callable
+
+from crewship.store.sealing import Sealer, seal_existing
+
+Migration = str | Callable[[sqlite3.Connection, Sealer], None]
+
+
+def _seal_config(conn: sqlite3.Connection, sealer: Sealer) -> None:
+    """Config values at rest: seal existing rows; releases remember purged keys."""
+    conn.execute("ALTER TABLE releases ADD COLUMN purged_keys TEXT NOT NULL DEFAULT ''")
+    seal_existing(conn, sealer)
+
+
+MIGRATIONS: list[Migration] = [
     # 1: users, keys, apps, access, pushes
     """
     CREATE TABLE users (
@@ -138,4 +156,6 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE apps ADD COLUMN crashed_at TEXT;
     """,
+    # 8: config values and release config snapshots encrypted at rest (issue 11 item 3)
+    _seal_config,
 ]

@@ -2,14 +2,17 @@
 
 A release is immutable: code commit + config snapshot + artifact (a release directory
 holding the source and a pointer to its environment). Config changes and rollbacks
-make new releases that reuse an earlier artifact.
+make new releases that reuse an earlier artifact. The one exception is
+``purge_key``: a leaked config key can be removed from every stored snapshot; the
+release then remembers the key in ``purged`` and a rollback to it refuses.
+
+Config values and snapshots are sealed at rest (``crewship.store.sealing``): these
+stores seal on write and open on read, so callers only ever see plain dicts.
 """
 
 from __future__ import annotations
 
 import builtins
-import hashlib
-import json
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -35,13 +38,7 @@ class Release:
     status: str        # building | live | failed | superseded
     error: str | None
     description: str
-
-
-def config_digest(config: dict[str, str]) -> str:
-    if not config:
-        return ""
-    blob = json.dumps(config, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+    purged: tuple[str, ...] = ()   # config keys removed by config:purge-history
 
 
 VERSION_RE = re.compile(r"^v?([1-9][0-9]{0,8})$")
@@ -89,17 +86,21 @@ def rollback_target(releases: Sequence[Release], live: int | None,
     raise InvalidInputError(f"there is no release before v{current.version} to roll back to")
 
 
-def _release(row: sqlite3.Row) -> Release:
-    return Release(app_id=row["app_id"], version=row["version"], kind=row["kind"],
-                   commit=row["commit_sha"], artifact=row["artifact"],
-                   config=json.loads(row["config_json"]), config_digest=row["config_digest"],
-                   created_by=row["created_by"], created_at=row["created_at"],
-                   status=row["status"], error=row["error"], description=row["description"])
+def _purged(text: str) -> tuple[str, ...]:
+    return tuple(k for k in text.split(",") if k)
 
 
 class ReleaseStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    def _release(self, row: sqlite3.Row) -> Release:
+        return Release(app_id=row["app_id"], version=row["version"], kind=row["kind"],
+                       commit=row["commit_sha"], artifact=row["artifact"],
+                       config=self.db.sealer.open_config(row["config_json"]),
+                       config_digest=row["config_digest"], created_by=row["created_by"],
+                       created_at=row["created_at"], status=row["status"], error=row["error"],
+                       description=row["description"], purged=_purged(row["purged_keys"]))
 
     def create(self, app: App, *, kind: str, commit: str, config: dict[str, str],
                created_by: str, description: str, artifact: str | None = None) -> Release:
@@ -110,8 +111,9 @@ class ReleaseStore:
             c.execute("INSERT INTO releases (app_id, version, kind, commit_sha, artifact, "
                       "config_json, config_digest, created_by, created_at, status, description) "
                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'building', ?)",
-                      (app.id, version, kind, commit, artifact, json.dumps(config),
-                       config_digest(config), created_by, now(), description))
+                      (app.id, version, kind, commit, artifact,
+                       self.db.sealer.seal_config(config), self.db.sealer.digest(config),
+                       created_by, now(), description))
         release = self.get(app, version)
         assert release is not None
         return release
@@ -119,17 +121,17 @@ class ReleaseStore:
     def get(self, app: App, version: int) -> Release | None:
         row = self.db.one("SELECT * FROM releases WHERE app_id = ? AND version = ?",
                           app.id, version)
-        return _release(row) if row else None
+        return self._release(row) if row else None
 
     def all(self, app: App) -> list[Release]:
         rows = self.db.all("SELECT * FROM releases WHERE app_id = ? ORDER BY version DESC",
                            app.id)
-        return [_release(r) for r in rows]
+        return [self._release(r) for r in rows]
 
     def list(self, app: App, limit: int = 50) -> list[Release]:
         rows = self.db.all("SELECT * FROM releases WHERE app_id = ? ORDER BY version DESC "
                            "LIMIT ?", app.id, limit)
-        return [_release(r) for r in rows]
+        return [self._release(r) for r in rows]
 
     def set_artifact(self, app: App, version: int, artifact: str) -> None:
         self.db.execute("UPDATE releases SET artifact = ? WHERE app_id = ? AND version = ?",
@@ -146,6 +148,23 @@ class ReleaseStore:
     def mark_failed(self, app: App, version: int, error: str) -> None:
         self.db.execute("UPDATE releases SET status = 'failed', error = ? WHERE app_id = ? "
                         "AND version = ?", error[:2000], app.id, version)
+
+    def purge_key(self, app: App, key: str) -> Sequence[int]:
+        """Remove ``key`` from every stored snapshot of ``app``; the versions changed."""
+        changed: set[int] = set()
+        with self.db.tx() as c:
+            rows = c.execute("SELECT id, version, config_json, purged_keys FROM releases "
+                             "WHERE app_id = ? ORDER BY version", (app.id,)).fetchall()
+            for row in rows:
+                config = self.db.sealer.open_config(row["config_json"])
+                if key not in config:
+                    continue
+                config.pop(key)
+                purged = ",".join(sorted({*_purged(row["purged_keys"]), key}))
+                c.execute("UPDATE releases SET config_json = ?, purged_keys = ? WHERE id = ?",
+                          (self.db.sealer.seal_config(config), purged, row["id"]))
+                changed.add(int(row["version"]))
+        return sorted(changed)
 
     def fail_unfinished(self) -> builtins.list[tuple[str, int]]:
         """Releases left 'building' by a daemon that stopped mid-deploy: (app, version)."""
@@ -164,7 +183,7 @@ class ConfigStore:
 
     def get(self, app: App) -> dict[str, str]:
         rows = self.db.all("SELECT key, value FROM config WHERE app_id = ? ORDER BY key", app.id)
-        return {r["key"]: r["value"] for r in rows}
+        return {r["key"]: self.db.sealer.open(r["value"]) for r in rows}
 
     def replace(self, app: App, config: dict[str, str]) -> None:
         for key in config:
@@ -172,7 +191,7 @@ class ConfigStore:
         with self.db.tx() as c:
             c.execute("DELETE FROM config WHERE app_id = ?", (app.id,))
             c.executemany("INSERT INTO config (app_id, key, value) VALUES (?, ?, ?)",
-                          [(app.id, k, v) for k, v in sorted(config.items())])
+                          [(app.id, k, self.db.sealer.seal(v)) for k, v in sorted(config.items())])
 
 
 class TokenStore:

@@ -19,6 +19,7 @@ from typing import Any
 from crewship import log
 from crewship.errors import StorageFullError
 from crewship.store.migrations import MIGRATIONS
+from crewship.store.sealing import Sealer
 
 
 def now() -> str:
@@ -26,11 +27,16 @@ def now() -> str:
 
 
 class Database:
-    """A thread-safe SQLite connection with migrations applied on open."""
+    """A thread-safe SQLite connection with migrations applied on open.
 
-    def __init__(self, path: Path) -> None:
+    ``sealer`` encrypts config values at rest; by default its key is ``secrets.key``
+    beside the database file (the data dir), made on first open.
+    """
+
+    def __init__(self, path: Path, sealer: Sealer | None = None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.sealer = sealer or Sealer.for_dir(path.parent)
         if not path.exists():
             path.touch(mode=0o600)
         path.chmod(0o600)
@@ -47,13 +53,27 @@ class Database:
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.execute("PRAGMA busy_timeout=30000")
+        self._conn.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed, not left
         self._migrate()
 
     def _migrate(self) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        rewrote = False
+        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
             with self._lock:
-                self._conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+                if isinstance(step, str):
+                    self._conn.executescript(
+                        f"BEGIN;\n{step}\nPRAGMA user_version={number};\nCOMMIT;")
+                    continue
+                with self.tx() as conn:
+                    step(conn, self.sealer)
+                    conn.execute(f"PRAGMA user_version={number}")
+                rewrote = True
+        if rewrote:  # no old page image with a plain value stays in the file or the WAL
+            with self._lock:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._conn.execute("VACUUM")
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @property
     def schema_version(self) -> int:

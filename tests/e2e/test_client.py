@@ -404,6 +404,8 @@ def test_keys_tokens_and_config_without_a_crew(srv: CrewshipServer, tmp_path: Pa
                                    env=env)))
     assert shown == {"FIRST": "1", "SECOND": "two words"}
     assert "Unset FIRST" in ok(crewship(admin_home, project, "config", "unset", "FIRST", env=env))
+    assert "nothing to purge" in ok(crewship(admin_home, project, "config", "purge-history",
+                                             "FIRST", env=env))
     assert "Set THIRD" in ok(crewship(admin_home, project, "config", "set", "THIRD=a=b", env=env))
     shown = json.loads(ok(crewship(admin_home, project, "config", "list", "--show", "--json",
                                    env=env)))

@@ -4,7 +4,7 @@ against the fake LLM. Needs dockerd and the local base image (``.ci/docker-setup
 without them the test skips, and fails under CI=true (tests/conftest.py).
 
 Everything the test makes is removed afterwards by label: containers and images with
-``crewship.app=<one of the apps here>``, then dangling crewship layers.
+``crewship.app=<one of the apps here>``, then dangling crewship layers and dependency stages.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def cleanup(client: Any) -> None:
                 client.images.remove(image.id, force=True)
     with contextlib.suppress(docker.errors.DockerException):
         client.images.prune(filters={"dangling": True, "label": "crewship.managed"})
+    with contextlib.suppress(docker.errors.DockerException):  # the dependency stages
+        client.images.prune(filters={"dangling": True, "label": "crewship.deps"})
 
 
 @pytest.fixture(scope="module")

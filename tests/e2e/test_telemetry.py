@@ -41,7 +41,8 @@ def rx() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
     env = {"CREWSHIP_ENVS_DIR": str(cache_root() / "server-envs"),
-           "CREWSHIP_CRASH_LIMIT": "3", "CREWSHIP_RESTART_DELAY": "0.2"}
+           "CREWSHIP_CRASH_LIMIT": "3", "CREWSHIP_RESTART_DELAY": "0.2",
+           "CREWSHIP_ALLOW_PRIVATE_URLS": "1"}  # the receivers listen on 127.0.0.1
     server = CrewshipServer(tmp_path_factory.mktemp("telemetry"), env=env)
     server.start()
     yield server

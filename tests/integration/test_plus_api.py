@@ -129,16 +129,17 @@ def test_missing_and_bad_fields(srv: CrewshipServer, api: httpx.Client) -> None:
     no_url = api.post(f"{API}/crews", json={"deploy": {"name": "git_crew"}})
     assert no_url.status_code == 422
     assert no_url.json() == {"repo_clone_url": ["is missing"]}
-    github = api.post(f"{API}/crews", json={"deploy": {
-        "name": "git_crew", "repo_clone_url": "https://github.com/acme/crew.git"}})
-    assert github.status_code == 422
-    assert "cannot be fetched by this crewship server" in github.json()["repo_clone_url"][0]
-    elsewhere = api.post(f"{API}/crews", json={"deploy": {
-        "name": "git_crew", "repo_clone_url": f"ssh://git@example.com:{srv.ssh_port}/git-crew.git"}})
-    assert "not this crewship server's git URL" in elsewhere.json()["repo_clone_url"][0]
+    # No DNS or connection is made here: IP literals and syntax (tests never leave 127.0.0.1).
+    scheme = api.post(f"{API}/crews", json={"deploy": {
+        "name": "git_crew", "repo_clone_url": "ftp://10.1.2.3/acme/crew.git"}})
+    assert scheme.status_code == 422
+    assert "use https://, http://, ssh:// or user@host:path" in scheme.json()["repo_clone_url"][0]
+    private = api.post(f"{API}/crews", json={"deploy": {
+        "name": "git_crew", "repo_clone_url": f"ssh://git@192.168.1.5:{srv.ssh_port}/git-crew.git"}})
+    assert "resolves to a private address" in private.json()["repo_clone_url"][0]
     data_dir = api.post(f"{API}/crews", json={"deploy": {
         "name": "git_crew", "repo_clone_url": str(srv.data_dir / "repos")}})
-    assert "inside crewship's data directory" in data_dir.json()["repo_clone_url"][0]
+    assert "CREWSHIP_ALLOW_LOCAL_CLONE=1" in data_dir.json()["repo_clone_url"][0]
     not_json = api.post(f"{API}/crews", content=b"{nope", headers={"Content-Type": "application/json"})
     assert not_json.status_code == 400
     assert "not valid JSON" in not_json.json()["error"]

@@ -318,3 +318,23 @@ def test_load_failure_exits_nonzero_with_traceback(start_runner: Any) -> None:
     output = runner.output()
     assert "ModuleNotFoundError: No module named 'no_such_pkg'" in output
     assert all(LINE.match(line) for line in output.splitlines() if line)
+
+
+def test_runner_records_task_and_step_webhooks_for_the_daemon(start_runner: Any) -> None:
+    """The runner never gets a webhook URL: it numbers the bodies, the daemon fetches them."""
+    spec = FIXTURES["classic_crew"]
+    runner = start_runner("classic_crew")
+    runner.wait_healthy()
+    status, body = call(runner.port, "POST", "/runs", {
+        "kickoff_id": "k-hooks", "inputs": spec["kickoff"], "meta": {"requestId": "r-1"},
+        "webhooks": {"task": True, "step": True}})
+    assert status == 200
+    assert body["state"] == "SUCCESS", body
+    events = body["webhook_events"]
+    assert {e["kind"] for e in events} == {"task", "step"}
+    assert all(e["body"]["kickoff_id"] == "k-hooks" for e in events)
+    assert all(e["body"]["meta"] == {"requestId": "r-1"} for e in events)
+    task = next(e["body"] for e in events if e["kind"] == "task")
+    assert task["name"] == "research_task"
+    assert call(runner.port, "GET", "/runs/k-hooks?after=1")[1]["webhook_events"] == events[1:]
+    assert "webhook_events" not in call(runner.port, "GET", "/runs/k-hooks")[1]

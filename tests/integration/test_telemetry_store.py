@@ -32,7 +32,7 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
     layout = Layout(tmp_path / "data")
     layout.ensure()
     db = Database(layout.state_db)
-    yield Platform(Settings(data_dir=layout.root), layout, db)
+    yield Platform(Settings(data_dir=layout.root, allow_private_urls=True), layout, db)
     db.close()
 
 
@@ -98,7 +98,7 @@ def test_alert_receivers_are_checked_and_scoped(platform: Platform) -> None:
 
 def telemetry(platform: Platform) -> Telemetry:
     return Telemetry(platform.settings, platform.metrics, platform.alerts,
-                     Deliverer(attempts=4, base_delay=0.05), AlertGate())
+                     Deliverer(platform.settings.url_policy(), attempts=4, base_delay=0.05), AlertGate())
 
 
 def failed_kickoff(kickoff_id: str, **extra: object) -> KickoffFinished:

@@ -29,6 +29,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw or b"null")
         except ValueError:
             body = {"unparsable": raw.decode(errors="replace")}
+        with self.server.lock:
+            self.server.hosts.append(self.headers.get("Host", ""))
         status = self.server.record(self.path, body)
         self.send_response(status)
         self.send_header("Content-Length", "0")
@@ -44,6 +46,7 @@ class _Server(ThreadingHTTPServer):
         self.received: list[tuple[str, Any]] = []
         self.tried: list[tuple[str, Any]] = []
         self.failures: dict[str, int] = {}
+        self.hosts: list[str] = []   # the Host header of every POST
 
     def record(self, path: str, body: Any) -> int:
         with self.lock:
@@ -75,6 +78,14 @@ class Receiver:
     def attempts(self, path: str) -> list[Any]:
         with self._server.lock:
             return [body for p, body in self._server.tried if p == path]
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def host_headers(self) -> list[str]:
+        with self._server.lock:
+            return list(self._server.hosts)
 
     def wait_for(self, path: str, count: int = 1, timeout: float = 60.0,
                  where: Any = None) -> list[Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from builder.image import BuildProgress, build_args, dockerfile
+from builder.image import BuildProgress, build_args, dockerfile, secret_values
 from crewship.errors import InvalidInputError
 from crewship.model import format_memory, parse_cpus, parse_memory
 from crewship.reporter import NullReporter
@@ -21,11 +21,30 @@ def test_dependency_layer_depends_only_on_the_lock_and_pyproject() -> None:
                       "COPY deps/pyproject.toml deps/uv.lock /app/"]
     assert "--frozen" in lines[sync]
     assert "--no-install-project" in lines[sync]
-    assert lines[sync + 1] == "COPY app/ /app/"
-    assert lines[-1] == "USER 10001:10001"
     assert "ARG UV_INDEX_URL" in lines[:sync]
     assert "UV_PYTHON_DOWNLOADS=never" in text
-    assert text.startswith("FROM crewship-base:bookworm\n")
+    assert text.startswith("FROM crewship-base:bookworm AS deps\n")
+    assert lines[-1] == "USER 10001:10001"
+
+
+def test_the_final_stage_copies_the_environment_and_sees_no_build_arg() -> None:
+    """Index URLs may carry a password: only the deps stage declares the build args."""
+    text = dockerfile("crewship-base:bookworm", with_ca=False,
+                      args={"UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "HTTPS_PROXY"})
+    final = text.split("\n\n")[1].splitlines()
+    assert final[0] == "FROM crewship-base:bookworm"
+    assert not [line for line in final if line.startswith(("ARG", "RUN uv"))]
+    venv = final.index("COPY --from=deps /app/.venv /app/.venv")
+    assert final[venv + 1] == "COPY app/ /app/"
+    assert "ARG HTTPS_PROXY" not in text  # docker's predefined proxy args stay out of history
+
+
+def test_secret_values_are_the_passwords_in_index_urls() -> None:
+    args = {"UV_INDEX_URL": "https://bob:s3cr3t-pw@pypi.corp.example/simple",
+            "UV_EXTRA_INDEX_URL": "https://tok3n@extra.example/simple https://open.example/simple",
+            "HTTPS_PROXY": "http://p:proxy-pw@127.0.0.1:3128"}
+    assert sorted(secret_values(args)) == ["s3cr3t-pw", "tok3n"]
+    assert secret_values({"UV_INDEX_URL": "https://pypi.org/simple"}) == []
 
 
 def test_build_args_keep_reachable_indexes_and_map_pip_settings_for_uv() -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from crewship.errors import InvalidInputError
 from crewship.service.operations import parse_assignments
 from crewship.store.accounts import Accounts
 from crewship.store.apps import AppStore
-from crewship.store.releases import ConfigStore, ReleaseStore, TokenStore, config_digest
+from crewship.store.releases import ConfigStore, ReleaseStore, TokenStore
+from crewship.store.sealing import Sealer
 from crewship.store.state import Database
 
 
@@ -34,11 +36,14 @@ def test_assignments_need_at_least_one() -> None:
 
 
 def test_config_digest_ignores_order_and_hides_values() -> None:
-    one = config_digest({"A": "secret-1", "B": "2"})
-    assert one == config_digest({"B": "2", "A": "secret-1"})
+    sealer = Sealer(Fernet.generate_key())
+    one = sealer.digest({"A": "secret-1", "B": "2"})
+    assert one == sealer.digest({"B": "2", "A": "secret-1"})
     assert "secret" not in one
-    assert config_digest({}) == ""
-    assert one != config_digest({"A": "secret-2", "B": "2"})
+    assert sealer.digest({}) == ""
+    assert one != sealer.digest({"A": "secret-2", "B": "2"})
+    # keyed: without the server's key a digest cannot be checked against guessed values
+    assert one != Sealer(Fernet.generate_key()).digest({"A": "secret-1", "B": "2"})
 
 
 @pytest.fixture

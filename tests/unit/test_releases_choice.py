@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from cryptography.fernet import Fernet
 
 from crewship.errors import InvalidInputError, NotFoundError
 from crewship.service.retention import builds_to_keep, builds_to_prune
-from crewship.store.releases import Release, config_digest, parse_version, rollback_target
+from crewship.store.releases import Release, parse_version, rollback_target
+from crewship.store.sealing import Sealer
+
+SEALER = Sealer(Fernet.generate_key())
 
 
 def rel(version: int, kind: str = "push", *, build: int | None = None,
@@ -16,7 +20,7 @@ def rel(version: int, kind: str = "push", *, build: int | None = None,
     cfg = config or {}
     return Release(app_id=1, version=version, kind=kind, commit=f"{version:040x}",
                    artifact=f"/data/releases/demo/v{built}" if built else None,
-                   config=cfg, config_digest=config_digest(cfg), created_by="admin",
+                   config=cfg, config_digest=SEALER.digest(cfg), created_by="admin",
                    created_at="2026-01-01T00:00:00Z", status=status, error=None,
                    description="")
 
