@@ -37,6 +37,13 @@ class Settings:
     crash_limit: int = 10
     crash_window: float = 600.0
     restart_delay: float = 1.0
+    # Who gets in, and how much they may send (README "Security").
+    api_token_days: int = 90              # default lifetime of a new API token; 0: never expires
+    max_body: int = 1024 * 1024 + 4096    # any request body but a ZIP upload, bytes
+    max_kickoff_inputs: int = 256 * 1024  # a kickoff's inputs as JSON, bytes
+    max_requests_per_token: int = 16      # requests in flight per bearer token (then 429)
+    metrics_token: str = ""               # the Prometheus scrape token for GET /metrics
+    trusted_proxies: tuple[str, ...] = ()  # proxies whose X-Forwarded-Proto is believed
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -74,6 +81,13 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_CRASH_LIMIT": ("crash_limit", int),
     "CREWSHIP_CRASH_WINDOW": ("crash_window", float),
     "CREWSHIP_RESTART_DELAY": ("restart_delay", float),
+    "CREWSHIP_API_TOKEN_DAYS": ("api_token_days", int),
+    "CREWSHIP_MAX_BODY": ("max_body", int),
+    "CREWSHIP_MAX_KICKOFF_INPUTS": ("max_kickoff_inputs", int),
+    "CREWSHIP_MAX_REQUESTS_PER_TOKEN": ("max_requests_per_token", int),
+    "CREWSHIP_METRICS_TOKEN": ("metrics_token", str),
+    "CREWSHIP_TRUSTED_PROXIES": ("trusted_proxies",
+                                 lambda v: tuple(p.strip() for p in v.split(",") if p.strip())),
 }
 
 

@@ -7,7 +7,6 @@ route needs ``Authorization: Bearer <app token>``.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -15,12 +14,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from crewship.api.errors import error_response
+from crewship.api.limits import bearer, json_object
 from crewship.errors import InvalidInputError
 from crewship.model import App
 from crewship.service.platform import Platform
 from crewship.urls import validate_url
 
-MAX_BODY = 1024 * 1024 + 4096
 WEBHOOK_FIELDS = {"taskWebhookUrl": "task", "stepWebhookUrl": "step", "crewWebhookUrl": "crew"}
 
 
@@ -35,32 +34,14 @@ def _platform(request: Request) -> Platform:
     return platform
 
 
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
-
-
 def _authorized(request: Request) -> App | None:
-    return _platform(request).ops.app_by_token(request.path_params["app"], _bearer(request))
+    return _platform(request).ops.app_by_token(request.path_params["app"],
+                                               bearer(request.headers))
 
 
 def _unauthorized() -> JSONResponse:
     return JSONResponse({"error": "Unauthorized", "message": "Invalid or missing bearer token"},
                         status_code=401, headers={"WWW-Authenticate": "Bearer"})
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise InvalidInputError("request body too large (limit 1 MiB)")
-    try:
-        body = json.loads(raw or b"null")
-    except ValueError:
-        raise InvalidInputError("malformed JSON body") from None
-    if not isinstance(body, dict):
-        raise InvalidInputError("the body must be a JSON object like {\"inputs\": {...}}")
-    return body
 
 
 async def health(request: Request) -> Response:
@@ -84,7 +65,7 @@ async def kickoff(request: Request) -> Response:
     app = _authorized(request)
     if app is None:
         return _unauthorized()
-    body = await _json_body(request)
+    body = await json_object(request, empty_ok=False)
     if "inputs" not in body:
         body["inputs"] = {}
     kickoff_id = await _platform(request).ops.kickoff(app, body["inputs"], body.get("meta"),

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,17 +17,31 @@ from starlette.responses import Response
 from crewship import log
 from crewship.api import crew, dashboard, plus, telemetry
 from crewship.api.errors import from_exception
+from crewship.api.limits import BodyLimit, TokenLimit
+from crewship.errors import CrewshipError
 from crewship.service.platform import Platform
 
 logger = log.get("crewship.http")
 
 
 def create_app(platform: Platform) -> Starlette:
-    app = Starlette(routes=[*dashboard.routes, *crew.routes, *plus.routes, *telemetry.routes],
-                    exception_handlers={Exception: from_exception})
-    app.state.platform = platform
+    settings = platform.settings
 
-    app.add_middleware(BaseHTTPMiddleware, dispatch=access_log)
+    def body_limit(path: str) -> int:
+        if path == dashboard.LOGIN:
+            return dashboard.MAX_FORM
+        if plus.is_upload(path):
+            return plus.MAX_UPLOAD
+        return settings.max_body
+
+    middleware = [Middleware(BaseHTTPMiddleware, dispatch=access_log),
+                  Middleware(TokenLimit, limit=lambda: settings.max_requests_per_token),
+                  Middleware(BodyLimit, limit_for=body_limit)]
+    # CrewshipError is answered inside (no traceback); anything else is a logged 500.
+    app = Starlette(routes=[*dashboard.routes, *crew.routes, *plus.routes, *telemetry.routes],
+                    middleware=middleware,
+                    exception_handlers={CrewshipError: from_exception, Exception: from_exception})
+    app.state.platform = platform
     return app
 
 

@@ -303,11 +303,10 @@ class PlusService:
         await self.platform.destroy_app(caller, app.name, force=True)
         self.tracked.pop(app.name, None)
 
-    def page(self, app_uuid: str) -> tuple[App, dict[str, Any], list[dict[str, Any]]]:
-        """The deployment page's data: the uuid is the link's only credential."""
-        app = self.platform.apps_store.by_uuid(app_uuid)
-        if app is None:
-            raise NotFoundError("no such deployment")
+    def page(self, caller: User, app_uuid: str) -> tuple[App, dict[str, Any],
+                                                          list[dict[str, Any]]]:
+        """The deployment page's data, for a caller who can read the app."""
+        app = self.platform.app_by_uuid(caller, app_uuid)
         releases = self.platform.releases.list(app, 20)
         rows = [{"version": f"v{r.version}", "kind": r.kind, "status": r.status,
                  "commit": r.commit[:12], "created_at": r.created_at,
