@@ -83,8 +83,6 @@ def authed(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return await handler(request, user)
         except PlusError as exc:
             return JSONResponse({exc.field: [str(exc)]}, status_code=422)
-        except InvalidInputError as exc:
-            return problem(400, str(exc))
         except CrewshipError as exc:
             return problem(exc.http_status, str(exc))
     return endpoint

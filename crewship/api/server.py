@@ -66,7 +66,10 @@ class _Server(uvicorn.Server):
 class HTTPServer:
     def __init__(self, platform: Platform, host: str, port: int) -> None:
         config = uvicorn.Config(create_app(platform), host=host, port=port, log_config=None,
-                                access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+                                access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+                                # X-Forwarded-* are believed only from CREWSHIP_TRUSTED_PROXIES
+                                # (crewship/api/dashboard.py), never by uvicorn on its own
+                                proxy_headers=False)
         self.server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 
