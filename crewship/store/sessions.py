@@ -39,7 +39,8 @@ def csrf_token(session_id: str) -> str:
 
 
 def csrf_ok(session_id: str, given: str) -> bool:
-    return bool(given) and hmac.compare_digest(csrf_token(session_id), given)
+    return bool(given) and hmac.compare_digest(csrf_token(session_id).encode(),
+                                               given.encode(errors="replace"))
 
 
 def _stamp(when: dt.datetime) -> str:
