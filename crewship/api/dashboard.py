@@ -212,10 +212,15 @@ def came_over_tls(request: Request) -> bool:
 
 
 def same_origin(request: Request) -> bool:
-    """A POST's ``Origin`` (browsers send one) names this server; absent is allowed
-    (the CSRF token still guards a session), ``null`` or another site is not."""
+    """A POST did not come from another site: the browser's ``Sec-Fetch-Site`` says
+    same-origin, and an ``Origin`` (other than ``null``, which browsers send under our
+    no-referrer policy) names this server. Neither header (a script): allowed, the
+    session's CSRF token still guards what changes state."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
     origin = request.headers.get("origin")
-    if origin is None:
+    if origin is None or origin == "null":
         return True
     host = request.headers.get("host", "")
     if _via_trusted_proxy(request):

@@ -237,6 +237,8 @@ def test_logout_needs_the_sessions_csrf_token(srv: CrewshipServer) -> None:
     assert browser.get("/").status_code == 303                   # the session is over
     cross = log_in(srv, api_token(srv, srv.admin_key), {"Origin": "http://evil.example"})
     assert cross.status_code == 403
+    fetched = log_in(srv, api_token(srv, srv.admin_key), {"Sec-Fetch-Site": "cross-site"})
+    assert fetched.status_code == 403
     browser.close()
 
 
