@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from crewship.errors import InvalidInputError, TooLargeError
 logger = log.get("crewship.http")
 
 PLUS_PREFIX = "/crewai_plus/"
+SESSION_COOKIE = re.compile(r"(?:^|;)\s*crewship_session=([^;]+)")
 
 
 def problem(path: str, status: int, message: str) -> JSONResponse:
@@ -102,8 +104,19 @@ def bearer(headers: Headers) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
+def credential(scope: Scope) -> str:
+    """What a request presents: its bearer token, else its dashboard session cookie."""
+    headers = Headers(scope=scope)
+    token = bearer(headers)
+    if token:
+        return token
+    found = SESSION_COOKIE.search(headers.get("cookie", ""))
+    return f"session:{found.group(1)}" if found else ""
+
+
 class TokenLimit:
-    """ASGI middleware: at most ``limit()`` requests in flight per bearer token."""
+    """ASGI middleware: at most ``limit()`` requests in flight per bearer token (or
+    dashboard session); 0 turns the limit off."""
 
     def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
         self.app = app
@@ -111,7 +124,7 @@ class TokenLimit:
         self.in_flight: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = bearer(Headers(scope=scope)) if scope["type"] == "http" else ""
+        token = credential(scope) if scope["type"] == "http" else ""
         if not token:
             await self.app(scope, receive, send)
             return

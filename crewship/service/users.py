@@ -113,6 +113,7 @@ class Users:
         user = self.accounts.user_by_id(record.user_id) if record is not None else None
         if record is None or user is None:
             return None
+        self.sessions.prune()
         session_id = self.sessions.create(user.id, record.id, record.expires_at)
         logger.info("session_opened", user=user.name, token_id=record.id)
         return user, session_id
