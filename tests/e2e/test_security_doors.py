@@ -332,9 +332,13 @@ def test_requests_in_flight_per_token_are_limited(srv: CrewshipServer) -> None:
     try:
         for sock in held:               # two requests waiting for the rest of their body
             sock.sendall(head.encode())
-        time.sleep(0.5)
-        third = httpx.get(f"{srv.http_url}{API}/crews", timeout=10,
-                          headers={"Authorization": f"Bearer {token}"})
+        deadline = time.monotonic() + 15
+        while True:                     # until the server has taken both in
+            third = httpx.get(f"{srv.http_url}{API}/crews", timeout=10,
+                              headers={"Authorization": f"Bearer {token}"})
+            if third.status_code != 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert third.status_code == 429
         assert third.headers["retry-after"] == "1"
         assert "too many requests in flight" in third.json()["error"]
