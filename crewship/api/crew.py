@@ -25,8 +25,15 @@ WEBHOOK_FIELDS = {"taskWebhookUrl": "task", "stepWebhookUrl": "step", "crewWebho
 
 def webhook_urls(body: dict[str, Any]) -> dict[str, str]:
     """``{"task"|"step"|"crew": url}`` from a kickoff body's ``*WebhookUrl`` fields (C.3)."""
-    return {kind: validate_url(body[field], field) for field, kind in WEBHOOK_FIELDS.items()
-            if body.get(field) is not None}
+    urls = {}
+    for field, kind in WEBHOOK_FIELDS.items():
+        if body.get(field) is None:
+            continue
+        try:
+            urls[kind] = validate_url(body[field], field)
+        except ValueError:  # urlsplit refuses it outright (e.g. "http://[::1")
+            raise InvalidInputError(f"{field} is not a valid http(s) URL") from None
+    return urls
 
 
 def _platform(request: Request) -> Platform:

@@ -225,7 +225,10 @@ def same_origin(request: Request) -> bool:
     host = request.headers.get("host", "")
     if _via_trusted_proxy(request):
         host = request.headers.get("x-forwarded-host", host).split(",")[0].strip()
-    return bool(host) and urlsplit(origin).netloc == host
+    try:
+        return bool(host) and urlsplit(origin).netloc == host
+    except ValueError:          # not a URL at all (e.g. "http://[::1")
+        return False
 
 
 def page_view(handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:

@@ -162,6 +162,8 @@ BODIES: list[bytes] = [
     b'{"inputs": 1e999999}', b'{"inputs": ' + b"9" * 6000 + b"}", b'{"inputs": -Infinity}',
     b'{"inputs": "\xff\xfe"}', b"\xff\xfe\x00{", b'{"inputs": "\\ud800"}',
     b'{"inputs": {"a": 1}, "taskWebhookUrl": 5}', b'{"inputs": [], "crewWebhookUrl": "x"}',
+    b'{"inputs": {}, "crewWebhookUrl": "http://[::1"}',
+    b'{"inputs": {}, "stepWebhookUrl": "http://a:99999"}',
     deep(100), deep(5000), deep(200000), b"[" * 300000, b"\x00" * 100,
     b'{"a":' * 2000 + b"1" + b"}" * 2000,
 ]
@@ -207,6 +209,8 @@ def http_plan(rng: random.Random, app_token: str, user_token: str, uuid: str,
                     ).encode()
         if rng.random() < 0.2:
             headers["Cookie"] = f"crewship_session={cookie}"
+        if rng.random() < 0.1:
+            headers["Origin"] = rng.choice(["http://[::1", "null", "http://evil.example", "é"])
         plan.append({"method": method, "path": path + rng.choice(queries), "headers": headers,
                      "content_type": ctype, "body": body, "chunked": rng.random() < 0.3})
     return plan

@@ -320,6 +320,12 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body(srv: Crewsh
                      json={"inputs": {"topic": "x" * (300 * 1024)}})
     assert big.status_code == 413
     assert "CREWSHIP_MAX_KICKOFF_INPUTS" in big.json()["message"]
+    # A URL that does not even parse is a 400, not a crash (found by tests/e2e/test_fuzz.py).
+    unparseable = httpx.post(f"{srv.http_url}/apps/bounded/kickoff", timeout=10,
+                             headers={"Authorization": f"Bearer {app_token}"},
+                             json={"inputs": {}, "crewWebhookUrl": "http://[::1"})
+    assert unparseable.status_code == 400
+    assert "crewWebhookUrl" in unparseable.json()["message"]
     with sqlite3.connect(f"file:{srv.data_dir / 'state.db'}?mode=ro", uri=True) as db:
         assert db.execute("SELECT COUNT(*) FROM kickoffs").fetchone()[0] == 0
 
