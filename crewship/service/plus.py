@@ -178,6 +178,8 @@ class PlusService:
             return await sources.fetch_head(repo, path)
         except sources.CloneURLError as exc:
             raise PlusError("repo_clone_url", str(exc)) from None
+        except ValueError:  # urlsplit or its port refuse it (ssh://host:99999/x.git)
+            raise PlusError("repo_clone_url", "is not a valid URL") from None
 
     def _clone_target(self, url: str) -> sources.CloneTarget:
         try:
@@ -185,6 +187,8 @@ class PlusService:
                                               self.platform.layout.root)
         except sources.CloneURLError as exc:
             raise PlusError("repo_clone_url", str(exc)) from None
+        except ValueError:  # urlsplit or its port refuse it (ssh://host:99999/x.git)
+            raise PlusError("repo_clone_url", "is not a valid URL") from None
 
     # ----------------------------------------------------------------- checks
     def _check_free(self, caller: User, app_name: str) -> None:

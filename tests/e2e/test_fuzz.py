@@ -100,6 +100,19 @@ def junk(rng: random.Random) -> str:
     return base[:cut] + rng.choice(POISON) + base[cut:]
 
 
+# Bad input aimed at a real app ("target"): each must be refused and change nothing.
+TARGETED = ["alerts:add target 'http://[::1'", "alerts:add target ftp://x", "alerts:remove target "
+            "99999999999999", "config:set target", "config:set target lower=1",
+            "config:unset target lower", "rollback target vZ", "rollback target v999",
+            "ps:scale target 11", "ps:scale target ²", "ps:limits target --memory 1z",
+            "kickoff target '[1]'", "kickoff target '{'", "access:add target nobody",
+            "access:remove target nobody", "logs target -n -5", "releases target -n x",
+            "kickoffs target --state NOPE", "status target extra", "apps:create target",
+            "git-upload-pack 'target.git/../x'", "api-tokens:revoke 99999999",
+            "users:remove nobody", "users:remove admin", "keys:remove nothing",
+            "tokens target extra", "apps:destroy target"]
+
+
 def ssh_line(rng: random.Random, names: list[str]) -> str:
     head = rng.choice(names) if rng.random() < 0.85 else junk(rng)
     args = [junk(rng) for _ in range(rng.randrange(1, 5))]
@@ -164,6 +177,8 @@ BODIES: list[bytes] = [
     b'{"inputs": {"a": 1}, "taskWebhookUrl": 5}', b'{"inputs": [], "crewWebhookUrl": "x"}',
     b'{"inputs": {}, "crewWebhookUrl": "http://[::1"}',
     b'{"inputs": {}, "stepWebhookUrl": "http://a:99999"}',
+    b'{"deploy": {"name": "fz", "repo_clone_url": "ssh://h:99999/a.git"}}',
+    b'{"deploy": {"name": "fz", "repo_clone_url": "ssh://[x/a.git"}}',
     deep(100), deep(5000), deep(200000), b"[" * 300000, b"\x00" * 100,
     b'{"a":' * 2000 + b"1" + b"}" * 2000,
 ]
@@ -260,7 +275,7 @@ def test_fuzzing_the_front_doors_changes_nothing_and_never_500s(srv: CrewshipSer
     before = fingerprint(srv.data_dir)
 
     names = [*sorted(REGISTRY.commands), "git-upload-pack", "git-receive-pack"]
-    lines = [ssh_line(rng, names) for _ in range(SSH_LINES)]
+    lines = TARGETED + [ssh_line(rng, names) for _ in range(SSH_LINES - len(TARGETED))]
     kinds: Counter[str] = Counter()
     ssh_counts = asyncio.run(send_ssh_lines(srv, lines, kinds))
 
