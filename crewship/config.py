@@ -50,6 +50,13 @@ class Settings:
     # Outbound URLs (crewship/urls.py): private/loopback targets and local clone paths.
     allow_private_urls: bool = False
     allow_local_clone: bool = False
+    # Who gets in, and how much they may send (README "Security").
+    api_token_days: int = 90              # default lifetime of a new API token; 0: never expires
+    max_body: int = 1024 * 1024 + 4096    # any request body but a ZIP upload, bytes
+    max_kickoff_inputs: int = 256 * 1024  # a kickoff's inputs as JSON, bytes
+    max_requests_per_token: int = 16      # requests in flight per bearer token (then 429)
+    metrics_token: str = ""               # the Prometheus scrape token for GET /metrics
+    trusted_proxies: tuple[str, ...] = ()  # proxies whose X-Forwarded-Proto is believed
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -130,6 +137,13 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_DEPLOY_CONCURRENCY": ("deploy_concurrency", int),
     "CREWSHIP_ALLOW_PRIVATE_URLS": ("allow_private_urls", parse_flag),
     "CREWSHIP_ALLOW_LOCAL_CLONE": ("allow_local_clone", parse_flag),
+    "CREWSHIP_API_TOKEN_DAYS": ("api_token_days", int),
+    "CREWSHIP_MAX_BODY": ("max_body", int),
+    "CREWSHIP_MAX_KICKOFF_INPUTS": ("max_kickoff_inputs", int),
+    "CREWSHIP_MAX_REQUESTS_PER_TOKEN": ("max_requests_per_token", int),
+    "CREWSHIP_METRICS_TOKEN": ("metrics_token", str),
+    "CREWSHIP_TRUSTED_PROXIES": ("trusted_proxies",
+                                 lambda v: tuple(p.strip() for p in v.split(",") if p.strip())),
 }
 
 

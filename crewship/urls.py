@@ -55,11 +55,11 @@ def validate_url(url: object, what: str = "URL") -> str:
         raise InvalidInputError(f"{what} must be an http(s) URL string")
     if len(url) > MAX_URL or _BAD_CHARS.search(url):
         raise InvalidInputError(f"{what} is not a valid URL (too long or has spaces)")
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        raise InvalidInputError(f"{what} has an invalid port") from None
+    except ValueError:  # e.g. "http://[::1" or a port that is not a number
+        raise InvalidInputError(f"{what} is not a valid URL (bad host or port)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInputError(f"{what} must start with http:// or https:// and name a host")
     return url

@@ -1,5 +1,5 @@
 """SSH commands for releases and running apps: releases, rollback, restart, ps:scale,
-and the user's API tokens: api-tokens, api-tokens:create, api-tokens:revoke."""
+ps:limits."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 
 from crewship.errors import InvalidInputError
 from crewship.model import format_memory, parse_cpus, parse_memory
-from crewship.store.apitokens import ApiToken
 from crewship.store.releases import parse_version
 from gitserver.command import ArgumentParser, Context, app_arg, command, when
 
@@ -63,7 +62,7 @@ def _scale_args(p: ArgumentParser) -> None:
 
 @command("ps:scale", "run N instances of the live release (0 stops the app)", _scale_args)
 async def ps_scale(ctx: Context, args: argparse.Namespace) -> int:
-    if not args.count.isdigit():
+    if not (args.count.isascii() and args.count.isdigit()):
         raise InvalidInputError(f"N must be a whole number from 0 to 10, not {args.count[:20]!r}")
     await ctx.platform.lifecycle.scale(ctx.user, args.app, int(args.count), ctx.reporter())
     return 0
@@ -88,58 +87,4 @@ async def ps_limits(ctx: Context, args: argparse.Namespace) -> int:
         ctx.out(f"=== {info['app']} limits per instance ({info['runtime']} runtime)")
         ctx.out(f"memory:   {format_memory(info['memory'])}")
         ctx.out(f"cpus:     {shown}")
-    return 0
-
-
-def _token_json(token: ApiToken) -> dict[str, Any]:
-    return {"id": token.id, "prefix": token.prefix, "created_at": token.created_at,
-            "expires_at": token.expires_at, "last_used_at": token.last_used_at,
-            "expired": token.expired()}
-
-
-def _token_row(t: ApiToken) -> list[str]:
-    return [str(t.id), f"{t.prefix}...", when(t.created_at),
-            when(t.expires_at) if t.expires_at else "never",
-            when(t.last_used_at), "expired" if t.expired() else ""]
-
-
-@command("api-tokens", "list your API tokens for the HTTP API (never the tokens themselves)",
-         read=True)
-async def api_tokens(ctx: Context, args: argparse.Namespace) -> int:
-    found = ctx.platform.list_api_tokens(ctx.user)
-    return ctx.listing(args.json, found, empty="no API tokens yet: make one with 'api-tokens:create'",
-                       to_json=_token_json, row=_token_row,
-                       headers=["ID", "TOKEN", "CREATED", "EXPIRES", "LAST USED", ""])
-
-
-def _create_args(p: ArgumentParser) -> None:
-    p.add_argument("--expires-days", type=int, default=None, metavar="N",
-                   help="expire after N days (default: never)")
-
-
-@command("api-tokens:create", "make an API token for the HTTP API (shown once)", _create_args,
-         read=True)
-async def api_tokens_create(ctx: Context, args: argparse.Namespace) -> int:
-    record, token = ctx.platform.create_api_token(ctx.user, args.expires_days)
-    if args.json:
-        ctx.out_json({**_token_json(record), "token": token})
-    else:
-        ctx.out(token)
-        ctx.err(f"API token {record.id} is shown once: keep it (expires "
-                f"{when(record.expires_at) if record.expires_at else 'never'}; "
-                f"'api-tokens:revoke {record.id}' disables it)")
-    return 0
-
-
-def _revoke_args(p: ArgumentParser) -> None:
-    p.add_argument("id", metavar="ID", help="the token's id (see 'api-tokens')")
-
-
-@command("api-tokens:revoke", "revoke one of your API tokens by id", _revoke_args)
-async def api_tokens_revoke(ctx: Context, args: argparse.Namespace) -> int:
-    if not args.id.isdigit() or len(args.id) > 12:
-        raise InvalidInputError(f"ID must be a token id number (see 'api-tokens'), "
-                                f"not {args.id[:20]!r}")
-    record = ctx.platform.revoke_api_token(ctx.user, int(args.id))
-    ctx.out(f"revoked API token {record.id} ({record.prefix}...)")
     return 0

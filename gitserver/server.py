@@ -19,7 +19,7 @@ import asyncssh
 import structlog
 
 from crewship import log
-from crewship.errors import CrewshipError, InvalidInputError
+from crewship.errors import CrewshipError, InvalidInputError, PermissionDeniedError
 from crewship.model import User
 from crewship.service.platform import Platform
 from gitserver import (  # noqa: F401 (importing registers the commands)
@@ -28,6 +28,7 @@ from gitserver import (  # noqa: F401 (importing registers the commands)
     commands_history,
     commands_releases,
     commands_runtime,
+    commands_users,
     transport,
 )
 from gitserver.command import REGISTRY, Context
@@ -131,6 +132,7 @@ class _Connection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         assert self._candidate is not None
         self.user, self.key_fp = self._candidate
+        self.gateway.platform.accounts.seen(self.user)
         logger.info("auth_succeeded", conn_id=self.conn_id, user=self.user.name,
                     key_fp=self.key_fp)
 
@@ -181,6 +183,7 @@ class SSHGateway:
         name = "-"
         with structlog.contextvars.bound_contextvars(conn_id=conn.conn_id, user=conn.user.name):
             try:
+                self._still_allowed(conn)
                 argv = _split(process.command)
                 name = argv[0]
                 status = await self._dispatch(process, conn, argv)
@@ -195,6 +198,16 @@ class SSHGateway:
             logger.info("command_finished", command=name, status=status, key_fp=conn.key_fp,
                         duration_ms=round((time.monotonic() - started) * 1000, 1))
         process.exit(status)
+
+    def _still_allowed(self, conn: _Connection) -> None:
+        """Every channel re-checks the key: one removed (or its user) since the
+        connection was opened lets nothing more in."""
+        assert conn.user is not None
+        user = self.platform.authenticate(conn.key_fp)
+        if user is None or user.id != conn.user.id:
+            raise PermissionDeniedError("this key is no longer registered: reconnect with "
+                                        "a registered key")
+        conn.user = user  # admin flag changes apply at once too
 
     async def _dispatch(self, process: asyncssh.SSHServerProcess[bytes], conn: _Connection,
                         argv: list[str]) -> int:

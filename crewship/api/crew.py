@@ -7,28 +7,33 @@ route needs ``Authorization: Bearer <app token>``.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from crewship.api.auth import bearer_token
 from crewship.api.errors import error_response
+from crewship.api.limits import bearer, json_object
 from crewship.errors import InvalidInputError
 from crewship.model import App
 from crewship.service.platform import Platform
 from crewship.urls import validate_url
 
-MAX_BODY = 1024 * 1024 + 4096
 WEBHOOK_FIELDS = {"taskWebhookUrl": "task", "stepWebhookUrl": "step", "crewWebhookUrl": "crew"}
 
 
 def webhook_urls(body: dict[str, Any]) -> dict[str, str]:
     """``{"task"|"step"|"crew": url}`` from a kickoff body's ``*WebhookUrl`` fields (C.3)."""
-    return {kind: validate_url(body[field], field) for field, kind in WEBHOOK_FIELDS.items()
-            if body.get(field) is not None}
+    urls = {}
+    for field, kind in WEBHOOK_FIELDS.items():
+        if body.get(field) is None:
+            continue
+        try:
+            urls[kind] = validate_url(body[field], field)
+        except ValueError:  # urlsplit refuses it outright (e.g. "http://[::1")
+            raise InvalidInputError(f"{field} is not a valid http(s) URL") from None
+    return urls
 
 
 def _platform(request: Request) -> Platform:
@@ -37,25 +42,13 @@ def _platform(request: Request) -> Platform:
 
 
 def _authorized(request: Request) -> App | None:
-    return _platform(request).ops.app_by_token(request.path_params["app"], bearer_token(request))
+    return _platform(request).ops.app_by_token(request.path_params["app"],
+                                               bearer(request.headers))
 
 
 def _unauthorized() -> JSONResponse:
     return JSONResponse({"error": "Unauthorized", "message": "Invalid or missing bearer token"},
                         status_code=401, headers={"WWW-Authenticate": "Bearer"})
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise InvalidInputError("request body too large (limit 1 MiB)")
-    try:
-        body = json.loads(raw or b"null")
-    except ValueError:
-        raise InvalidInputError("malformed JSON body") from None
-    if not isinstance(body, dict):
-        raise InvalidInputError("the body must be a JSON object like {\"inputs\": {...}}")
-    return body
 
 
 async def health(request: Request) -> Response:
@@ -79,7 +72,7 @@ async def kickoff(request: Request) -> Response:
     app = _authorized(request)
     if app is None:
         return _unauthorized()
-    body = await _json_body(request)
+    body = await json_object(request, empty_ok=False)
     if "inputs" not in body:
         body["inputs"] = {}
     kickoff_id = await _platform(request).ops.kickoff(app, body["inputs"], body.get("meta"),

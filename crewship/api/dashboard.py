@@ -7,10 +7,13 @@
     GET  /dashboard/apps/NAME/logs/stream    the log tail as server-sent events
     GET  /dashboard/static/dashboard.{css,js}
 
-The login form checks the token with ``user_by_api_token`` and keeps it in an
-HttpOnly, SameSite=Strict cookie; every request checks it again, so a revoked or
-expired token logs the browser out. Every read goes through the platform with the
-user's access (no access reads as "not found"); the HTML is in ``dashboard_html``.
+The login form trades a user API token for a server-side session: the HttpOnly,
+SameSite=Strict cookie (``Secure`` over TLS, also through a trusted proxy) holds only a
+random session id, stored hashed and tied to the token, so revoking the token or
+removing the user ends the session, and an open log stream within ``RECHECK`` seconds.
+POSTs carry the session's CSRF token and must not come from another origin. Every read
+goes through the platform with the user's access (no access reads as "not found"); the
+HTML is in ``dashboard_html``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import asyncio
 import datetime as dt
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import (
@@ -37,18 +42,20 @@ from crewship.api import dashboard_html as html
 from crewship.errors import CrewshipError
 from crewship.model import User
 from crewship.service.platform import Platform
+from crewship.store.sessions import csrf_token
 
 logger = log.get("crewship.dashboard")
 
 COOKIE = "crewship_session"
 LOGIN = "/dashboard/login"
 MAX_TOKEN = 256
-MAX_FORM = 8192
+MAX_FORM = 8192          # the login and logout forms, bytes (bounded while they stream)
 TAIL_LINES = 100
 RECENT_KICKOFFS = 20
 STATS_WINDOW = dt.timedelta(hours=24)
 STATS_LIMIT = 1000        # the newest kickoffs the p50/p95 are computed over (history's max)
-HEARTBEAT = 15.0          # seconds between SSE keep-alive comments (and access re-checks)
+HEARTBEAT = 15.0          # seconds between SSE keep-alive comments
+RECHECK = 2.0             # seconds between a log stream's session and access re-checks
 FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
@@ -57,7 +64,7 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
 }
-PageHandler = Callable[[Request, User], Awaitable[Response]]
+PageHandler = Callable[[Request, "Visitor"], Awaitable[Response]]
 
 
 # --------------------------------------------------------------------- pure parts
@@ -112,25 +119,35 @@ async def _pump(lines: AsyncIterator[str], queue: asyncio.Queue[str | None]) -> 
 
 
 async def sse_events(lines: AsyncIterator[str], allowed: Callable[[], bool],
-                     heartbeat: float = HEARTBEAT) -> AsyncGenerator[str, None]:
+                     heartbeat: float = HEARTBEAT,
+                     recheck: float = RECHECK) -> AsyncGenerator[str, None]:
     """``lines`` as server-sent events, with a keep-alive comment every ``heartbeat``
-    seconds; ends when ``lines`` does or ``allowed()`` turns False. Closing this
-    generator (the client went away) cancels the reader, which closes the log."""
+    seconds; ``allowed()`` is asked every ``recheck`` seconds (busy or idle) and the
+    stream ends once it turns False, or when ``lines`` does. Closing this generator
+    (the client went away) cancels the reader, which closes the log."""
     queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1000)
     reader = asyncio.create_task(_pump(lines, queue))
+    clock = asyncio.get_running_loop().time
+    recheck = min(recheck, heartbeat)
     try:
         yield "retry: 3000\n\n"
+        checked = sent = clock()
         while True:
-            try:
-                line = await asyncio.wait_for(queue.get(), heartbeat)
-            except TimeoutError:
+            if clock() - checked >= recheck:
                 if not allowed():
                     return
-                yield ": keep-alive\n\n"
+                checked = clock()
+                if checked - sent >= heartbeat:
+                    yield ": keep-alive\n\n"
+                    sent = checked
+            try:
+                line = await asyncio.wait_for(queue.get(), max(0.0, checked + recheck - clock()))
+            except TimeoutError:
                 continue
             if line is None:
                 return
             yield sse_message(line)
+            sent = clock()
     finally:
         reader.cancel()
         await asyncio.wait([reader])
@@ -142,33 +159,90 @@ def _platform(request: Request) -> Platform:
     return platform
 
 
-def _user(request: Request) -> User | None:
-    token = request.cookies.get(COOKIE, "")
-    return _platform(request).user_by_api_token(token) if token else None
+@dataclass(frozen=True)
+class Visitor:
+    """A logged-in browser: its user and its session id (from the cookie)."""
+
+    user: User
+    session: str
+
+    @property
+    def csrf(self) -> str:
+        return csrf_token(self.session)
+
+
+def _visitor(request: Request) -> Visitor | None:
+    session = request.cookies.get(COOKIE, "")
+    user = _platform(request).users.session_user(session) if session else None
+    return Visitor(user, session) if user is not None else None
+
+
+def logged_in(request: Request) -> User | None:
+    """The user of the browser's live dashboard session, if any."""
+    visitor = _visitor(request)
+    return visitor.user if visitor is not None else None
 
 
 def _html(body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
 
 
+def _forget_cookie(response: Response) -> None:
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+
+
 def _to_login(request: Request) -> Response:
     response = RedirectResponse(LOGIN, status_code=303)
-    if COOKIE in request.cookies:  # unknown, revoked or expired: forget it
-        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    if COOKIE in request.cookies:  # unknown, ended or expired: forget it
+        _forget_cookie(response)
     return response
+
+
+def _via_trusted_proxy(request: Request) -> bool:
+    client = request.client.host if request.client else ""
+    return client in _platform(request).settings.trusted_proxies
+
+
+def came_over_tls(request: Request) -> bool:
+    """HTTPS to us, or to a trusted proxy (``CREWSHIP_TRUSTED_PROXIES``) that says so."""
+    if request.url.scheme == "https":
+        return True
+    proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return proto == "https" and _via_trusted_proxy(request)
+
+
+def same_origin(request: Request) -> bool:
+    """A POST did not come from another site: the browser's ``Sec-Fetch-Site`` says
+    same-origin, and an ``Origin`` (other than ``null``, which browsers send under our
+    no-referrer policy) names this server. Neither header (a script): allowed, the
+    session's CSRF token still guards what changes state."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return True
+    host = request.headers.get("host", "")
+    if _via_trusted_proxy(request):
+        host = request.headers.get("x-forwarded-host", host).split(",")[0].strip()
+    try:
+        return bool(host) and urlsplit(origin).netloc == host
+    except ValueError:          # not a URL at all (e.g. "http://[::1")
+        return False
 
 
 def page_view(handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
     """Log-in required; crewship errors become an HTML page with their status."""
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
-        user = _user(request)
-        if user is None:
+        visitor = _visitor(request)
+        if visitor is None:
             return _to_login(request)
         try:
-            return await handler(request, user)
+            return await handler(request, visitor)
         except CrewshipError as exc:
-            return _html(html.error_page(exc.http_status, str(exc), user.name), exc.http_status)
+            return _html(html.error_page(exc.http_status, str(exc), visitor.user.name,
+                                         visitor.csrf), exc.http_status)
     return endpoint
 
 
@@ -192,75 +266,90 @@ def _app_row(platform: Platform, user: User, name: str) -> dict[str, Any]:
 
 
 @page_view
-async def apps_view(request: Request, user: User) -> Response:
-    platform = _platform(request)
+async def apps_view(request: Request, visitor: Visitor) -> Response:
+    platform, user = _platform(request), visitor.user
     rows = [_app_row(platform, user, app.name) for app in platform.apps(user)]
-    return _html(html.apps_page(user.name, rows))
+    return _html(html.apps_page(user.name, rows, visitor.csrf))
 
 
 @page_view
-async def app_view(request: Request, user: User) -> Response:
-    platform = _platform(request)
+async def app_view(request: Request, visitor: Visitor) -> Response:
+    platform, user = _platform(request), visitor.user
     name = request.path_params["app"]
     status = platform.ops.status(user, name)       # READ access, or "not found"
     releases = platform.lifecycle.release_history(user, name, limit=20)
     history = platform.monitoring.kickoff_history(user, name, limit=STATS_LIMIT)
     stats = kickoff_stats(history, dt.datetime.now(dt.UTC))
     recent = [{**row, "duration": kickoff_duration(row)} for row in history[:RECENT_KICKOFFS]]
-    return _html(html.app_page(user.name, status, releases, recent, stats))
+    return _html(html.app_page(user.name, status, releases, recent, stats, visitor.csrf))
 
 
 async def login_form(request: Request) -> Response:
-    if _user(request) is not None:
+    if _visitor(request) is not None:
         return RedirectResponse("/", status_code=303)
     return _html(html.login_page())
 
 
 async def login(request: Request) -> Response:
-    if int(request.headers.get("content-length") or 0) > MAX_FORM:
-        return _html(html.login_page("That form is too large."), 413)
+    """Trade a user API token for a session: the cookie holds only the session's id."""
+    if not same_origin(request):
+        return _html(html.login_page("That form came from another site."), 403)
     async with request.form(max_files=0, max_fields=4) as form:
         token = form.get("token")
     token = token.strip() if isinstance(token, str) else ""
-    user = _platform(request).user_by_api_token(token) if 0 < len(token) <= MAX_TOKEN else None
-    if user is None:
+    opened = _platform(request).users.open_session(token) if 0 < len(token) <= MAX_TOKEN else None
+    if opened is None:
         logger.info("dashboard_login_failed", client=request.client.host if request.client else None)
         return _html(html.login_page("That token is unknown, revoked or expired."), 401)
+    user, session = opened
     logger.info("dashboard_login_succeeded", user=user.name)
     response = RedirectResponse("/", status_code=303)
-    response.set_cookie(COOKIE, token, path="/", httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+    response.set_cookie(COOKIE, session, path="/", httponly=True, samesite="strict",
+                        secure=came_over_tls(request))
     return response
 
 
 async def logout(request: Request) -> Response:
+    """End the session; the form must carry the session's CSRF token."""
+    visitor = _visitor(request)
+    if visitor is not None:
+        async with request.form(max_files=0, max_fields=4) as form:
+            given = form.get("csrf")
+        csrf = given if isinstance(given, str) else request.headers.get("x-csrf-token", "")
+        if not same_origin(request):
+            csrf = ""
+        try:
+            _platform(request).users.close_session(visitor.session, csrf)
+        except CrewshipError as exc:
+            return _html(html.error_page(exc.http_status, str(exc), visitor.user.name,
+                                         visitor.csrf), exc.http_status)
     response = RedirectResponse(LOGIN, status_code=303)
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    _forget_cookie(response)
     return response
 
 
 async def log_stream(request: Request) -> Response:
-    """The app's log (last 100 lines, then follow) as ``text/event-stream``."""
+    """The app's log (last 100 lines, then follow) as ``text/event-stream``; it ends
+    within ``RECHECK`` seconds of the session ending or the access going."""
     platform = _platform(request)
-    token = request.cookies.get(COOKIE, "")
-    user = _user(request)
-    if user is None:
+    visitor = _visitor(request)
+    if visitor is None:
         return PlainTextResponse("log in first", status_code=401)
-    name = request.path_params["app"]
+    name, session = request.path_params["app"], visitor.session
     try:
-        platform.app_for(user, name)
+        platform.app_for(visitor.user, name)
     except CrewshipError as exc:
         return PlainTextResponse(str(exc), status_code=exc.http_status)
 
-    def allowed() -> bool:   # a revoked token or access ends the stream
-        again = platform.user_by_api_token(token)
+    def allowed() -> bool:   # a logged-out session, a revoked token, a removed user or access
+        again = platform.users.session_user(session)
         try:
             return again is not None and platform.app_for(again, name) is not None
         except CrewshipError:
             return False
 
-    lines = platform.ops.logs(user, name, lines=TAIL_LINES, follow=True)
-    return StreamingResponse(_logged(sse_events(lines, allowed), name, user.name),
+    lines = platform.ops.logs(visitor.user, name, lines=TAIL_LINES, follow=True)
+    return StreamingResponse(_logged(sse_events(lines, allowed), name, visitor.user.name),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

@@ -108,10 +108,12 @@ def table(head: Sequence[str], rows: Iterable[Sequence[str]], empty: str) -> str
     return f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def page(title: str, content: str, user: str | None = None) -> str:
+def page(title: str, content: str, user: str | None = None, csrf: str = "") -> str:
+    """The frame of every page; ``csrf`` (the session's token) rides in the logout form."""
     nav = ""
     if user is not None:
         nav = (f"<nav><span>{esc(user)}</span><form method='post' action='/dashboard/logout'>"
+               f"<input type='hidden' name='csrf' value='{esc(csrf)}'>"
                "<button type='submit'>Log out</button></form></nav>")
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width,initial-scale=1'>"
@@ -134,13 +136,13 @@ def login_page(error: str | None = None) -> str:
     return page("Log in", form)
 
 
-def error_page(status: int, message: str, user: str | None) -> str:
+def error_page(status: int, message: str, user: str | None, csrf: str = "") -> str:
     body = (f"<h1>{status}</h1><section class='card'><p>{esc(message)}</p>"
             "<p><a href='/'>Back to the apps</a></p></section>")
-    return page(f"Error {status}", body, user)
+    return page(f"Error {status}", body, user, csrf)
 
 
-def apps_page(user: str, apps: list[dict[str, Any]]) -> str:
+def apps_page(user: str, apps: list[dict[str, Any]], csrf: str = "") -> str:
     rows = [[f"<a href='/dashboard/apps/{esc(a['app'])}'>{esc(a['app'])}</a>",
              badge(a.get("state")), esc(a.get("release") or "none"),
              f"<code>{esc(a.get('url'))}</code>", esc(a.get("restarts", "")),
@@ -151,7 +153,7 @@ def apps_page(user: str, apps: list[dict[str, Any]]) -> str:
     warning = (f"<section class='card error' id='sandbox-warning' role='alert'>Sandbox "
                f"{esc(unsandboxed.get('sandbox_note'))}</section>" if unsandboxed else "")
     return page("Apps", f"<h1>Apps</h1>{warning}<section class='card' id='apps'>{listing}"
-                "</section>", user)
+                "</section>", user, csrf)
 
 
 def _facts(status: dict[str, Any]) -> str:
@@ -202,7 +204,7 @@ def _releases(releases: list[dict[str, Any]]) -> str:
 
 
 def app_page(user: str, status: dict[str, Any], releases: list[dict[str, Any]],
-             kickoffs: list[dict[str, Any]], stats: dict[str, Any]) -> str:
+             kickoffs: list[dict[str, Any]], stats: dict[str, Any], csrf: str = "") -> str:
     name = str(status["app"])
     stream = f"/dashboard/apps/{esc(name)}/logs/stream"
     body = (f"<h1>{esc(name)}</h1>"
@@ -212,7 +214,7 @@ def app_page(user: str, status: dict[str, Any], releases: list[dict[str, Any]],
             f"<h2>Kickoffs</h2><section class='card'>{_kickoffs(kickoffs, stats)}</section>"
             f"<h2>Restarts</h2><section class='card' id='restarts'>{_restarts(status)}</section>"
             f"<h2>Releases</h2><section class='card' id='releases'>{_releases(releases)}</section>")
-    return page(name, body, user)
+    return page(name, body, user, csrf)
 
 
 def when(stamp: Any) -> str:

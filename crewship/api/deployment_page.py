@@ -1,7 +1,8 @@
 """The small HTML page ``crewai deploy create|push`` opens: status, releases, URL.
 
 Plain HTML, no scripts, every value escaped; it shows nothing secret (no config,
-no tokens), since the link itself is its only credential.
+no tokens). The link alone is not a credential: the route (``crewship/api/plus.py``)
+serves it only to a user API token or a dashboard session that can read the app.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@
     GET    /crewai_plus/api/v1/crews/{uuid|by-name/NAME}/status
     GET    /crewai_plus/api/v1/crews/{uuid|by-name/NAME}/logs/deployment
     DELETE /crewai_plus/api/v1/crews/{uuid|by-name/NAME}    204
-    GET    /crewai_plus/deployments/{uuid}                  a small HTML page (no token)
+    GET    /crewai_plus/deployments/{uuid}                  a small HTML page (API token or
+                                                            dashboard session)
 
 Every API route needs ``Authorization: Bearer <user API token>``. Errors are JSON in
 the shapes the client prints: 422 ``{field: [message]}``, anything else
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -30,14 +30,15 @@ from typing import Any, BinaryIO
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Message
 
 from builder.zipsafe import MAX_BYTES
 from crewship import log
-from crewship.api.auth import bearer_token
+from crewship.api import dashboard
 from crewship.api.deployment_page import render_page
+from crewship.api.limits import bearer, json_object
 from crewship.errors import CrewshipError, InvalidInputError, NotFoundError
 from crewship.model import AccessLevel, App, User
 from crewship.service.platform import Platform
@@ -46,7 +47,6 @@ from crewship.service.plus import PlusError, PlusService
 logger = log.get("crewship.http")
 API = "/crewai_plus/api/v1"
 MAX_UPLOAD = MAX_BYTES + 1024 * 1024
-MAX_JSON = 1024 * 1024
 Handler = Callable[[Request, User], Awaitable[Response]]
 
 
@@ -64,12 +64,17 @@ def problem(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "message": message}, status_code=status)
 
 
+def is_upload(path: str) -> bool:
+    """The routes that take a ZIP upload (bounded by ``MAX_UPLOAD``, not the JSON limit)."""
+    return path.startswith(f"{API}/crews/") and path.endswith(("/zip", "/zip_update"))
+
+
 def authed(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """Resolve the API token's user; map crewship errors to the client's shapes."""
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
         platform = service(request).platform
-        user = platform.user_by_api_token(bearer_token(request))
+        user = platform.user_by_api_token(bearer(request.headers))
         if user is None:
             return problem(401, "invalid, expired or missing API token: run 'crewship login "
                                 "--crewai' (or 'ssh ... api-tokens:create' and 'crewship login "
@@ -78,8 +83,6 @@ def authed(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return await handler(request, user)
         except PlusError as exc:
             return JSONResponse({exc.field: [str(exc)]}, status_code=422)
-        except InvalidInputError as exc:
-            return problem(400, str(exc))
         except CrewshipError as exc:
             return problem(exc.http_status, str(exc))
     return endpoint
@@ -93,23 +96,10 @@ def _app(request: Request, user: User, need: AccessLevel = AccessLevel.READ) -> 
 
 
 # ----------------------------------------------------------------------- bodies
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_JSON:
-        raise InvalidInputError("request body too large (limit 1 MiB)")
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        raise InvalidInputError("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidInputError("the body must be a JSON object")
-    return body
-
-
 async def _form(request: Request) -> FormData:
     """The multipart form, refusing bodies over ``MAX_UPLOAD`` while they arrive."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_UPLOAD:
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_UPLOAD:
         raise PlusError("zip_file", f"is refused: the upload is larger than {MAX_BYTES >> 20} MB")
     received = 0
 
@@ -180,7 +170,7 @@ async def crews(request: Request, user: User) -> Response:
 
 @authed
 async def create(request: Request, user: User) -> Response:
-    body = await _json_body(request)
+    body = await json_object(request, example='{"deploy": {...}}')
     deploy = body.get("deploy")
     if not isinstance(deploy, dict):
         raise PlusError("deploy", "is missing: send {\"deploy\": {\"name\", \"repo_clone_url\"}}")
@@ -217,7 +207,7 @@ async def zip_update(request: Request, user: User) -> Response:
 @authed
 async def deploy(request: Request, user: User) -> Response:
     app = _app(request, user, AccessLevel.DEPLOY)
-    await _json_body(request)  # {project_id?, force?}: nothing to do with either
+    await json_object(request)  # {project_id?, force?}: nothing to do with either
     return JSONResponse(await service(request).redeploy(user, app))
 
 
@@ -242,8 +232,15 @@ async def remove(request: Request, user: User) -> Response:
 
 
 async def page(request: Request) -> Response:
+    """The deployment page: for a user API token or a dashboard session that can read
+    the app; without either, the browser is sent to log in."""
+    token = bearer(request.headers)
+    user = (service(request).platform.user_by_api_token(token) if token
+            else dashboard.logged_in(request))
+    if user is None:
+        return RedirectResponse(dashboard.LOGIN, status_code=303)
     try:
-        app, state, releases = service(request).page(request.path_params["uuid"])
+        app, state, releases = service(request).page(user, request.path_params["uuid"])
     except NotFoundError:
         return HTMLResponse("<!doctype html><title>Not found</title><p>No such deployment.",
                             status_code=404)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,6 +17,7 @@ from starlette.responses import Response
 from crewship import log
 from crewship.api import crew, dashboard, plus, telemetry
 from crewship.api.errors import from_exception
+from crewship.api.limits import BodyLimit, TokenLimit
 from crewship.errors import CrewshipError
 from crewship.service.platform import Platform
 
@@ -23,13 +25,23 @@ logger = log.get("crewship.http")
 
 
 def create_app(platform: Platform) -> Starlette:
+    settings = platform.settings
+
+    def body_limit(path: str) -> int:
+        if path == dashboard.LOGIN:
+            return dashboard.MAX_FORM
+        if plus.is_upload(path):
+            return plus.MAX_UPLOAD
+        return settings.max_body
+
+    middleware = [Middleware(BaseHTTPMiddleware, dispatch=access_log),
+                  Middleware(TokenLimit, limit=lambda: settings.max_requests_per_token),
+                  Middleware(BodyLimit, limit_for=body_limit)]
+    # CrewshipError is answered inside (no traceback); anything else is a logged 500.
     app = Starlette(routes=[*dashboard.routes, *crew.routes, *plus.routes, *telemetry.routes],
-                    # CrewshipError first: answered in place (a handler for Exception alone
-                    # runs in ServerErrorMiddleware, which re-raises and drops the connection).
+                    middleware=middleware,
                     exception_handlers={CrewshipError: from_exception, Exception: from_exception})
     app.state.platform = platform
-
-    app.add_middleware(BaseHTTPMiddleware, dispatch=access_log)
     return app
 
 
@@ -54,7 +66,10 @@ class _Server(uvicorn.Server):
 class HTTPServer:
     def __init__(self, platform: Platform, host: str, port: int) -> None:
         config = uvicorn.Config(create_app(platform), host=host, port=port, log_config=None,
-                                access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+                                access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+                                # X-Forwarded-* are believed only from CREWSHIP_TRUSTED_PROXIES
+                                # (crewship/api/dashboard.py), never by uvicorn on its own
+                                proxy_headers=False)
         self.server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 

@@ -146,6 +146,17 @@ def keys_remove(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def users_list(client: Client, args: argparse.Namespace) -> int:
+    client.remote(["users", *_json_flag(args)])
+    return 0
+
+
+def users_remove(client: Client, args: argparse.Namespace) -> int:
+    transfer = ["--transfer-to", args.transfer_to] if args.transfer_to else []
+    client.remote(["users:remove", args.name, *transfer])
+    return 0
+
+
 def token(client: Client, args: argparse.Namespace) -> int:
     app = client.app_name(args.uuid)
     client.remote(["tokens:rotate" if args.rotate else "tokens", app])

@@ -91,6 +91,17 @@ def _keys(sub: Subparsers) -> None:
     p.add_argument("--user", help="another user's key (admins only)")
 
 
+def _users(sub: Subparsers) -> None:
+    users = sub.add_parser("users", help="the server's users (admins)")
+    usub = users.add_subparsers(dest="users_command", required=True)
+    p = _cmd(usub, "list", manage.users_list, "every user: keys, tokens, apps owned, last seen")
+    _json(p)
+    p = _cmd(usub, "remove", manage.users_remove, "remove a user with their keys, API tokens, "
+             "access grants and dashboard sessions")
+    p.add_argument("name")
+    p.add_argument("--transfer-to", metavar="USER", help="give the user's apps to USER first")
+
+
 def _app_commands(sub: Subparsers) -> None:
     p = _cmd(sub, "releases", manage.releases, "list the app's releases")
     _uuid(p)
@@ -124,6 +135,7 @@ def add_client_commands(sub: Subparsers) -> None:
     _deploy(sub)
     _config(sub)
     _keys(sub)
+    _users(sub)
     _app_commands(sub)
 
 

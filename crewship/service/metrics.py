@@ -8,14 +8,16 @@ instance and app states are read from the supervisor at scrape time through
 
 from __future__ import annotations
 
+import re
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+_APP_LABEL = re.compile(rb'[{,]app="([^"]*)"')
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEPLOY_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 KICKOFF_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -85,8 +87,15 @@ class Metrics:
                                 "by kind and outcome", ["kind", "outcome"], registry=r)
         r.register(_StateCollector(self))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, visible: Collection[str] | None = None) -> bytes:
+        """The text format; with ``visible``, series labelled with another app are left out."""
+        text = generate_latest(self.registry)
+        if visible is None:
+            return text
+        kept = [line for line in text.splitlines(keepends=True)
+                if (found := _APP_LABEL.search(line)) is None
+                or found.group(1).decode() in visible]
+        return b"".join(kept)
 
     # ---------------------------------------------------------------- updates
     def deploy_finished(self, app: str, kind: str, outcome: str, duration: float,

@@ -7,13 +7,14 @@ front door still reaches one service.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crewship import log
-from crewship.errors import InvalidInputError, NotFoundError
+from crewship.errors import InvalidInputError, NotFoundError, TooLargeError
 from crewship.model import AccessLevel, App, User, validate_config_key
 from crewship.reporter import Reporter
 from crewship.store.releases import Release
@@ -160,11 +161,25 @@ class Operations:
     # ------------------------------------------------------------------ kickoffs
     async def kickoff(self, app: App, inputs: Any, meta: Any = None,
                       webhooks: dict[str, str] | None = None) -> str:
-        """Start a run; each webhook URL is checked first (a refused one is a 400, no run)."""
+        """Start a run; inputs are bounded and each webhook URL is checked first (a refused
+        one is a 400, no run)."""
+        self.check_kickoff_size(inputs, meta)
         await check_urls([(f"{kind}WebhookUrl", url) for kind, url in (webhooks or {}).items()],
                          self.settings.url_policy())
         fresh = self.apps_store.get(app.name) or app
         return await self.engine.require_kickoffs().kickoff(fresh, inputs, meta, webhooks)
+
+    def check_kickoff_size(self, inputs: Any, meta: Any) -> None:
+        """Inputs and meta within ``max_kickoff_inputs`` bytes of JSON each, else a 413."""
+        limit = self.settings.max_kickoff_inputs
+        for what, value in (("inputs", inputs), ("meta", meta)):
+            try:
+                size = len(json.dumps(value).encode())
+            except (TypeError, ValueError, RecursionError):
+                raise InvalidInputError(f"the kickoff's {what} are not plain JSON") from None
+            if size > limit:
+                raise TooLargeError(f"the kickoff's {what} are {size} bytes of JSON, over the "
+                                    f"limit of {limit} (CREWSHIP_MAX_KICKOFF_INPUTS)")
 
     async def kickoff_status(self, app: App, kickoff_id: str) -> dict[str, Any]:
         return await self.engine.require_kickoffs().status(app, kickoff_id)

@@ -27,12 +27,14 @@ from crewship.service.lifecycle import Lifecycle
 from crewship.service.metrics import Metrics
 from crewship.service.monitoring import Monitoring
 from crewship.service.operations import Operations
+from crewship.service.users import Users
 from crewship.store.accounts import Accounts
 from crewship.store.alerts import AlertStore
 from crewship.store.apitokens import ApiToken, ApiTokenStore
 from crewship.store.apps import AppStore
 from crewship.store.releases import ConfigStore, ReleaseStore, TokenStore
 from crewship.store.repos import Repos
+from crewship.store.sessions import SessionStore
 from crewship.store.state import Database
 
 logger = log.get("crewship.service.platform")
@@ -59,6 +61,7 @@ class Platform:
         self.lifecycle = Lifecycle(settings, self.checker, self.engine, self.apps_store,
                                    self.releases, self.config_store)
         self.monitoring = Monitoring(self.checker, self.engine, self.alerts, settings.url_policy())
+        self.users = Users(settings, self.accounts, self.api_tokens, SessionStore(db))
 
     # ----------------------------------------------------------------- identity
     def authenticate(self, fingerprint: str) -> User | None:
@@ -80,23 +83,17 @@ class Platform:
     # --------------------------------------------------------------- API tokens
     def create_api_token(self, caller: User, expires_days: int | None = None) -> tuple[ApiToken, str]:
         """A user API token for the HTTP side: (record, token); the token is shown once."""
-        record, token = self.api_tokens.create(caller, expires_days)
-        logger.info("api_token_created", token_id=record.id, prefix=record.prefix,
-                    expires_at=record.expires_at)
-        return record, token
+        return self.users.create_token(caller, expires_days)
 
-    def list_api_tokens(self, caller: User) -> list[ApiToken]:
-        return self.api_tokens.list(caller)
+    def list_api_tokens(self, caller: User, user_name: str | None = None) -> list[ApiToken]:
+        return self.users.tokens(caller, user_name)
 
     def revoke_api_token(self, caller: User, token_id: int) -> ApiToken:
-        record = self.api_tokens.revoke(caller, token_id)
-        logger.info("api_token_revoked", token_id=record.id, prefix=record.prefix)
-        return record
+        return self.users.revoke_token(caller, token_id)
 
     def user_by_api_token(self, token: str) -> User | None:
         """The user a (known, unexpired) API token belongs to; records the use."""
-        user_id = self.api_tokens.user_id_for(token) if token else None
-        return self.accounts.user_by_id(user_id) if user_id is not None else None
+        return self.users.by_token(token)
 
     # --------------------------------------------------------------------- keys
     def _target_user(self, caller: User, user_name: str | None, *, create: bool = False) -> User:

@@ -179,6 +179,8 @@ class PlusService:
             return await sources.fetch_head(repo, target)
         except sources.CloneURLError as exc:
             raise PlusError("repo_clone_url", str(exc)) from None
+        except ValueError:  # urlsplit or its port refuse it (ssh://host:99999/x.git)
+            raise PlusError("repo_clone_url", "is not a valid URL") from None
 
     async def _clone_target(self, url: str) -> sources.CloneTarget:
         try:
@@ -186,6 +188,8 @@ class PlusService:
                                            self.platform.settings, self.platform.layout.root)
         except sources.CloneURLError as exc:
             raise PlusError("repo_clone_url", str(exc)) from None
+        except ValueError:  # urlsplit or its port refuse it (ssh://host:99999/x.git)
+            raise PlusError("repo_clone_url", "is not a valid URL") from None
 
     # ----------------------------------------------------------------- checks
     def _check_free(self, caller: User, app_name: str) -> None:
@@ -304,11 +308,10 @@ class PlusService:
         await self.platform.destroy_app(caller, app.name, force=True)
         self.tracked.pop(app.name, None)
 
-    def page(self, app_uuid: str) -> tuple[App, dict[str, Any], list[dict[str, Any]]]:
-        """The deployment page's data: the uuid is the link's only credential."""
-        app = self.platform.apps_store.by_uuid(app_uuid)
-        if app is None:
-            raise NotFoundError("no such deployment")
+    def page(self, caller: User, app_uuid: str) -> tuple[App, dict[str, Any],
+                                                          list[dict[str, Any]]]:
+        """The deployment page's data, for a caller who can read the app."""
+        app = self.platform.app_by_uuid(caller, app_uuid)
         releases = self.platform.releases.list(app, 20)
         rows = [{"version": f"v{r.version}", "kind": r.kind, "status": r.status,
                  "commit": r.commit[:12], "created_at": r.created_at,

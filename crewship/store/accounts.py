@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 import asyncssh
 
@@ -72,6 +73,56 @@ class Accounts:
         user = self.user(name)
         assert user is not None
         return user
+
+    def seen(self, user: User) -> None:
+        """Record that ``user`` just came in (SSH); ``users`` shows it as last seen."""
+        self.db.execute("UPDATE users SET last_seen_at = ? WHERE id = ?", now(), user.id)
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Every user with their keys, token count, apps owned and last sign of life."""
+        rows = self.db.all(
+            "SELECT users.*, "
+            "(SELECT COUNT(*) FROM api_tokens WHERE api_tokens.user_id = users.id) AS tokens, "
+            "(SELECT MAX(last_used_at) FROM api_tokens "
+            " WHERE api_tokens.user_id = users.id) AS token_used_at "
+            "FROM users ORDER BY name")
+        keys = self.list_keys()
+        owned = self.db.all("SELECT apps.name, apps.owner_id FROM apps ORDER BY apps.name")
+        out = []
+        for row in rows:
+            seen = [t for t in (row["last_seen_at"], row["token_used_at"]) if t]
+            out.append({"name": row["name"], "admin": bool(row["is_admin"]),
+                        "keys": [k.name for k in keys if k.user == row["name"]],
+                        "tokens": int(row["tokens"]),
+                        "apps": [a["name"] for a in owned if a["owner_id"] == row["id"]],
+                        "created_at": row["created_at"],
+                        "last_seen_at": max(seen) if seen else None})
+        return out
+
+    def owned_apps(self, user: User) -> list[str]:
+        rows = self.db.all("SELECT name FROM apps WHERE owner_id = ? ORDER BY name", user.id)
+        return [r["name"] for r in rows]
+
+    def remove_user(self, user: User, transfer_to: User | None) -> list[str]:
+        """Delete ``user`` and, by cascade, their keys, API tokens, access grants and
+        dashboard sessions, in one transaction; their apps go to ``transfer_to`` first.
+        Returns the names of the apps transferred."""
+        with self.db.tx() as c:
+            apps = [r[0] for r in c.execute("SELECT name FROM apps WHERE owner_id = ? "
+                                            "ORDER BY name", (user.id,))]
+            if apps and transfer_to is None:
+                raise ConflictError(f"{user.name} owns {', '.join(apps)}: transfer them with "
+                                    f"'users:remove {user.name} --transfer-to USER' (or "
+                                    "destroy them) first")
+            if transfer_to is not None:
+                c.execute("UPDATE apps SET owner_id = ? WHERE owner_id = ?",
+                          (transfer_to.id, user.id))
+                # the new owner's grants on those apps are implied by ownership now
+                c.execute("DELETE FROM access WHERE user_id = ? AND app_id IN "
+                          "(SELECT id FROM apps WHERE owner_id = ?)", (transfer_to.id,
+                                                                      transfer_to.id))
+            c.execute("DELETE FROM users WHERE id = ?", (user.id,))
+        return apps
 
     def has_admin(self) -> bool:
         return self.db.one("SELECT 1 FROM users WHERE is_admin = 1 "

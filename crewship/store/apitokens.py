@@ -19,6 +19,7 @@ from crewship.tokens import hash_token, new_token
 TOKEN_PREFIX = "csu_"  # noqa: S105 (a public marker, not a secret)
 SHOWN_PREFIX = 12
 MAX_EXPIRES_DAYS = 3650
+MAX_TOKEN = 256
 
 
 @dataclass(frozen=True)
@@ -80,13 +81,26 @@ class ApiTokenStore:
         self.db.execute("DELETE FROM api_tokens WHERE id = ?", token_id)
         return _token(row)
 
-    def user_id_for(self, token: str) -> int | None:
-        """The owner of a valid (known, unexpired) token; records the use."""
-        if not token.startswith(TOKEN_PREFIX):
+    def revoke_any(self, token_id: int) -> ApiToken:
+        """Revoke a token whoever owns it (an admin's offboarding)."""
+        row = self.db.one("SELECT * FROM api_tokens WHERE id = ?", token_id)
+        if row is None:
+            raise NotFoundError(f"no API token with id {token_id} (see 'api-tokens --user U')")
+        self.db.execute("DELETE FROM api_tokens WHERE id = ?", token_id)
+        return _token(row)
+
+    def find(self, token: str) -> ApiToken | None:
+        """A valid (known, unexpired) token's record; records the use."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > MAX_TOKEN:
             return None
         at = now()
         row = self.db.one("SELECT * FROM api_tokens WHERE hash = ?", hash_token(token))
         if row is None or _token(row).expired(at):
             return None
         self.db.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", at, row["id"])
-        return int(row["user_id"])
+        return _token(row)
+
+    def user_id_for(self, token: str) -> int | None:
+        """The owner of a valid (known, unexpired) token; records the use."""
+        record = self.find(token)
+        return record.user_id if record is not None else None

@@ -158,4 +158,20 @@ MIGRATIONS: list[Migration] = [
     """,
     # 8: config values and release config snapshots encrypted at rest (issue 11 item 3)
     _seal_config,
+    # 9: dashboard sessions: the cookie holds a random id, stored hashed, tied to the API
+    # token it was made from (revoking the token or removing the user ends it); when each
+    # user was last seen over SSH
+    """
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        api_token_id INTEGER NOT NULL REFERENCES api_tokens(id) ON DELETE CASCADE,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    CREATE INDEX sessions_user ON sessions (user_id);
+    CREATE INDEX sessions_token ON sessions (api_token_id);
+    ALTER TABLE users ADD COLUMN last_seen_at TEXT;
+    """,
 ]

@@ -426,3 +426,17 @@ def test_keys_tokens_and_config_without_a_crew(srv: CrewshipServer, tmp_path: Pa
                                                env=env))
     assert "not an OpenSSH public key" in failed(
         crewship(admin_home, project, "keys", "add", "oops", str(laptop), env=env))
+
+
+def test_users_list_and_remove_through_the_client(srv: CrewshipServer, tmp_path: Path,
+                                                  admin_home: Path) -> None:
+    project = skeleton(tmp_path, "people_crew")
+    env = server_env(srv)   # the server from CREWSHIP_SERVER: no app needed
+    leaver = srv.add_user("leaver")
+    result = crewship(admin_home, project, "users", "list", "--json", env=env)
+    ok(result)
+    listed = json.loads(result.stdout)
+    assert "leaver" in [u["name"] for u in listed]
+    out = ok(crewship(admin_home, project, "users", "remove", "leaver", env=env))
+    assert "removed leaver: 1 keys" in out
+    assert srv.ssh(leaver, "whoami").returncode == 255

@@ -162,7 +162,10 @@ def test_zip_path_create_push_status_logs_list_remove(
     assert api.run({"topic": "zipped tea", "audience": "otters"})["state"] == "SUCCESS"
     page = crewai.opened.read_text().split()[0]
     assert page == f"{srv.http_url}/crewai_plus/deployments/{uuid.group(1)}"
-    assert "Online" in httpx.get(page, timeout=5).text
+    assert httpx.get(page, timeout=5).status_code == 303          # a login first
+    token = srv.ssh(srv.admin_key, "api-tokens:create", check=True).stdout.strip()
+    assert "Online" in httpx.get(page, timeout=5,
+                                 headers={"Authorization": f"Bearer {token}"}).text
 
     tasks = root / "src/demo_crew/config/tasks.yaml"
     tasks.write_text(tasks.read_text().replace("short briefing", "crisp briefing"))

@@ -191,7 +191,12 @@ def test_dashboard_access_rules(srv: CrewshipServer) -> None:
     admin_token = api_token(srv, srv.admin_key)
 
     def client(token: str | None = None) -> httpx.Client:
-        cookies = {"crewship_session": token} if token else None
+        """Logged in with ``token`` through the login form (the cookie is a session id)."""
+        cookies = None
+        if token:
+            login = httpx.post(f"{srv.http_url}/dashboard/login", data={"token": token},
+                               timeout=30)
+            cookies = login.cookies if login.status_code == 303 else {"crewship_session": token}
         return httpx.Client(base_url=srv.http_url, cookies=cookies, timeout=30)
 
     with client() as anon:
@@ -208,7 +213,8 @@ def test_dashboard_access_rules(srv: CrewshipServer) -> None:
         resp = forged.get("/")
         assert resp.status_code == 303
         assert 'crewship_session=""' in resp.headers["set-cookie"]   # the bad cookie is dropped
-    with client(bob_token) as as_bob:
+    as_bob = client(bob_token)
+    with as_bob:
         listing = as_bob.get("/")
         assert listing.status_code == 200
         assert "private" not in listing.text        # only apps bob can see
@@ -222,6 +228,8 @@ def test_dashboard_access_rules(srv: CrewshipServer) -> None:
     srv.ssh(bob, "api-tokens:revoke", token_id(srv, bob), check=True)
     with client(bob_token) as revoked:
         assert revoked.get("/").status_code == 303
+    with httpx.Client(base_url=srv.http_url, cookies=as_bob.cookies) as again:
+        assert again.get("/").status_code == 303   # the session made from it ended too
 
 
 def token_id(srv: CrewshipServer, key: Path) -> str:

@@ -24,6 +24,7 @@ from tests.support.server import CrewshipServer
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SETTLE = 3.0  # seconds to wait for a second (unwanted) alert before counting
+SCRAPE = "telemetry-scrape-token"  # CREWSHIP_METRICS_TOKEN: /metrics needs a token
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,8 @@ def rx() -> Iterator[Receiver]:
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
     env = {"CREWSHIP_ENVS_DIR": str(cache_root() / "server-envs"),
            "CREWSHIP_CRASH_LIMIT": "3", "CREWSHIP_RESTART_DELAY": "0.2",
-           "CREWSHIP_ALLOW_PRIVATE_URLS": "1"}  # the receivers listen on 127.0.0.1
+           "CREWSHIP_ALLOW_PRIVATE_URLS": "1",  # the receivers listen on 127.0.0.1
+           "CREWSHIP_METRICS_TOKEN": SCRAPE}
     server = CrewshipServer(tmp_path_factory.mktemp("telemetry"), env=env)
     server.start()
     yield server
@@ -50,7 +52,8 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
 
 
 def scrape(srv: CrewshipServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    resp = httpx.get(f"{srv.http_url}/metrics", timeout=10)
+    resp = httpx.get(f"{srv.http_url}/metrics", timeout=10,
+                     headers={"Authorization": f"Bearer {SCRAPE}"})
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
     return {(s.name, frozenset(s.labels.items())): s.value

@@ -200,11 +200,11 @@ def test_a_zip_deploy_that_fails_its_build_reports_why(srv: CrewshipServer,
     branches = srv.git(None, "--git-dir", str(srv.repo_path("lockless-crew")), "branch",
                        cwd=srv.root).stdout
     assert "main" not in branches
-    page = httpx.get(f"{srv.http_url}/crewai_plus/deployments/{created['uuid']}", timeout=5)
+    page = api.get(f"/crewai_plus/deployments/{created['uuid']}")
     assert page.status_code == 200
     assert "lockless-crew" in page.text
     assert "Failed" in page.text
-    assert httpx.get(f"{srv.http_url}/crewai_plus/deployments/nope", timeout=5).status_code == 404
+    assert api.get("/crewai_plus/deployments/nope").status_code == 404
     listed = api.get(f"{API}/crews").json()
     assert listed == [{"name": "lockless-crew", "uuid": created["uuid"], "status": "Failed"}]
     taken = upload(api, zip_bytes(PROJECT), {"name": "lockless_crew"})

@@ -119,7 +119,9 @@ def test_api_tokens_are_shown_once_stored_hashed_and_authenticate(platform: Plat
     record, token = platform.create_api_token(alice)
     assert token.startswith("csu_")
     assert record.prefix == token[:12]
-    assert record.expires_at is None
+    assert record.expires_at is not None          # 90 days by default (CREWSHIP_API_TOKEN_DAYS)
+    left = dt.datetime.fromisoformat(record.expires_at) - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(days=89, hours=23) < left <= dt.timedelta(days=90)
     stored = platform.db.all("SELECT * FROM api_tokens")
     assert [r["hash"] for r in stored] == [hash_token(token)]
     assert token not in json.dumps([dict(r) for r in stored])
