@@ -44,6 +44,19 @@ class KickoffFinished:
     webhooks: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class BackupFinished:
+    """A backup was made (``outcome="succeeded"``) or failed (``"failed"``)."""
+
+    backup: str
+    outcome: str               # succeeded | failed
+    duration: float
+    size: int
+    error: str | None = None
+    trigger: str = "manual"    # manual | automatic
+    failing_since: str | None = None   # failed: the first backup of this run of failures
+
+
 EventSink = Callable[[object], None]
 
 

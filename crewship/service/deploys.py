@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,11 +348,14 @@ class Deployer:
         return make_spec
 
     # ------------------------------------------------------------------ lifecycle
-    async def restore(self) -> None:
-        """After a daemon (re)start: adopt or start each app's live release."""
+    async def restore(self, skip: Collection[str] = ()) -> None:
+        """After a daemon (re)start: adopt or start each app's live release.
+
+        ``skip``: apps a restore left to rebuild (crewship/service/restore.py).
+        """
         self.releases.fail_unfinished()
         for app in self.apps.all():
-            if app.live_release is None or app.scale == 0:
+            if app.live_release is None or app.scale == 0 or app.name in skip:
                 continue
             release = self.releases.get(app, app.live_release)
             if release is None or release.artifact is None:

@@ -8,6 +8,7 @@ app not existing.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from builder.release import remove_tree
 from crewship import log
@@ -34,6 +35,9 @@ from crewship.store.releases import ConfigStore, ReleaseStore, TokenStore
 from crewship.store.repos import Repos
 from crewship.store.state import Database
 
+if TYPE_CHECKING:
+    from crewship.service.backups import BackupService
+
 logger = log.get("crewship.service.platform")
 
 
@@ -58,6 +62,7 @@ class Platform:
         self.lifecycle = Lifecycle(settings, self.checker, self.engine, self.apps_store,
                                    self.releases, self.config_store)
         self.monitoring = Monitoring(self.checker, self.engine, self.alerts)
+        self.backups: BackupService | None = None  # the daemon attaches its backup service
 
     # ----------------------------------------------------------------- identity
     def authenticate(self, fingerprint: str) -> User | None:
