@@ -95,6 +95,15 @@ class BackupService:
         self.clock = clock
         self._lock = threading.Lock()   # one backup at a time, whoever asks
         self._failing_since: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # events go to its thread
+
+    def _emit(self, event: BackupFinished) -> None:
+        """Hand ``event`` to the sink on the daemon's loop (backups run in a worker thread)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.on_event, event)
+        else:
+            self.on_event(event)
 
     # ------------------------------------------------------------------ reading
     def sidecar(self, backup_id: str) -> Path:
@@ -204,7 +213,7 @@ class BackupService:
         logger.info("backup_created", backup=info.id, size=info.size, apps=len(info.apps),
                     duration_ms=round(info.duration_s * 1000), trigger=info.trigger,
                     restic_snapshot=info.restic_snapshot)
-        self.on_event(BackupFinished(info.id, "succeeded", info.duration_s, info.size,
+        self._emit(BackupFinished(info.id, "succeeded", info.duration_s, info.size,
                                      trigger=info.trigger))
 
     def _failed(self, backup_id: str, trigger: str, started: float, exc: Exception) -> None:
@@ -214,7 +223,7 @@ class BackupService:
                         {"failure": {"backup": backup_id, "at": now(), "error": str(exc)}})
         duration = time.monotonic() - started
         logger.warning("backup_failed", backup=backup_id, error=str(exc), trigger=trigger)
-        self.on_event(BackupFinished(backup_id, "failed", duration, 0, str(exc), trigger,
+        self._emit(BackupFinished(backup_id, "failed", duration, 0, str(exc), trigger,
                                      failing_since=self._failing_since))
 
     def verify_sync(self, backup_id: str | None = None) -> BackupInfo:
@@ -241,6 +250,7 @@ class BackupService:
     async def create(self, caller: User | None = None, trigger: str = "manual") -> BackupInfo:
         if caller is not None:
             _require_admin(caller)
+        self._loop = asyncio.get_running_loop()
         return await asyncio.to_thread(self.create_sync, trigger)
 
     async def verify(self, caller: User, backup_id: str | None) -> BackupInfo:
@@ -266,6 +276,9 @@ async def backup_forever(service: BackupService, first_delay: float = 0.0) -> No
         try:
             await service.create(trigger="automatic")
             delay = service.settings.backup_interval
-        except CrewshipError:
+        except CrewshipError:   # recorded, logged and alerted by the service
+            delay = min(service.settings.backup_interval, RETRY_AFTER)
+        except Exception:   # a bug must not end the schedule
+            logger.exception("backup_crashed")
             delay = min(service.settings.backup_interval, RETRY_AFTER)
         await asyncio.sleep(delay)

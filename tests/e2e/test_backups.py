@@ -16,9 +16,11 @@ import httpx
 import pytest
 
 from builder.release import remove_tree
-from tests.e2e.test_deploy import commit_all, configure, new_project, push
+from tests.conftest import ServerFactory
+from tests.e2e.test_deploy import commit_all, configure, new_project, push, wait_until
 from tests.support.crewenv import cache_root
 from tests.support.fakellm import FakeLLM
+from tests.support.receiver import Receiver
 from tests.support.server import CrewshipServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -177,3 +179,39 @@ def test_backups_commands_are_for_admins_only(server: CrewshipServer) -> None:
     missing = server.ssh(server.admin_key, "backups:verify", "20200101")
     assert missing.returncode != 0
     assert "there is no backup yet" in missing.stderr + missing.stdout
+
+
+def test_automatic_backups_keep_the_newest_and_a_failure_raises_one_alert(
+        server_factory: ServerFactory, tmp_path: Path) -> None:
+    password = tmp_path / "restic-password"
+    password.write_text("schedule password\n")
+    srv = server_factory(env={"CREWSHIP_BACKUP_INTERVAL": "1s", "CREWSHIP_BACKUP_KEEP": "2",
+                              "CREWSHIP_BACKUP_RESTIC_REPO": str(tmp_path / "restic"),
+                              "CREWSHIP_BACKUP_RESTIC_PASSWORD_FILE": str(password)})
+    with Receiver() as rx:
+        srv.ssh(srv.admin_key, "apps:create", "ops", check=True)
+        srv.ssh(srv.admin_key, "alerts:add", "ops", rx.url("/alerts"), "--events",
+                "backup_failed", check=True)
+        wait_until(lambda: len(srv.logs("backup_created", trigger="automatic")) >= 3,
+                   timeout=120, what="three automatic backups")
+        listed = srv.ssh_json(srv.admin_key, "backups")
+        assert len(listed) == 2
+        assert all(b["trigger"] == "automatic" and b["restic_snapshot"] for b in listed)
+
+        password.unlink()   # the off-machine copy now fails, again and again
+        wait_until(lambda: len(srv.logs("backup_failed")) >= 3, timeout=120,
+                   what="three failed backups")
+        alerts = rx.wait_for("/alerts", count=1)
+        assert alerts[0]["event"] == "backup_failed"
+        assert "restic" in alerts[0]["message"]
+        text = srv.ssh(srv.admin_key, "backups", check=True).stdout
+        assert "last backup FAILED" in text
+
+        password.write_text("schedule password\n")
+        failed = len(srv.logs("backup_failed"))
+        created = len(srv.logs("backup_created"))
+        wait_until(lambda: len(srv.logs("backup_created")) > created, timeout=120,
+                   what="a backup after the fix")
+        assert len(rx.bodies("/alerts")) == 1   # one alert for the whole run of failures
+        assert len(srv.logs("backup_failed")) >= failed
+        assert "FAILED" not in srv.ssh(srv.admin_key, "backups", check=True).stdout
