@@ -195,7 +195,10 @@ def _app_row(platform: Platform, user: User, name: str) -> dict[str, Any]:
 async def apps_view(request: Request, user: User) -> Response:
     platform = _platform(request)
     rows = [_app_row(platform, user, app.name) for app in platform.apps(user)]
-    return _html(html.apps_page(user.name, rows))
+    backups = None
+    if user.is_admin and platform.backups is not None:
+        backups = await asyncio.to_thread(platform.backups.status)
+    return _html(html.apps_page(user.name, rows, backups))
 
 
 @page_view

@@ -206,6 +206,9 @@ def test_automatic_backups_keep_the_newest_and_a_failure_raises_one_alert(
         assert "restic" in alerts[0]["message"]
         text = srv.ssh(srv.admin_key, "backups", check=True).stdout
         assert "last backup FAILED" in text
+        page = dashboard_home(srv)
+        assert "last good backup" in page
+        assert "the last backup failed at" in page
 
         password.write_text("schedule password\n")
         failed = len(srv.logs("backup_failed"))
@@ -215,3 +218,13 @@ def test_automatic_backups_keep_the_newest_and_a_failure_raises_one_alert(
         assert len(rx.bodies("/alerts")) == 1   # one alert for the whole run of failures
         assert len(srv.logs("backup_failed")) >= failed
         assert "FAILED" not in srv.ssh(srv.admin_key, "backups", check=True).stdout
+
+
+def dashboard_home(srv: CrewshipServer) -> str:
+    """The dashboard's apps page as the admin sees it (logged in with an API token)."""
+    token = srv.ssh(srv.admin_key, "api-tokens:create", check=True).stdout.strip()
+    with httpx.Client(base_url=srv.http_url, timeout=30) as client:
+        client.post("/dashboard/login", data={"token": token})
+        resp = client.get("/", headers={"Accept": "text/html"})
+        assert resp.status_code == 200
+        return resp.text
