@@ -169,12 +169,13 @@ def row(case: str, ours: float, theirs: float, goal: float, runs: int,
 def run() -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="crewship-bench-backup-") as tmp:
         root = Path(tmp)
-        srv = CrewshipServer(root / "server")
+        srv = CrewshipServer(root / "server", env={"CREWSHIP_HEALTH_TIMEOUT": "180"})
         with FakeLLM() as llm:
             srv.start()
             try:
                 token = populate(srv, llm, root)
-                holds = {"state_db_mb": mb(du(srv.data_dir / "state.db")),
+                state = sum(p.stat().st_size for p in srv.data_dir.glob("state.db*"))
+                holds = {"state_db_mb": mb(state),
                          "repos_mb": mb(du(srv.data_dir / "repos")),
                          "data_dir_mb": mb(du(srv.data_dir)),
                          "envs_mb": mb(du(srv.data_dir / "envs")), "kickoffs": HISTORY + 2}
