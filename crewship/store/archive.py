@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -319,9 +320,15 @@ def extract(path: Path, dest: Path, manifest: Manifest) -> None:
                 raise ArchiveError(f"{path.name}: {info.name} changed while it was read")
 
 
+HEAD_RE = re.compile(r"^refs/heads/[A-Za-z0-9][A-Za-z0-9._/-]{0,200}$")
+
+
 def restore_repo(bundle: Path | None, repo: Path, head: str) -> None:
     """A bare repo at ``repo`` holding every ref of ``bundle`` (None: an empty repo)."""
     validate_app_name(repo.name.removesuffix(".git"))
+    if not HEAD_RE.fullmatch(head) or ".." in head:
+        raise ArchiveError(f"the backup names {head[:60]!r} as a repository's HEAD, which is "
+                           "not a branch: the archive was altered")
     _git("init", "--quiet", "--bare", "--initial-branch=main", str(repo))
     _git("-C", str(repo), "config", "receive.denyDeletes", "true")
     _git("-C", str(repo), "config", "receive.denyNonFastForwards", "false")
