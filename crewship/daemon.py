@@ -39,8 +39,8 @@ from runtime.supervisor import Supervisor
 logger = log.get("crewship.daemon")
 
 # The first automatic backup of a server without a recent one waits this long after the
-# start, so a restart loop does not make a backup each time.
-BACKUP_START_DELAY = 60.0
+# start (or one interval, if shorter), so a restart loop does not make a backup each time.
+BACKUP_START_DELAY = 600.0
 
 
 def register_admin_keys(platform: Platform, keys: tuple[str, ...]) -> list[str]:

@@ -12,6 +12,7 @@ config, releases and kickoff history come back as they were: they live in ``stat
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -179,17 +180,26 @@ class Rebuilder:
         _write_marker(self.layout, str(data.get("backup", "")), data["apps"])
 
     async def run(self) -> None:
-        for name in self.pending():
-            started = time.monotonic()
-            try:
-                version = await self.rebuild(name)
-            except CrewshipError as exc:
-                logger.warning("app_rebuild_failed", app=name, error=str(exc))
-                self.deployer.app_log(name).system(f"rebuild after restore failed: {exc}")
-                continue
-            self._done(name)
-            logger.info("app_rebuilt", app=name, release=version,
-                        duration_ms=round((time.monotonic() - started) * 1000))
+        """Rebuild every listed app, as many at once as there are cores (like pushes)."""
+        slots = asyncio.Semaphore(os.cpu_count() or 1)
+
+        async def one(name: str) -> None:
+            async with slots:
+                await self._rebuild_logged(name)
+
+        await asyncio.gather(*(one(name) for name in self.pending()))
+
+    async def _rebuild_logged(self, name: str) -> None:
+        started = time.monotonic()
+        try:
+            version = await self.rebuild(name)
+        except CrewshipError as exc:
+            logger.warning("app_rebuild_failed", app=name, error=str(exc))
+            self.deployer.app_log(name).system(f"rebuild after restore failed: {exc}")
+            return
+        self._done(name)
+        logger.info("app_rebuilt", app=name, release=version,
+                    duration_ms=round((time.monotonic() - started) * 1000))
 
     async def rebuild(self, name: str) -> int | None:
         """Rebuild ``name``'s live build (same build dir, same commit) and start it."""
