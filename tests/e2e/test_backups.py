@@ -167,20 +167,6 @@ def clone_head(srv: CrewshipServer, app: str, dest: Path) -> str:
                           text=True, check=True, timeout=30).stdout.strip()
 
 
-def test_backups_commands_are_for_admins_only(server: CrewshipServer) -> None:
-    bob = server.add_user("bob")
-    for args in (("backups",), ("backups:create",), ("backups:verify",)):
-        result = server.ssh(bob, *args)
-        assert result.returncode != 0
-        assert "only an admin can manage backups" in result.stderr + result.stdout
-    assert list((server.data_dir / "backups").glob("*.tar")) == []
-    empty = server.ssh(server.admin_key, "backups", check=True).stdout
-    assert "no backups yet" in empty
-    missing = server.ssh(server.admin_key, "backups:verify", "20200101")
-    assert missing.returncode != 0
-    assert "there is no backup yet" in missing.stderr + missing.stdout
-
-
 def test_automatic_backups_keep_the_newest_and_a_failure_raises_one_alert(
         server_factory: ServerFactory, tmp_path: Path) -> None:
     password = tmp_path / "restic-password"
@@ -228,3 +214,32 @@ def dashboard_home(srv: CrewshipServer) -> str:
         resp = client.get("/", headers={"Accept": "text/html"})
         assert resp.status_code == 200
         return resp.text
+
+
+def test_crewship_backup_beside_a_running_server_and_bad_input(server: CrewshipServer,
+                                                               tmp_path: Path) -> None:
+    server.ssh(server.admin_key, "apps:create", "solo", check=True)
+    out = server.cli("backup", "--data-dir", str(server.data_dir)).stdout
+    assert "1 app(s)" in out
+    listed = server.ssh_json(server.admin_key, "backups")
+    assert len(listed) == 1
+    assert listed[0]["apps"] == ["solo"]
+    assert listed[0]["id"] in out
+    verified = server.ssh(server.admin_key, "backups:verify", check=True).stdout
+    assert f"backup {listed[0]['id']} is intact" in verified
+    assert server.ssh_json(server.admin_key, "backups")[0]["verified_at"]
+
+    for args, message in [
+        (("backup", "--data-dir", str(tmp_path / "nothing")), "is not a crewship data dir"),
+        (("restore", "nope.tar", "--data-dir", str(tmp_path / "new")), "no such archive"),
+        (("restore", "abcdef12", "--data-dir", str(tmp_path / "new")),
+         "set CREWSHIP_BACKUP_RESTIC_REPO"),
+        (("restore", str(server.data_dir / "backups" / f"crewship-backup-{listed[0]['id']}.tar"),
+          "--data-dir", str(server.data_dir)), "is not empty"),
+    ]:
+        result = server.cli(*args, check=False)
+        assert result.returncode == 1
+        assert message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
+    assert not (tmp_path / "nothing").exists()
