@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 ## Start the server on the embedded defaults (SSH 2222, HTTP 8000, data in ./.crewship).
+## Backups go to ./.crewship/backups every 24 h; restic (apt-get install restic) is optional,
+## for off-machine copies (CREWSHIP_BACKUP_RESTIC_REPO, CREWSHIP_BACKUP_RESTIC_PASSWORD_FILE).
 run: venv bubblewrap
+	@command -v restic >/dev/null || echo "note: restic is not installed (optional: off-machine backup copies; apt-get install restic)"
 	$(BIN)/crewship admin bootstrap
 	exec $(BIN)/crewship server
 

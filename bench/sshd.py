@@ -43,8 +43,9 @@ LogLevel ERROR
 class OpenSSHServer:
     """``sshd -D -e -f CONFIG`` for the current user, authorizing one client key."""
 
-    def __init__(self, root: Path, client_key: Path) -> None:
+    def __init__(self, root: Path, client_key: Path, extra_config: str = "") -> None:
         self.root = root
+        self.extra_config = extra_config  # e.g. "Subsystem sftp internal-sftp\n"
         self.port = free_port()
         self.user = getpass.getuser()
         self.client_key = client_key
@@ -56,7 +57,8 @@ class OpenSSHServer:
         pub = self.client_key.with_name(self.client_key.name + ".pub").read_text()
         (self.root / "authorized_keys").write_text(pub)
         config = self.root / "sshd_config"
-        config.write_text(CONFIG.format(port=self.port, host=HOST, dir=self.root, user=self.user))
+        config.write_text(CONFIG.format(port=self.port, host=HOST, dir=self.root, user=self.user)
+                          + self.extra_config)
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)  # sshd refuses to start without it
         subprocess.run([SSHD, "-t", "-f", str(config)], check=True, capture_output=True)
         with (self.root / "sshd.log").open("ab") as log:

@@ -43,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--data-dir", type=Path)
     boot.add_argument("--ssh-dir", type=Path, default=Path.home() / ".ssh")
 
+    backup = sub.add_parser("backup", help="make a backup archive of a data directory "
+                            "(offline or while its server runs)")
+    backup.add_argument("--data-dir", type=Path)
+    restore = sub.add_parser("restore", help="restore a backup into a new data directory "
+                             "(offline); the next 'crewship server' there rebuilds every app")
+    restore.add_argument("source", metavar="ARCHIVE_OR_SNAPSHOT",
+                         help="a crewship-backup-*.tar file, or a restic snapshot id")
+    restore.add_argument("--data-dir", type=Path, required=True,
+                         help="the new data directory (must not exist or be empty)")
+
     from crewship.client.parser import add_client_commands
 
     add_client_commands(sub)
@@ -97,6 +107,37 @@ def admin_bootstrap(data_dir: Path | None, ssh_dir: Path) -> int:
     return 0
 
 
+def backup(data_dir: Path | None) -> int:
+    from crewship.config import Layout
+    from crewship.service.backups import BackupService, restic_from
+
+    settings = config.from_env(data_dir=data_dir)
+    layout = Layout(settings.data_dir.resolve())
+    if not layout.state_db.is_file():
+        raise CrewshipError(f"{layout.root} is not a crewship data dir (no state.db): "
+                            "give the server's --data-dir")
+    service = BackupService(settings, layout, restic_from(settings, layout))
+    info = service.create_sync()
+    print(f"backup {info.id}: {layout.backup_archive(info.id)} ({info.size} bytes, "
+          f"{len(info.apps)} app(s), {info.duration_s:.2f} s)")
+    if info.restic_snapshot:
+        print(f"stored in restic:{info.restic_repo} as snapshot {info.restic_snapshot}")
+    return 0
+
+
+def restore(source: str, data_dir: Path) -> int:
+    from crewship.service.restore import restore as restore_backup
+
+    settings = config.from_env(data_dir=data_dir)
+    done = restore_backup(source, data_dir, settings)
+    print(f"restored backup {done.backup} from {done.source} into {done.data_dir} "
+          f"({len(done.apps)} app(s))")
+    if done.rebuild:
+        print(f"the next 'crewship server --data-dir {data_dir}' rebuilds and starts "
+              f"{', '.join(done.rebuild)}")
+    return 0
+
+
 def _crewship_command() -> str:
     """How to run this very ``crewship`` as printed: a path when it is not on PATH."""
     argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
@@ -131,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        insecure_no_sandbox=args.insecure_no_sandbox)
             daemon.run(settings)
             return 0
+        if args.command == "backup":
+            return backup(args.data_dir)
+        if args.command == "restore":
+            return restore(args.source, args.data_dir)
         if args.admin_command == "add-key":
             return admin_add_key(args.name, args.pubkey_file, args.data_dir)
         return admin_bootstrap(args.data_dir, args.ssh_dir)

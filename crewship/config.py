@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from crewship.urls import Policy
@@ -57,6 +58,13 @@ class Settings:
     max_requests_per_token: int = 16      # requests in flight per bearer token (then 429)
     metrics_token: str = ""               # the Prometheus scrape token for GET /metrics
     trusted_proxies: tuple[str, ...] = ()  # proxies whose X-Forwarded-Proto is believed
+    # Backups (crewship/service/backups.py): every backup_interval seconds, the newest
+    # backup_keep kept; also stored in a restic repository when both restic settings are set.
+    backup_interval: float = 86400.0
+    backup_keep: int = 7
+    backup_restic_repo: str = ""
+    backup_restic_password_file: Path | None = None
+    backup_restic_options: tuple[str, ...] = ()
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -112,6 +120,23 @@ def parse_flag(value: str) -> bool:
 
 
 
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``24h``, ``7d`` -> seconds (more than 0)."""
+    value = text.strip().lower()
+    unit = DURATION_UNITS.get(value[-1:]) if value else None
+    number = float(value[:-1] if unit else value)
+    return float(_at_least(number * (unit or 1.0), 1e-3))
+
+
+def _at_least(value: float, low: float) -> Any:
+    if not value >= low:
+        raise ValueError(f"{value} is below {low}")
+    return value
+
+
 _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_DATA_DIR": ("data_dir", Path),
     "CREWSHIP_HOST": ("host", str),
@@ -144,6 +169,11 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_METRICS_TOKEN": ("metrics_token", str),
     "CREWSHIP_TRUSTED_PROXIES": ("trusted_proxies",
                                  lambda v: tuple(p.strip() for p in v.split(",") if p.strip())),
+    "CREWSHIP_BACKUP_INTERVAL": ("backup_interval", parse_duration),
+    "CREWSHIP_BACKUP_KEEP": ("backup_keep", lambda v: _at_least(int(v), 1)),
+    "CREWSHIP_BACKUP_RESTIC_REPO": ("backup_restic_repo", str),
+    "CREWSHIP_BACKUP_RESTIC_PASSWORD_FILE": ("backup_restic_password_file", Path),
+    "CREWSHIP_BACKUP_RESTIC_OPTIONS": ("backup_restic_options", lambda v: tuple(shlex.split(v))),
 }
 
 
@@ -210,6 +240,19 @@ class Layout:
     @property
     def backups(self) -> Path:
         return self.root / "backups"
+
+    def backup_archive(self, backup_id: str) -> Path:
+        return self.backups / f"crewship-backup-{backup_id}.tar"
+
+    @property
+    def secrets_key(self) -> Path:
+        """The key config values are encrypted with at rest (kept in every backup)."""
+        return self.root / "secrets.key"
+
+    @property
+    def rebuild_marker(self) -> Path:
+        """Apps a restore left to rebuild: the next server start rebuilds their live release."""
+        return self.root / "rebuild.json"
 
     @property
     def run(self) -> Path:

@@ -16,9 +16,11 @@ from crewship.api.server import HTTPServer
 from crewship.config import Layout, Settings
 from crewship.errors import InvalidInputError
 from crewship.loopwatch import LoopWatchdog
+from crewship.service.backups import BackupService, backup_forever, restic_from
 from crewship.service.deploys import Deployer
 from crewship.service.kickoffs import KickoffService
 from crewship.service.platform import Platform
+from crewship.service.restore import Rebuilder
 from crewship.service.telemetry import Telemetry, runtime_states
 from crewship.store.history import Retention, prune_forever
 from crewship.store.state import Database, checkpoint_forever
@@ -37,6 +39,10 @@ from runtime.sandbox import Sandbox
 from runtime.supervisor import Supervisor
 
 logger = log.get("crewship.daemon")
+
+# The first automatic backup of a server without a recent one waits this long after the
+# start (or one interval, if shorter), so a restart loop does not make a backup each time.
+BACKUP_START_DELAY = 600.0
 
 
 def register_admin_keys(platform: Platform, keys: tuple[str, ...]) -> list[str]:
@@ -71,7 +77,7 @@ class Daemon:
         envs_dir = settings.envs_dir.resolve() if settings.envs_dir else self.layout.envs
         self.builder = make_builder(settings, self.layout, EnvBuilder(envs_dir, settings.python))
         builder = self.builder
-        self.platform.engine.deployer = Deployer(
+        self.deployer = self.platform.engine.deployer = Deployer(
             settings, self.layout, self.platform.apps_store, self.platform.repos,
             self.platform.releases, self.platform.config_store, builder, self.supervisor)
         self.kickoffs = KickoffService(self.db, self.supervisor)
@@ -79,8 +85,13 @@ class Daemon:
         self.telemetry = Telemetry(settings, self.platform.metrics, self.platform.alerts)
         self.platform.engine.deployer.on_event = self.kickoffs.on_event = self.telemetry.handle
         self.platform.metrics.states = runtime_states(self.platform.apps_store, self.supervisor)
+        self.backups = BackupService(settings, self.layout, restic_from(settings, self.layout),
+                                     on_event=self.telemetry.handle)
+        self.platform.backups = self.backups
+        self.rebuilder = Rebuilder(self.layout, self.deployer)
         self._pruner: asyncio.Task[None] | None = None
         self._checkpointer: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
         self.http = HTTPServer(self.platform, settings.host, settings.http_port)
         self._stop = asyncio.Event()
         self._closers: list[Callable[[], object]] = []
@@ -108,7 +119,15 @@ class Daemon:
         await self.hooks.start()
         await self.http.start()
         await self.ssh.start(self.settings.host, self.settings.ssh_port)
-        await self.platform.engine.deployer.restore()
+        assert self.platform.engine.deployer is not None
+        rebuild = self.rebuilder.pending()
+        await self.platform.engine.deployer.restore(skip=rebuild)
+        if rebuild:
+            logger.info("rebuild_started", apps=rebuild)
+            self._background.append(asyncio.create_task(self.rebuilder.run()))
+        self._background.append(asyncio.create_task(
+            backup_forever(self.backups, first_delay=min(
+                BACKUP_START_DELAY, self.settings.backup_interval))))
         logger.info("server_started", ssh_port=self.ssh.port, http_port=self.http.port,
                     data_dir=str(self.layout.root), runtime=self.settings.runtime,
                     host_key=self.host_fingerprint, sandbox=self.settings.sandboxed)
@@ -119,10 +138,10 @@ class Daemon:
         await self.http.close()
         await self.supervisor.aclose()
         await self.kickoffs.aclose()
-        for task in (self._pruner, self._checkpointer):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        tasks = [t for t in [self._pruner, self._checkpointer, *self._background] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.telemetry.aclose()
         await self.backend.aclose()
         await self.builder.aclose()

@@ -55,6 +55,19 @@ class WebhookDue:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class BackupFinished:
+    """A backup was made (``outcome="succeeded"``) or failed (``"failed"``)."""
+
+    backup: str
+    outcome: str               # succeeded | failed
+    duration: float
+    size: int
+    error: str | None = None
+    trigger: str = "manual"    # manual | automatic
+    failing_since: str | None = None   # failed: the first backup of this run of failures
+
+
 EventSink = Callable[[object], None]
 
 

@@ -25,6 +25,7 @@ from crewship.service.platform import Platform
 from gitserver import (  # noqa: F401 (importing registers the commands)
     commands_accounts,
     commands_apps,
+    commands_backups,
     commands_history,
     commands_releases,
     commands_runtime,

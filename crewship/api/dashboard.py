@@ -269,7 +269,10 @@ def _app_row(platform: Platform, user: User, name: str) -> dict[str, Any]:
 async def apps_view(request: Request, visitor: Visitor) -> Response:
     platform, user = _platform(request), visitor.user
     rows = [_app_row(platform, user, app.name) for app in platform.apps(user)]
-    return _html(html.apps_page(user.name, rows, visitor.csrf))
+    backups = None
+    if user.is_admin and platform.backups is not None:
+        backups = await asyncio.to_thread(platform.backups.status)
+    return _html(html.apps_page(user.name, rows, visitor.csrf, backups))
 
 
 @page_view

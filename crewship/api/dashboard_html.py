@@ -40,7 +40,7 @@ code{font:13px ui-monospace,SFMono-Regular,Menlo,monospace}
 .muted{color:var(--muted)}.when{white-space:nowrap}.error{color:var(--bad)}
 .badge{display:inline-block;padding:.05rem .55rem;border-radius:999px;font-size:.8rem;
 font-weight:600;background:#f2f4f7;color:var(--muted)}
-.s-running,.s-up,.s-success,.s-live{background:#dcfae6;color:var(--ok)}
+.s-running,.s-up,.s-success,.s-live,.s-ok{background:#dcfae6;color:var(--ok)}
 .s-crashed,.s-failed,.s-failure,.s-error{background:#fee4e2;color:var(--bad)}
 .s-starting,.s-deploying,.s-restarting,.s-pending,.s-revoked,.s-stopped{background:#fef0c7;
 color:var(--warn)}
@@ -142,7 +142,30 @@ def error_page(status: int, message: str, user: str | None, csrf: str = "") -> s
     return page(f"Error {status}", body, user, csrf)
 
 
-def apps_page(user: str, apps: list[dict[str, Any]], csrf: str = "") -> str:
+def backups_card(status: dict[str, Any] | None) -> str:
+    """Admins see the age of the last good backup, and a failure since it (if any)."""
+    if status is None:
+        return ""
+    age, failure = status.get("age_seconds"), status.get("failure")
+    last = status.get("last_good") or {}
+    if age is None:
+        facts = [f"{badge('pending')} no backup yet"]
+    else:
+        facts = [f"{badge('failed' if failure else 'ok')} last good backup "
+                 f"{esc(duration(int(age)))} ago ({esc(last.get('id'))}, "
+                 f"{len(last.get('apps') or [])} apps)"]
+    if failure:
+        facts.append(f"<span class='error'>the last backup failed at {when(failure.get('at'))}: "
+                     f"{esc(clip(failure.get('error')))}</span>")
+    restic = f", copied to {esc(status['restic'])}" if status.get("restic") else ""
+    facts.append(f"<span class='muted'>every {esc(duration(int(status['interval_seconds'])))}, "
+                 f"{esc(status.get('keep'))} kept{restic}</span>")
+    return ("<h2>Backups</h2><section class='card' id='backups'>"
+            + "<br>".join(facts) + "</section>")
+
+
+def apps_page(user: str, apps: list[dict[str, Any]], csrf: str = "",
+              backups: dict[str, Any] | None = None) -> str:
     rows = [[f"<a href='/dashboard/apps/{esc(a['app'])}'>{esc(a['app'])}</a>",
              badge(a.get("state")), esc(a.get("release") or "none"),
              f"<code>{esc(a.get('url'))}</code>", esc(a.get("restarts", "")),
@@ -153,7 +176,7 @@ def apps_page(user: str, apps: list[dict[str, Any]], csrf: str = "") -> str:
     warning = (f"<section class='card error' id='sandbox-warning' role='alert'>Sandbox "
                f"{esc(unsandboxed.get('sandbox_note'))}</section>" if unsandboxed else "")
     return page("Apps", f"<h1>Apps</h1>{warning}<section class='card' id='apps'>{listing}"
-                "</section>", user, csrf)
+                "</section>" + backups_card(backups), user, csrf)
 
 
 def _facts(status: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -381,12 +381,15 @@ class Deployer:
         return make_spec
 
     # ------------------------------------------------------------------ lifecycle
-    async def restore(self) -> None:
+    async def restore(self, skip: Collection[str] = ()) -> None:
         """After a daemon (re)start and ``reconcile``: adopt or start each app's live
-        release, and stop whatever runs for apps or releases nobody knows."""
-        failed: set[str] = set()
+        release, and stop whatever runs for apps or releases nobody knows.
+
+        ``skip``: apps a restore left to rebuild (crewship/service/restore.py).
+        """
+        failed: set[str] = set(skip)
         for app in self.apps.all():
-            if app.live_release is None:
+            if app.live_release is None or app.name in skip:
                 continue
             release = self.releases.get(app, app.live_release)
             if release is None or release.artifact is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from builder.release import remove_tree
 from crewship import log
@@ -37,6 +38,9 @@ from crewship.store.repos import Repos
 from crewship.store.sessions import SessionStore
 from crewship.store.state import Database
 
+if TYPE_CHECKING:
+    from crewship.service.backups import BackupService
+
 logger = log.get("crewship.service.platform")
 
 
@@ -62,6 +66,7 @@ class Platform:
                                    self.releases, self.config_store)
         self.monitoring = Monitoring(self.checker, self.engine, self.alerts, settings.url_policy())
         self.users = Users(settings, self.accounts, self.api_tokens, SessionStore(db))
+        self.backups: BackupService | None = None  # the daemon attaches its backup service
 
     # ----------------------------------------------------------------- identity
     def authenticate(self, fingerprint: str) -> User | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from crewship import log
 from crewship.config import Settings
-from crewship.events import DeployFinished, KickoffFinished, WebhookDue
+from crewship.events import BackupFinished, DeployFinished, KickoffFinished, WebhookDue
 from crewship.service.metrics import Metrics, StateSource
 from crewship.service.notify import Deliverer
 from crewship.store.alerts import AlertGate, AlertStore
@@ -54,6 +54,8 @@ class Telemetry:
             self._kickoff(event)
         elif isinstance(event, WebhookDue):
             self._webhook(event.kind, event.url, event.body)
+        elif isinstance(event, BackupFinished):
+            self._backup(event)
         elif isinstance(event, InstanceExited):
             self.metrics.crashes.labels(event.app).inc()
         elif isinstance(event, AppCrashed):
@@ -94,6 +96,28 @@ class Telemetry:
         def done(ok: bool) -> None:
             self.metrics.webhooks.labels(kind, "delivered" if ok else "failed").inc()
         self.deliverer.post(url, body, what=f"{kind}_webhook", done=done)
+
+    def _backup(self, event: BackupFinished) -> None:
+        """A failed backup: one ``backup_failed`` alert per run of failures, server-wide."""
+        if event.outcome != "failed":
+            return
+        receivers = self.alerts.receivers_anywhere("backup_failed")
+        held = self.gate.admit("backup_failed", "", event.failing_since or event.backup)
+        if not receivers or held is None:
+            return
+        for receiver in receivers:
+            body = {"event": "backup_failed", "app": None, "release": None,
+                    "message": f"backup {event.backup} failed: {event.error}", "at": now(),
+                    "alert_id": receiver.id, "url": self.settings.http_base,
+                    "details": {"backup": event.backup, "error": event.error,
+                                "trigger": event.trigger,
+                                "failing_since": event.failing_since}, "suppressed": held}
+
+            def done(ok: bool) -> None:
+                self.metrics.alerts.labels("backup_failed", "delivered" if ok else "failed").inc()
+            self.deliverer.post(receiver.url, body, what="alert backup_failed", done=done)
+        logger.info("alert_raised", alert="backup_failed", receivers=len(receivers),
+                    backup=event.backup)
 
     def alert(self, name: str, app: str, release: int | None, message: str,
               details: dict[str, Any], *, key: str = "") -> None:

@@ -1,8 +1,10 @@
 """Alerts: per-app receivers (SQLite) and the gate that turns failures into single alerts.
 
 Events: ``deploy_failed`` (a release did not go live), ``crashed`` (a crash loop made the
-app crashed), ``kickoff_failed`` (a kickoff ended FAILURE), and ``deployed`` (a release
-went live; opt-in). The gate is pure (the clock is injected):
+app crashed), ``kickoff_failed`` (a kickoff ended FAILURE), ``deployed`` (a release
+went live; opt-in) and ``backup_failed`` (a backup of the whole server failed; opt-in, sent
+once per run of failures to every receiver of any app that asked for it). The gate is
+pure (the clock is injected):
 
 - a failed deploy or a failed kickoff is one alert, however often it is reported;
 - ``crashed`` is raised once per crash loop, again only after the app was healthy again
@@ -24,7 +26,7 @@ from crewship.model import App
 from crewship.store.state import Database, now
 from crewship.urls import validate_url
 
-EVENTS = ("deploy_failed", "crashed", "kickoff_failed", "deployed")
+EVENTS = ("deploy_failed", "crashed", "kickoff_failed", "deployed", "backup_failed")
 DEFAULT_EVENTS = ("deploy_failed", "crashed", "kickoff_failed")
 MAX_RECEIVERS = 20
 SEEN_KEPT = 10_000
@@ -84,6 +86,18 @@ class AlertStore:
 
     def receivers(self, app_name: str, event: str) -> list[Alert]:
         return [a for a in self.all(app_name) if event in a.events]
+
+    def receivers_anywhere(self, event: str) -> list[Alert]:
+        """Receivers of ``event`` on any app, one per URL (server-wide events)."""
+        rows = self.db.all("SELECT alerts.*, apps.name AS app FROM alerts JOIN apps "
+                           "ON apps.id = app_id ORDER BY alerts.id")
+        found: dict[str, Alert] = {}
+        for r in rows:
+            events = tuple(r["events"].split(","))
+            if event in events and r["url"] not in found:
+                found[r["url"]] = Alert(r["id"], r["app"], r["url"], events, r["created_by"],
+                                        r["created_at"])
+        return list(found.values())
 
 
 class AlertGate:
