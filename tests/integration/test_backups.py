@@ -63,8 +63,7 @@ class DataDir:
         self.db.execute("INSERT INTO kickoffs (id, app_id, release, state, inputs_json, "
                         "created_at) VALUES ('k1', ?, 2, 'SUCCESS', '{}', ?)", self.demo.id, now())
         self.host_key = load_host_key(self.layout.host_keys)
-        self.layout.secrets_key.write_bytes(b"secret-key-bytes")
-        self.layout.secrets_key.chmod(0o600)
+        self.secrets_key = self.layout.secrets_key.read_bytes()  # made by Database on first open
         work = root.parent / f"{root.name}-work"
         git("init", "-q", "-b", "main", str(work))
         for text in ("one", "two"):
@@ -130,7 +129,7 @@ def test_backup_holds_state_repos_and_keys_and_restore_brings_them_back(
     assert (new.host_keys / key).read_bytes() == (data.layout.host_keys / key).read_bytes()
     assert load_host_key(new.host_keys).get_fingerprint("sha256") == \
         data.host_key.get_fingerprint("sha256")
-    assert new.secrets_key.read_bytes() == b"secret-key-bytes"
+    assert new.secrets_key.read_bytes() == data.secrets_key
     assert stat.S_IMODE(new.secrets_key.stat().st_mode) == 0o600
     assert json.loads(new.rebuild_marker.read_text()) == {"backup": info.id, "apps": ["demo"]}
 
