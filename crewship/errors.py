@@ -7,7 +7,8 @@ traceback and reported as ``internal error (ref <id>)``.
 
     CrewshipError
     ├── InvalidInputError      bad name, bad argument, malformed JSON, oversized upload (400/422)
-    │   └── MissingInputsError a kickoff without the crew's required inputs (422)
+    │   ├── MissingInputsError a kickoff without the crew's required inputs (422)
+    │   └── UnprocessableInputError  well-formed but invalid, like a state id that is no UUID (422)
     ├── NotFoundError          unknown app/user/key/release, or no access to it (404)
     ├── PermissionDeniedError  known thing, not allowed (403)
     ├── ConflictError          already exists, or busy (409)
@@ -37,6 +38,10 @@ class MissingInputsError(InvalidInputError):
     def __init__(self, missing: list[str]) -> None:
         self.missing = missing
         super().__init__(f"missing required inputs: {', '.join(missing)}")
+
+
+class UnprocessableInputError(InvalidInputError):
+    http_status = 422
 
 
 class NotFoundError(CrewshipError):

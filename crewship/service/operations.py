@@ -156,9 +156,10 @@ class Operations:
 
     # ------------------------------------------------------------------ kickoffs
     async def kickoff(self, app: App, inputs: Any, meta: Any = None,
-                      webhooks: dict[str, str] | None = None) -> str:
+                      webhooks: dict[str, str] | None = None, restore_from: Any = None) -> str:
         fresh = self.apps_store.get(app.name) or app
-        return await self.engine.require_kickoffs().kickoff(fresh, inputs, meta, webhooks)
+        return await self.engine.require_kickoffs().kickoff(fresh, inputs, meta, webhooks,
+                                                            restore_from)
 
     async def kickoff_status(self, app: App, kickoff_id: str) -> dict[str, Any]:
         return await self.engine.require_kickoffs().status(app, kickoff_id)
@@ -176,6 +177,8 @@ class Operations:
             return f"{app.name} is scaled to 0 (stopped): start it with 'ps:scale {app.name} 1'"
         return f"{app.name} has no running instance"
 
-    async def crew_inputs(self, app: App) -> list[str]:
-        return await self.engine.require_kickoffs().inputs(self.apps_store.get(app.name) or app)
+    async def crew_inputs_described(self, app: App) -> dict[str, Any]:
+        """Required ``inputs`` and ``optional_inputs`` with their defaults."""
+        fresh = self.apps_store.get(app.name) or app
+        return await self.engine.require_kickoffs().described(fresh)
 
