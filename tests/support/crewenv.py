@@ -110,10 +110,15 @@ def ensure_env(project: Path) -> Path:
     return python
 
 
+def lock(project: Path) -> None:
+    """``uv lock`` in ``project``, as a developer would before a push."""
+    _run([uv_binary(), "lock", "--python", sys.executable], project, _uv_env(), LOCK_TIMEOUT)
+
+
 def locked_copy(fixture: str | Path, dest: Path) -> Path:
     """Copy ``fixture`` into ``dest`` and generate its ``uv.lock`` (never committed)."""
     source = Path(fixture) if Path(fixture).is_absolute() else FIXTURES / fixture
     project = dest / source.name
     shutil.copytree(source, project, ignore=shutil.ignore_patterns("__pycache__", ".venv"))
-    _run([uv_binary(), "lock", "--python", sys.executable], project, _uv_env(), LOCK_TIMEOUT)
+    lock(project)
     return project
