@@ -187,6 +187,7 @@ def _crew_project(kind: str, build: Callable[[], Any], defaults: dict[str, Any])
 
 def load_project(args: argparse.Namespace) -> Project:
     kind = args.kind
+    enter_workdir(args.app_dir.resolve())
     if kind == "crew":
         module = importlib.import_module(f"{args.package}.crew")
         classes = _module_classes(module, _is_crew_class)
@@ -248,34 +249,33 @@ RESTORE_KEY = "crewship_restore_from_state_id"  # the daemon's restoreFromStateI
 NOT_INPUTS = ("id", "crewai_trigger_payload")  # never required: crewAI's own keys
 
 
-def _plain(value: Any) -> Any:
-    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
-
-
 def flow_fields(flow: Any) -> tuple[list[str], dict[str, Any]]:
     """(required, {optional: default}) of a flow's state: required = a field without a default."""
     state = flow.state
     if isinstance(state, dict):
-        return [], {k: _plain(v) for k, v in state.items() if k not in NOT_INPUTS}
-    required: list[str] = []
-    optional: dict[str, Any] = {}
-    for name, field in type(state).model_fields.items():
-        if name in NOT_INPUTS:
-            continue
-        if field.is_required():
-            required.append(name)
-        else:
-            optional[name] = _plain(getattr(state, name, None))
-    return required, optional
+        return [], {k: v for k, v in state.items() if k not in NOT_INPUTS}
+    fields = {n: f for n, f in type(state).model_fields.items() if n not in NOT_INPUTS}
+    optional = {n: getattr(state, n, None) for n, f in fields.items() if not f.is_required()}
+    plain = {n: v.model_dump(mode="json") if hasattr(v, "model_dump") else v for n, v in optional.items()}
+    return [n for n, f in fields.items() if f.is_required()], plain
 
 
-def _stamp_state_id(flow: Any, state_id: str) -> None:
-    state = flow.state
-    if isinstance(state, dict):
-        state["id"] = state_id
-    else:
-        with contextlib.suppress(Exception):
-            setattr(state, "id", state_id)  # noqa: B010 (pydantic validates the assignment)
+def enter_workdir(app_dir: Path) -> None:
+    """Work in ``$HOME/work``, the project's entries linked in: a crew's report.md or output/ lands in
+    the app's storage, not in the read-only release; crewAI's storage dir keeps the project's name."""
+    os.environ.setdefault("CREWAI_STORAGE_DIR", app_dir.name)
+    work = Path(os.environ.get("HOME") or "/nonexistent") / "work"
+    with contextlib.suppress(OSError):  # no writable HOME: work in the project itself
+        work.mkdir(parents=True, exist_ok=True)
+        names = {entry.name for entry in app_dir.iterdir()}
+        for link in work.iterdir():  # an older release's entries
+            if link.is_symlink() and link.name not in names:
+                link.unlink()
+        for name in sorted(names - {p.name for p in work.iterdir() if not p.is_symlink()}):
+            temp = work / f".{name}.{os.getpid()}.link"
+            temp.symlink_to(app_dir / name)
+            os.replace(temp, work / name)
+        os.chdir(work)
 
 
 def kickoff_flow(flow: Any, kickoff_id: str, inputs: dict[str, Any]) -> Any:
@@ -288,8 +288,10 @@ def kickoff_flow(flow: Any, kickoff_id: str, inputs: dict[str, Any]) -> Any:
         return flow.kickoff(inputs=inputs, restore_from_state_id=str(restore))
     if restore:  # an older crewAI: hydrate the deprecated way
         inputs.setdefault("id", str(restore))
-    if "id" not in inputs:
-        _stamp_state_id(flow, kickoff_id)
+    if "id" not in inputs and isinstance(flow.state, dict):
+        flow.state["id"] = kickoff_id
+    elif "id" not in inputs:
+        setattr(flow.state, "id", kickoff_id)  # noqa: B010 (pydantic validates the assignment)
     return flow.kickoff(inputs=inputs)
 
 

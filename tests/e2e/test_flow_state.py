@@ -85,7 +85,9 @@ def test_persisted_state_is_forked_by_kickoff_id_across_restart_and_release(
     assert reserved.status_code == 400
 
     # the state lives in the app's own HOME, so a restart and a new release still see it
-    assert list((srv.data_dir / "homes" / APP).glob(".local/share/*/flow_states.db"))
+    home = srv.data_dir / "homes" / APP
+    assert list(home.glob(".local/share/*/flow_states.db"))
+    assert (home / "work/output/count.txt").read_text() == "persist_flow 1\n"  # the last run's
     srv.ssh(srv.admin_key, "restart", APP, check=True)
     wait_healthy(api)
     third, state = counted(api, {"inputs": {"note": "three"}, "restoreFromStateId": second})

@@ -130,6 +130,8 @@ def test_classic_crew_scaffold(srv: CrewshipServer, llm: FakeLLM, cli: Path, tmp
     assert done["state"] == "SUCCESS", done
     assert ANSWER_PREFIX in done["result"]
     assert [t["task_id"] for t in done["tasks"]] == ["research_task", "reporting_task"]
+    # output_file='report.md' is written beside the project: in the app's home, not the release
+    assert ANSWER_PREFIX in (srv.data_dir / "homes/classic/work/report.md").read_text()
 
     # a trigger's kickoff: crewAI adds the payload to the first task (run_with_trigger)
     seen = len(llm.chat_requests())
@@ -159,6 +161,7 @@ def test_python_flow_scaffold(srv: CrewshipServer, llm: FakeLLM, cli: Path, tmp_
     done = api.wait(resp.json()["kickoff_id"], timeout=180)
     assert done["state"] == "SUCCESS", done
     assert "AI Agents" in prompts(llm, seen)  # the topic plan_content sets without a trigger
+    assert ANSWER_PREFIX in (srv.data_dir / "homes/pyflow/work/output/post.md").read_text()
 
     seen = len(llm.chat_requests())
     resp = api.post("/kickoff", json={"inputs": {}, "crewai_trigger_payload": {"topic": "tide pools"}})

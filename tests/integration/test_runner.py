@@ -95,7 +95,9 @@ def call(
 class RunnerProcess:
     """One runner child process laid out like a release: <dir>/crewship_runner.py + app."""
 
-    def __init__(self, project: Path, python: Path, args: list[str], llm: FakeLLM) -> None:
+    def __init__(
+        self, project: Path, python: Path, args: list[str], llm: FakeLLM, wrap: list[str] | None = None
+    ) -> None:
         release = project.parent
         self.script = release / "crewship_runner.py"
         shutil.copyfile(RUNNER, self.script)
@@ -110,6 +112,7 @@ class RunnerProcess:
             **llm.env(),
         }
         argv = [
+            *(wrap or []),
             str(python),
             str(self.script),
             "--app-dir",
@@ -180,10 +183,10 @@ def env_for(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def start_runner(env_for: Any, llm: FakeLLM) -> Iterator[Any]:
     started: list[RunnerProcess] = []
 
-    def start(name: str, args: list[str] | None = None) -> RunnerProcess:
+    def start(name: str, args: list[str] | None = None, wrap: list[str] | None = None) -> RunnerProcess:
         spec = FIXTURES.get(name, {})
         project, python = env_for(spec.get("fixture", name))
-        runner = RunnerProcess(project, python, args or spec["args"], llm)
+        runner = RunnerProcess(project, python, args or spec["args"], llm, wrap)
         started.append(runner)
         return runner
 
@@ -376,3 +379,19 @@ def test_crew_gets_the_trigger_payload_in_its_first_task(start_runner: Any, llm:
     assert (status, body["state"]) == (200, "SUCCESS"), body
     prompts = [json.dumps(r) for r in llm.chat_requests()]
     assert any("Trigger Payload: {'ticket': 'T-4242'}" in p for p in prompts)
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap (Debian's bubblewrap)")
+def test_a_crew_writes_beside_its_read_only_project_into_its_home(start_runner: Any, env_for: Any) -> None:
+    """Under a sandbox the release is read-only: files a crew writes relative to its working
+    directory (the scaffolds' report.md, output/post.md) land in $HOME/work instead."""
+    project, _ = env_for("persist_flow")
+    home = project.parent / "home"
+    home.mkdir(exist_ok=True)
+    read_only = ["bwrap", "--ro-bind", "/", "/", "--bind", str(home), str(home)]
+    runner = start_runner("persist_flow", PERSIST_ARGS, [*read_only, "--dev", "/dev", "--proc", "/proc"])
+    runner.wait_healthy()
+    assert _count(runner.port, "k-ro", {"note": "ro"})["count"] == 1
+    assert (home / "work/output/count.txt").read_text().startswith("persist_flow ")
+    assert (home / "work/pyproject.toml").resolve() == project / "pyproject.toml"
+    assert not (project / "output").exists()
