@@ -85,6 +85,9 @@ async def kickoff(request: Request) -> Response:
     if app is None:
         return _unauthorized()
     body = await _json_body(request)
+    if body.get("webhooks") is not None:
+        raise InvalidInputError("'webhooks' (event streaming) is not supported yet: use "
+                                "taskWebhookUrl, stepWebhookUrl and crewWebhookUrl")
     inputs = body.get("inputs", {})
     if "crewai_trigger_payload" in body and isinstance(inputs, dict):  # a trigger's kickoff
         inputs = {**inputs, "crewai_trigger_payload": body["crewai_trigger_payload"]}
