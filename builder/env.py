@@ -62,8 +62,32 @@ def default_uv() -> str:
     return found
 
 
+def lock_identity(lock: bytes) -> bytes:
+    """What of a ``uv.lock`` decides the environment ``uv sync --no-install-project`` makes.
+
+    The project's own entry (``source = { editable = "." }`` or ``virtual = "."``) keeps its
+    dependencies but loses its name and version, which the env never sees: two projects
+    made by ``crewai create`` with the same dependencies share one environment. A lock
+    that is not TOML is taken as it is.
+    """
+    try:
+        data = tomllib.loads(lock.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return lock
+    packages = data.get("package")
+    if not isinstance(packages, list):
+        return lock
+    for package in packages:
+        source = package.get("source") if isinstance(package, dict) else None
+        if isinstance(source, dict) and "." in (source.get("editable"), source.get("virtual")):
+            package["name"] = "<project>"
+            package.pop("version", None)
+    packages.sort(key=lambda package: json.dumps(package, sort_keys=True))
+    return json.dumps(data, sort_keys=True).encode()
+
+
 def env_key(lock: bytes, interpreter: Interpreter) -> str:
-    digest = hashlib.sha256(lock)
+    digest = hashlib.sha256(lock_identity(lock))
     digest.update(b"\0" + interpreter.full.encode() + b"\0" + interpreter.executable.encode())
     return digest.hexdigest()[:KEY_LENGTH]
 

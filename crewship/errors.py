@@ -9,6 +9,7 @@ traceback and reported as ``internal error (ref <id>)``.
     ├── InvalidInputError      bad name, bad argument, malformed JSON, oversized upload (400/422)
     │   ├── MissingInputsError a kickoff without the crew's required inputs (422)
     │   └── TooLargeError      a request body or kickoff input over its limit (413)
+    │   └── UnprocessableInputError  well-formed but invalid, like a state id that is no UUID (422)
     ├── NotFoundError          unknown app/user/key/release, or no access to it (404)
     ├── PermissionDeniedError  known thing, not allowed (403)
     ├── ConflictError          already exists, or busy (409)
@@ -43,6 +44,10 @@ class MissingInputsError(InvalidInputError):
 
 class TooLargeError(InvalidInputError):
     http_status = 413
+
+
+class UnprocessableInputError(InvalidInputError):
+    http_status = 422
 
 
 class NotFoundError(CrewshipError):

@@ -130,7 +130,7 @@ def say(text: str) -> None:
 
 
 class Project:
-    """A loaded project: ``build()`` makes a fresh crew/flow/callable for one run."""
+    """``build()`` makes a fresh crew/flow/callable per run; ``inputs`` required, ``defaults`` not."""
 
     def __init__(
         self,
@@ -139,12 +139,18 @@ class Project:
         inputs: list[str],
         defaults: dict[str, Any] | None = None,
         total_tasks: int = 0,
+        flow: bool = False,
     ) -> None:
         self.kind = kind
         self.build = build
         self.inputs = inputs
         self.defaults = defaults or {}
         self.total_tasks = total_tasks
+        self.flow = flow
+
+    def describe(self) -> dict[str, Any]:
+        """``GET /inputs``: the documented ``{"inputs": [...]}`` plus the optional inputs."""
+        return {"inputs": self.inputs, "optional_inputs": self.defaults, "flow": self.flow}
 
 
 def _module_classes(module: Any, accept: Callable[[type], bool]) -> list[type]:
@@ -165,10 +171,9 @@ def _is_flow_class(value: Any) -> bool:
     return isinstance(value, type) and issubclass(value, Flow) and value is not Flow
 
 
-def _flow_inputs(flow: Any) -> list[str]:
-    state = flow.state
-    fields = state.keys() if isinstance(state, dict) else type(state).model_fields
-    return [name for name in fields if name != "id"]
+def _flow_project(kind: str, build: Callable[[], Any], sample: Any) -> Project:
+    required, optional = flow_fields(sample)
+    return Project(kind, build, required, optional, flow=True)
 
 
 def _crew_project(kind: str, build: Callable[[], Any], defaults: dict[str, Any]) -> Project:
@@ -179,6 +184,7 @@ def _crew_project(kind: str, build: Callable[[], Any], defaults: dict[str, Any])
 
 def load_project(args: argparse.Namespace) -> Project:
     kind = args.kind
+    enter_workdir(args.app_dir.resolve())
     if kind == "crew":
         module = importlib.import_module(f"{args.package}.crew")
         classes = _module_classes(module, _is_crew_class)
@@ -197,16 +203,15 @@ def load_project(args: argparse.Namespace) -> Project:
         leaves = [c for c in classes if not any(o is not c and issubclass(o, c) for o in classes)]
         if not leaves:
             raise LookupError(f"no Flow subclass in src/{args.package}/main.py")
-        return Project(kind, leaves[0], _flow_inputs(leaves[0]()))
+        return _flow_project(kind, leaves[0], leaves[0]())
     if kind == "declarative_flow":
         from crewai.flow import Flow
 
         if not args.definition:
             raise ValueError("--definition is required for a declarative flow")
         path = Path(args.definition).resolve()
-        return Project(
-            kind, lambda: Flow.from_declaration(path=path), _flow_inputs(Flow.from_declaration(path=path))
-        )
+        sample = Flow.from_declaration(path=path)
+        return _flow_project(kind, lambda: Flow.from_declaration(path=path), sample)
     return _entrypoint_project(args.entrypoint)
 
 
@@ -219,7 +224,7 @@ def _entrypoint_project(spec: str | None) -> Project:
     if _is_crew_class(target):
         return _crew_project("entrypoint", lambda: target().crew(), {})
     if _is_flow_class(target):
-        return Project("entrypoint", target, _flow_inputs(target()))
+        return _flow_project("entrypoint", target, target())
     params = [
         p
         for p in inspect.signature(target).parameters.values()
@@ -231,8 +236,60 @@ def _entrypoint_project(spec: str | None) -> Project:
     if hasattr(sample, "fetch_inputs"):
         return _crew_project("entrypoint", target, {})
     if hasattr(sample, "kickoff"):
-        return Project("entrypoint", target, _flow_inputs(sample))
+        return _flow_project("entrypoint", target, sample)
     raise TypeError(f"{spec} returned {type(sample).__name__}, not a Crew or a Flow")
+
+
+# ---- inputs, state ids and trigger payloads (crewai-protocol.md C.2, C.3, D.2) ----------------
+
+RESTORE_KEY = "crewship_restore_from_state_id"  # the daemon's restoreFromStateId, in "inputs"
+NOT_INPUTS = ("id", "crewai_trigger_payload")  # never required: crewAI's own keys
+
+
+def flow_fields(flow: Any) -> tuple[list[str], dict[str, Any]]:
+    """(required, {optional: default}) of a flow's state: required = a field without a default."""
+    state = flow.state
+    if isinstance(state, dict):
+        return [], {k: v for k, v in state.items() if k not in NOT_INPUTS}
+    fields = {n: f for n, f in type(state).model_fields.items() if n not in NOT_INPUTS}
+    optional = {n: getattr(state, n, None) for n, f in fields.items() if not f.is_required()}
+    plain = {n: v.model_dump(mode="json") if hasattr(v, "model_dump") else v for n, v in optional.items()}
+    return [n for n, f in fields.items() if f.is_required()], plain
+
+
+def enter_workdir(app_dir: Path) -> None:
+    """Work in ``$HOME/work``, the project's entries linked in: a crew's report.md or output/ lands in
+    the app's storage, not in the read-only release; crewAI's storage dir keeps the project's name."""
+    os.environ.setdefault("CREWAI_STORAGE_DIR", app_dir.name)
+    work = Path(os.environ.get("HOME") or "/nonexistent") / "work"
+    with contextlib.suppress(OSError):  # no writable HOME: work in the project itself
+        work.mkdir(parents=True, exist_ok=True)
+        names = {entry.name for entry in app_dir.iterdir()}
+        for link in work.iterdir():  # an older release's entries
+            if link.is_symlink() and link.name not in names:
+                link.unlink()
+        for name in sorted(names - {p.name for p in work.iterdir() if not p.is_symlink()}):
+            temp = work / f".{name}.{os.getpid()}.link"
+            temp.symlink_to(app_dir / name)
+            os.replace(temp, work / name)
+        os.chdir(work)
+
+
+def kickoff_flow(flow: Any, kickoff_id: str, inputs: dict[str, Any]) -> Any:
+    """Run a flow whose state id is the kickoff id; ``restoreFromStateId`` forks a saved state
+    (unknown: a fresh run), ``inputs.id`` resumes one (deprecated); crewAI injects a trigger payload."""
+    inputs = dict(inputs)
+    restore = inputs.pop(RESTORE_KEY, None)
+    if restore and "restore_from_state_id" in inspect.signature(flow.kickoff).parameters:
+        inputs.setdefault("id", kickoff_id)  # the fork's own state id (else a random one)
+        return flow.kickoff(inputs=inputs, restore_from_state_id=str(restore))
+    if restore:  # an older crewAI: hydrate the deprecated way
+        inputs.setdefault("id", str(restore))
+    if "id" not in inputs and isinstance(flow.state, dict):
+        flow.state["id"] = kickoff_id
+    elif "id" not in inputs:
+        setattr(flow.state, "id", kickoff_id)  # noqa: B010 (pydantic validates the assignment)
+    return flow.kickoff(inputs=inputs)
 
 
 # ---- task and step webhooks (crewai-protocol.md C.7) ------------------------------------------
@@ -488,6 +545,9 @@ class Runner:
 
     def _execute(self, run: Run, inputs: dict[str, Any]) -> dict[str, Any]:
         target = self.project.build()
+        if hasattr(target, "kickoff") and not hasattr(target, "fetch_inputs"):  # a Flow
+            return _flow_result(target, kickoff_flow(target, run.kickoff_id, inputs))
+        inputs = {k: v for k, v in inputs.items() if k != RESTORE_KEY}
         if hasattr(target, "fetch_inputs"):  # a Crew
             target.step_callback = _chain(run.on_step, target.step_callback)
             target.task_callback = _chain(run.on_task, target.task_callback)
@@ -499,8 +559,6 @@ class Runner:
             finally:
                 flush_final_answers(run)
             return _crew_result(run, output)
-        if hasattr(target, "kickoff"):  # a Flow
-            return _flow_result(target, target.kickoff(inputs=inputs))
         output = target(inputs)
         if hasattr(output, "tasks_output"):
             return _crew_result(run, output)
@@ -582,7 +640,7 @@ class Handler(BaseHTTPRequestHandler):
                 },
             )
         elif path == "/inputs":
-            self.reply(200, {"inputs": runner.project.inputs})
+            self.reply(200, runner.project.describe())
         elif match and not match.group(2):
             run = runner.runs.get(match.group(1))
             after = re.search(r"(?:^|&)after=(\d{1,9})(?:&|$)", self.path.partition("?")[2])

@@ -2,7 +2,10 @@
 
 ``GET /`` health, ``GET /inputs``, ``POST /kickoff``, ``GET /status/{id}``,
 ``POST /stop/{id}``, and the execution history ``GET /kickoffs?limit=&state=``; every
-route needs ``Authorization: Bearer <app token>``.
+route needs ``Authorization: Bearer <app token>``. ``GET /inputs`` lists the required
+inputs and, beside them, ``optional_inputs`` with their defaults; ``POST /kickoff`` takes
+``restoreFromStateId`` (a ``@persist`` flow's past kickoff id) and ``crewai_trigger_payload``
+(passed to the crew as the input of that name, as CrewAI's triggers do).
 """
 
 from __future__ import annotations
@@ -65,7 +68,9 @@ async def inputs(request: Request) -> Response:
     app = _authorized(request)
     if app is None:
         return _unauthorized()
-    return JSONResponse({"inputs": await _platform(request).ops.crew_inputs(app)})
+    described = await _platform(request).ops.crew_inputs_described(app)
+    return JSONResponse({"inputs": described["inputs"],
+                         "optional_inputs": described["optional_inputs"]})
 
 
 async def kickoff(request: Request) -> Response:
@@ -73,10 +78,15 @@ async def kickoff(request: Request) -> Response:
     if app is None:
         return _unauthorized()
     body = await json_object(request, empty_ok=False)
-    if "inputs" not in body:
-        body["inputs"] = {}
-    kickoff_id = await _platform(request).ops.kickoff(app, body["inputs"], body.get("meta"),
-                                                  webhook_urls(body))
+    if body.get("webhooks") is not None:
+        raise InvalidInputError("'webhooks' (event streaming) is not supported yet: use "
+                                "taskWebhookUrl, stepWebhookUrl and crewWebhookUrl")
+    inputs = body.get("inputs", {})
+    if "crewai_trigger_payload" in body and isinstance(inputs, dict):  # a trigger's kickoff
+        inputs = {**inputs, "crewai_trigger_payload": body["crewai_trigger_payload"]}
+    kickoff_id = await _platform(request).ops.kickoff(
+        app, inputs, body.get("meta"), webhook_urls(body),
+        restore_from=body.get("restoreFromStateId"))
     return JSONResponse({"kickoff_id": kickoff_id})
 
 

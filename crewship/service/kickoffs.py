@@ -23,11 +23,13 @@ from crewship.errors import (
     MissingInputsError,
     NotFoundError,
     UnavailableError,
+    UnprocessableInputError,
 )
 from crewship.events import EventSink, KickoffFinished, WebhookDue, ignore
 from crewship.model import App
 from crewship.store.state import Database, now
 from runtime.events import Endpoint
+from runtime.runner import RESTORE_KEY
 from runtime.supervisor import Supervisor
 
 logger = log.get("crewship.service.kickoffs")
@@ -50,7 +52,7 @@ class KickoffService:
         self.client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
         self._busy: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._inputs_cache: dict[tuple[str, int | None], list[str]] = {}
+        self._inputs_cache: dict[tuple[str, int | None], dict[str, Any]] = {}
         self.on_event: EventSink = ignore   # the daemon wires telemetry here
 
     # ------------------------------------------------------------------ queries
@@ -114,36 +116,53 @@ class KickoffService:
                 f"'ps:scale {app.name} 1'")
         return endpoints
 
-    async def inputs(self, app: App) -> list[str]:
+    async def described(self, app: App) -> dict[str, Any]:
+        """The live release's ``{"inputs": [required], "optional_inputs": {name: default},
+        "flow": bool}``, as its runner reports them (cached per release)."""
         key = (app.name, app.live_release)
         if key not in self._inputs_cache:
             endpoint = self._endpoints(app)[0]
             try:
                 resp = await self.client.get(f"{_base(endpoint)}/inputs", timeout=10.0)
                 resp.raise_for_status()
-                self._inputs_cache[key] = [str(i) for i in resp.json().get("inputs", [])]
+                body = resp.json()
             except (httpx.HTTPError, ValueError) as exc:
                 raise UnavailableError(f"{app.name} did not answer: {exc}") from exc
+            optional = body.get("optional_inputs")
+            self._inputs_cache[key] = {
+                "inputs": [str(i) for i in body.get("inputs", [])],
+                "optional_inputs": optional if isinstance(optional, dict) else {},
+                "flow": bool(body.get("flow"))}
         return self._inputs_cache[key]
 
+    async def inputs(self, app: App) -> list[str]:
+        """The inputs a kickoff must carry: those without a default (C.2)."""
+        required: list[str] = (await self.described(app))["inputs"]
+        return required
+
     async def kickoff(self, app: App, inputs: Any, meta: Any = None,
-                      webhooks: dict[str, str] | None = None) -> str:
-        """Record and start a run; ``webhooks``: {"task"|"step"|"crew": url} (C.3)."""
-        if not isinstance(inputs, dict):
-            raise InvalidInputError("'inputs' must be a JSON object of input names to values")
-        encoded = json.dumps(inputs)
-        if len(encoded) > MAX_INPUTS_BYTES:
-            raise InvalidInputError("inputs too large (more than 1 MiB)")
+                      webhooks: dict[str, str] | None = None,
+                      restore_from: Any = None) -> str:
+        """Record and start a run; ``webhooks``: {"task"|"step"|"crew": url} (C.3);
+        ``restore_from``: a ``@persist`` flow's state id (a past kickoff id) to fork from."""
+        encoded = _checked_inputs(inputs)
         self._endpoints(app)  # nothing running: 503 now, not a kickoff that fails later
-        missing = [name for name in await self.inputs(app) if name not in inputs]
+        described = await self.described(app)
+        missing = [name for name in described["inputs"] if name not in inputs]
         if missing:
             raise MissingInputsError(missing)
+        if described["flow"] and "id" in inputs:
+            _check_uuid(inputs["id"], "inputs.id")
+        if restore_from is not None:
+            _check_uuid(restore_from, "restoreFromStateId")
         kickoff_id = str(uuid.uuid4())
         self.db.execute("INSERT INTO kickoffs (id, app_id, release, state, inputs_json, meta_json,"
                         " webhooks_json, created_at) VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?)",
                         kickoff_id, app.id, app.live_release, encoded,
                         json.dumps(meta) if meta else None, _dump(webhooks or None), now())
         run = {"kickoff_id": kickoff_id, "inputs": inputs}
+        if restore_from is not None and described["flow"]:  # the runner forks the state (C.3)
+            run["inputs"] = {**inputs, RESTORE_KEY: str(restore_from)}
         relayed = {k: v for k, v in (webhooks or {}).items() if k in ("task", "step")}
         if relayed:  # the runner records them; this service relays them to telemetry (C.7)
             run["webhooks"] = {k: True for k in relayed}
@@ -287,6 +306,30 @@ class WebhookRelay:
 
 def _base(endpoint: Endpoint) -> str:
     return f"http://{endpoint.host}:{endpoint.port}"
+
+
+def _checked_inputs(inputs: Any) -> str:
+    """``inputs`` as JSON, refused when it is not an object, too large or carries a key of ours."""
+    if not isinstance(inputs, dict):
+        raise InvalidInputError("'inputs' must be a JSON object of input names to values")
+    if RESTORE_KEY in inputs:
+        raise InvalidInputError(f"'inputs' may not carry {RESTORE_KEY}: send restoreFromStateId")
+    encoded = json.dumps(inputs)
+    if len(encoded) > MAX_INPUTS_BYTES:
+        raise InvalidInputError("inputs too large (more than 1 MiB)")
+    return encoded
+
+
+def _check_uuid(value: Any, field: str) -> None:
+    """A flow state id must be a UUID (C.3: the documented 422 message)."""
+    valid = isinstance(value, str)
+    if valid:
+        try:
+            uuid.UUID(value)
+        except ValueError:
+            valid = False
+    if not valid:
+        raise UnprocessableInputError(f"'{field}' must be a valid UUID when provided; got {value!r}.")
 
 
 def _dump(value: Any) -> str | None:

@@ -160,14 +160,15 @@ class Operations:
 
     # ------------------------------------------------------------------ kickoffs
     async def kickoff(self, app: App, inputs: Any, meta: Any = None,
-                      webhooks: dict[str, str] | None = None) -> str:
+                      webhooks: dict[str, str] | None = None, restore_from: Any = None) -> str:
         """Start a run; inputs are bounded and each webhook URL is checked first (a refused
         one is a 400, no run)."""
         self.check_kickoff_size(inputs, meta)
         await check_urls([(f"{kind}WebhookUrl", url) for kind, url in (webhooks or {}).items()],
                          self.settings.url_policy())
         fresh = self.apps_store.get(app.name) or app
-        return await self.engine.require_kickoffs().kickoff(fresh, inputs, meta, webhooks)
+        return await self.engine.require_kickoffs().kickoff(fresh, inputs, meta, webhooks,
+                                                            restore_from)
 
     def check_kickoff_size(self, inputs: Any, meta: Any) -> None:
         """Inputs and meta within ``max_kickoff_inputs`` bytes of JSON each, else a 413."""
@@ -197,6 +198,8 @@ class Operations:
             return f"{app.name} is scaled to 0 (stopped): start it with 'ps:scale {app.name} 1'"
         return f"{app.name} has no running instance"
 
-    async def crew_inputs(self, app: App) -> list[str]:
-        return await self.engine.require_kickoffs().inputs(self.apps_store.get(app.name) or app)
+    async def crew_inputs_described(self, app: App) -> dict[str, Any]:
+        """Required ``inputs`` and ``optional_inputs`` with their defaults."""
+        fresh = self.apps_store.get(app.name) or app
+        return await self.engine.require_kickoffs().described(fresh)
 

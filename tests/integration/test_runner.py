@@ -38,24 +38,28 @@ FIXTURES: dict[str, dict[str, Any]] = {
     "classic_crew": {
         "args": ["--kind", "crew", "--package", "demo_crew"],
         "inputs": ["audience", "topic"],
+        "optional": {},
         "kickoff": {"topic": "quantum kittens", "audience": "platform engineers"},
         "missing": {"topic": "quantum kittens"},
     },
     "json_crew": {
         "args": ["--kind", "json_crew", "--definition", "crew.jsonc"],
         "inputs": ["topic"],  # audience has a default in crew.jsonc
+        "optional": {"audience": "developers"},
         "kickoff": {"topic": "quantum kittens"},
         "missing": {"audience": "SREs"},
     },
     "flow": {
         "args": ["--kind", "flow", "--package", "demo_flow"],
-        "inputs": ["topic"],
+        "inputs": [],  # BriefingState.topic has a default ("")
+        "optional": {"topic": ""},
         "kickoff": {"topic": "quantum kittens"},
         "missing": {"topic": ""},  # the flow's first step refuses an empty topic
     },
     "declarative_flow": {
         "args": ["--kind", "declarative_flow", "--definition", "src/demo_decl/flow.yaml"],
-        "inputs": ["topic"],
+        "inputs": [],  # the dict state's topic has a default in flow.yaml
+        "optional": {"topic": "AI agents"},
         "kickoff": {"topic": "quantum kittens"},
         "missing": None,  # state.topic has a default: nothing is ever missing
     },
@@ -63,6 +67,7 @@ FIXTURES: dict[str, dict[str, Any]] = {
         "fixture": "classic_crew",  # [tool.crewship] entrypoint = "demo_crew.crew:DemoCrew"
         "args": ["--kind", "entrypoint", "--entrypoint", "demo_crew.crew:DemoCrew"],
         "inputs": ["audience", "topic"],
+        "optional": {},
         "kickoff": {"topic": "quantum kittens", "audience": "platform engineers"},
         "missing": {"audience": "SREs"},
     },
@@ -90,7 +95,9 @@ def call(
 class RunnerProcess:
     """One runner child process laid out like a release: <dir>/crewship_runner.py + app."""
 
-    def __init__(self, project: Path, python: Path, args: list[str], llm: FakeLLM) -> None:
+    def __init__(
+        self, project: Path, python: Path, args: list[str], llm: FakeLLM, wrap: list[str] | None = None
+    ) -> None:
         release = project.parent
         self.script = release / "crewship_runner.py"
         shutil.copyfile(RUNNER, self.script)
@@ -105,6 +112,7 @@ class RunnerProcess:
             **llm.env(),
         }
         argv = [
+            *(wrap or []),
             str(python),
             str(self.script),
             "--app-dir",
@@ -175,10 +183,10 @@ def env_for(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def start_runner(env_for: Any, llm: FakeLLM) -> Iterator[Any]:
     started: list[RunnerProcess] = []
 
-    def start(name: str, args: list[str] | None = None) -> RunnerProcess:
-        spec = FIXTURES[name]
+    def start(name: str, args: list[str] | None = None, wrap: list[str] | None = None) -> RunnerProcess:
+        spec = FIXTURES.get(name, {})
         project, python = env_for(spec.get("fixture", name))
-        runner = RunnerProcess(project, python, args or spec["args"], llm)
+        runner = RunnerProcess(project, python, args or spec["args"], llm, wrap)
         started.append(runner)
         return runner
 
@@ -195,7 +203,8 @@ def test_runner_serves_kickoffs(name: str, start_runner: Any, llm: FakeLLM) -> N
     print(f"{name}: healthy {time.monotonic() - runner.started:.1f}s after start")
     assert health["status"] == "ok"
     assert health["inputs"] == spec["inputs"]
-    assert call(runner.port, "GET", "/inputs") == (200, {"inputs": spec["inputs"]})
+    described = {"inputs": spec["inputs"], "optional_inputs": spec["optional"], "flow": "flow" in name}
+    assert call(runner.port, "GET", "/inputs") == (200, described)
 
     status, body = call(runner.port, "POST", "/runs", {"kickoff_id": "k-ok", "inputs": spec["kickoff"]})
     assert status == 200
@@ -338,3 +347,71 @@ def test_runner_records_task_and_step_webhooks_for_the_daemon(start_runner: Any)
     assert task["name"] == "research_task"
     assert call(runner.port, "GET", "/runs/k-hooks?after=1")[1]["webhook_events"] == events[1:]
     assert "webhook_events" not in call(runner.port, "GET", "/runs/k-hooks")[1]
+
+
+def test_flow_whose_fields_all_have_defaults_runs_with_no_inputs(start_runner: Any) -> None:
+    runner = start_runner("declarative_flow")
+    runner.wait_healthy()
+    status, body = call(runner.port, "POST", "/runs", {"kickoff_id": "k-empty", "inputs": {}})
+    assert (status, body["state"]) == (200, "SUCCESS"), body
+    assert "AI agents" in body["result"]  # the default from flow.yaml reached the LLM
+
+
+PERSIST_ARGS = ["--kind", "flow", "--package", "persist_flow"]
+
+
+def _count(port: int, kickoff_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    status, body = call(port, "POST", "/runs", {"kickoff_id": kickoff_id, "inputs": inputs})
+    assert (status, body["state"]) == (200, "SUCCESS"), body
+    return dict(body["result_json"])
+
+
+def test_persisted_flow_state_is_restored_by_kickoff_id(start_runner: Any) -> None:
+    """restoreFromStateId (the daemon sends it as RESTORE_KEY) forks, inputs.id resumes."""
+    restore = "crewship_restore_from_state_id"
+    runner = start_runner("persist_flow", PERSIST_ARGS)
+    assert runner.wait_healthy()["inputs"] == []
+    first, second, resumed, fresh = (f"00000000-0000-4000-8000-00000000000{i}" for i in range(1, 5))
+    assert _count(runner.port, first, {}) == {"count": 1, "notes": ["plain"], "state_id": first}
+    forked = _count(runner.port, second, {restore: first, "note": "again"})
+    assert forked == {"count": 2, "notes": ["plain", "again"], "state_id": second}
+    again = _count(runner.port, resumed, {"id": first})  # deprecated: resume under the same id
+    assert again == {"count": 2, "notes": ["plain", "plain"], "state_id": first}
+    unknown = _count(runner.port, fresh, {restore: "11111111-1111-4111-8111-111111111111"})
+    assert unknown["count"] == 1  # an unknown state id: a fresh run, no error
+    triggered = _count(runner.port, "k-trigger", {"crewai_trigger_payload": {"note": "mail"}})
+    assert triggered["notes"] == ["trigger:mail"]
+
+    runner.kill()  # the state is on disk in the app's HOME: a new process restores it
+    home = runner.script.parent / "home"
+    assert list(home.glob(".local/share/*/flow_states.db"))
+    restarted = start_runner("persist_flow", PERSIST_ARGS)
+    restarted.wait_healthy()
+    after = _count(restarted.port, "k-after", {restore: second})
+    assert (after["count"], after["notes"]) == (3, ["plain", "again", "again"])
+
+
+def test_crew_gets_the_trigger_payload_in_its_first_task(start_runner: Any, llm: FakeLLM) -> None:
+    runner = start_runner("classic_crew")
+    runner.wait_healthy()
+    inputs = {**FIXTURES["classic_crew"]["kickoff"], "crewai_trigger_payload": {"ticket": "T-4242"}}
+    status, body = call(runner.port, "POST", "/runs", {"kickoff_id": "k-trig", "inputs": inputs})
+    assert (status, body["state"]) == (200, "SUCCESS"), body
+    prompts = [json.dumps(r) for r in llm.chat_requests()]
+    assert any("Trigger Payload: {'ticket': 'T-4242'}" in p for p in prompts)
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap (Debian's bubblewrap)")
+def test_a_crew_writes_beside_its_read_only_project_into_its_home(start_runner: Any, env_for: Any) -> None:
+    """Under a sandbox the release is read-only: files a crew writes relative to its working
+    directory (the scaffolds' report.md, output/post.md) land in $HOME/work instead."""
+    project, _ = env_for("persist_flow")
+    home = project.parent / "home"
+    home.mkdir(exist_ok=True)
+    read_only = ["bwrap", "--ro-bind", "/", "/", "--bind", str(home), str(home)]
+    runner = start_runner("persist_flow", PERSIST_ARGS, [*read_only, "--dev", "/dev", "--proc", "/proc"])
+    runner.wait_healthy()
+    assert _count(runner.port, "k-ro", {"note": "ro"})["count"] == 1
+    assert (home / "work/output/count.txt").read_text().startswith("persist_flow ")
+    assert (home / "work/pyproject.toml").resolve() == project / "pyproject.toml"
+    assert not (project / "output").exists()

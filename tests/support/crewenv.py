@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from builder.env import lock_identity
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 LOCK_TIMEOUT = 600
 SYNC_TIMEOUT = 1800
@@ -60,8 +62,10 @@ def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: int) -> None:
 
 
 def env_key(lock_text: str) -> str:
+    """Keyed like the server's envs: projects differing only in their own name share one."""
     version = f"{platform.python_implementation()}-{platform.python_version()}"
-    return hashlib.sha256(f"{lock_text}\0{version}".encode()).hexdigest()[:24]
+    identity = lock_identity(lock_text.encode())
+    return hashlib.sha256(identity + f"\0{version}".encode()).hexdigest()[:24]
 
 
 def prepare(fixture: str | Path, workdir: Path | None = None) -> tuple[Path, Path]:
@@ -106,10 +110,15 @@ def ensure_env(project: Path) -> Path:
     return python
 
 
+def lock(project: Path) -> None:
+    """``uv lock`` in ``project``, as a developer would before a push."""
+    _run([uv_binary(), "lock", "--python", sys.executable], project, _uv_env(), LOCK_TIMEOUT)
+
+
 def locked_copy(fixture: str | Path, dest: Path) -> Path:
     """Copy ``fixture`` into ``dest`` and generate its ``uv.lock`` (never committed)."""
     source = Path(fixture) if Path(fixture).is_absolute() else FIXTURES / fixture
     project = dest / source.name
     shutil.copytree(source, project, ignore=shutil.ignore_patterns("__pycache__", ".venv"))
-    _run([uv_binary(), "lock", "--python", sys.executable], project, _uv_env(), LOCK_TIMEOUT)
+    lock(project)
     return project
