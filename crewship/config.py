@@ -48,6 +48,10 @@ class Settings:
     deploy_concurrency: int = 0
     # Log where the event loop was stuck whenever it answers later than this (0: off).
     loop_watchdog: float = 0.0
+    # Usage sampling (crewship/service/usage.py): seconds between samples of every instance,
+    # and between the points of each app's 24 h chart.
+    usage_interval: float = 3.0
+    usage_point_interval: float = 60.0
     # Outbound URLs (crewship/urls.py): private/loopback targets and local clone paths.
     allow_private_urls: bool = False
     allow_local_clone: bool = False
@@ -159,6 +163,8 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_RESTART_DELAY": ("restart_delay", float),
     "CREWSHIP_INSECURE_NO_SANDBOX": ("insecure_no_sandbox", parse_flag),
     "CREWSHIP_LOOP_WATCHDOG": ("loop_watchdog", float),
+    "CREWSHIP_USAGE_INTERVAL": ("usage_interval", float),
+    "CREWSHIP_USAGE_POINT_INTERVAL": ("usage_point_interval", float),
     "CREWSHIP_DEPLOY_CONCURRENCY": ("deploy_concurrency", int),
     "CREWSHIP_ALLOW_PRIVATE_URLS": ("allow_private_urls", parse_flag),
     "CREWSHIP_ALLOW_LOCAL_CLONE": ("allow_local_clone", parse_flag),

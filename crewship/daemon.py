@@ -22,6 +22,7 @@ from crewship.service.kickoffs import KickoffService
 from crewship.service.platform import Platform
 from crewship.service.restore import Rebuilder
 from crewship.service.telemetry import Telemetry, runtime_states
+from crewship.service.usage import UsageMonitor
 from crewship.store.history import Retention, prune_forever
 from crewship.store.state import Database, checkpoint_forever
 from gitserver.hooks import HookServer
@@ -37,6 +38,7 @@ from runtime.events import (
 from runtime.process import ProcessBackend
 from runtime.sandbox import Sandbox
 from runtime.supervisor import Supervisor
+from runtime.usage import Cgroups, DockerSampler, ProcessSampler, Sampler
 
 logger = log.get("crewship.daemon")
 
@@ -85,6 +87,9 @@ class Daemon:
         self.telemetry = Telemetry(settings, self.platform.metrics, self.platform.alerts)
         self.platform.engine.deployer.on_event = self.kickoffs.on_event = self.telemetry.handle
         self.platform.metrics.states = runtime_states(self.platform.apps_store, self.supervisor)
+        self.usage = self.platform.engine.usage = make_usage(settings, self.backend,
+                                                             self.supervisor, self.platform)
+        self.platform.metrics.usage = self.usage.current
         self.backups = BackupService(settings, self.layout, restic_from(settings, self.layout),
                                      on_event=self.telemetry.handle)
         self.platform.backups = self.backups
@@ -119,6 +124,7 @@ class Daemon:
         await self.hooks.start()
         await self.http.start()
         await self.ssh.start(self.settings.host, self.settings.ssh_port)
+        self.usage.start()
         assert self.platform.engine.deployer is not None
         rebuild = self.rebuilder.pending()
         await self.platform.engine.deployer.restore(skip=rebuild)
@@ -136,6 +142,7 @@ class Daemon:
         await self.ssh.close()
         await self.hooks.close()
         await self.http.close()
+        await self.usage.aclose()
         await self.supervisor.aclose()
         await self.kickoffs.aclose()
         tasks = [t for t in [self._pruner, self._checkpointer, *self._background] if t is not None]
@@ -155,6 +162,7 @@ class Daemon:
             failed = self.kickoffs.instance_exited(event.app, event.instance_id, event.status)
             logger.info("instance_exited", app=event.app, instance=event.instance_id,
                         status=event.status, kickoffs_failed=failed)
+            self.usage.instance_exited(event)
         elif isinstance(event, InstanceRetired):
             self.kickoffs.instance_exited(event.app, event.instance_id, event.status)
         elif isinstance(event, AppCrashed):
@@ -197,14 +205,39 @@ class Daemon:
         print("\n".join(lines), file=sys.stderr, flush=True)
 
 
+def make_usage(settings: Settings, backend: Backend, supervisor: Supervisor,
+               platform: Platform) -> UsageMonitor:
+    """The usage sampler for the backend; it enforces memory limits where nothing else does."""
+    sampler: Sampler
+    kill, enforcement = None, "docker (memory and cpus per container)"
+    if isinstance(backend, ProcessBackend):
+        sampler = ProcessSampler()
+        if backend.cgroups is None:
+            kill, enforcement = backend.kill_for_memory, ""
+        else:
+            enforcement = "cgroups v2 (memory.max and cpu.max per instance)"
+    else:
+        from runtime.docker import DockerBackend
+
+        assert isinstance(backend, DockerBackend)
+        sampler = DockerSampler(backend.client)
+    return UsageMonitor(supervisor, sampler, platform.apps_store,
+                        interval=settings.usage_interval,
+                        point_interval=settings.usage_point_interval, kill_for_memory=kill,
+                        enforcement=enforcement)
+
+
 def make_backend(settings: Settings, layout: Layout) -> Backend:
     if settings.runtime == "process":
+        cgroups = Cgroups()
+        usable = cgroups if cgroups.available() else None
+        logger.info("limits_enforced", by="cgroups v2" if usable else "usage watchdog (RSS)")
         if settings.insecure_no_sandbox:
             logger.warning("sandbox_disabled", reason="--insecure-no-sandbox")
-            return ProcessBackend(layout)
+            return ProcessBackend(layout, cgroups=usable)
         sandbox = Sandbox()
         sandbox.check()  # fails now, with the reason and the fix
-        return ProcessBackend(layout, sandbox=sandbox)
+        return ProcessBackend(layout, sandbox=sandbox, cgroups=usable)
     if settings.runtime == "docker":
         from runtime.docker import DockerBackend, connect
 

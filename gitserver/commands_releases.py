@@ -74,8 +74,8 @@ def _limits_args(p: ArgumentParser) -> None:
     p.add_argument("--cpus", metavar="N", help="CPUs per instance: 1, 0.5, none")
 
 
-@command("ps:limits", "show or set memory/CPU limits per instance (docker runtime; a change "
-         "restarts the app)", _limits_args, read=True)
+@command("ps:limits", "show or set memory/CPU limits per instance (a change restarts the "
+         "app)", _limits_args, read=True)
 async def ps_limits(ctx: Context, args: argparse.Namespace) -> int:
     memory = parse_memory(args.memory) if args.memory is not None else "keep"
     cpus = parse_cpus(args.cpus) if args.cpus is not None else "keep"
@@ -87,4 +87,5 @@ async def ps_limits(ctx: Context, args: argparse.Namespace) -> int:
         ctx.out(f"=== {info['app']} limits per instance ({info['runtime']} runtime)")
         ctx.out(f"memory:   {format_memory(info['memory'])}")
         ctx.out(f"cpus:     {shown}")
+        ctx.out(f"enforced: {info['enforced_by']}")
     return 0

@@ -10,6 +10,7 @@ import json
 from crewship.errors import CrewshipError, InvalidInputError
 from crewship.service.operations import parse_assignments
 from gitserver.command import ArgumentParser, Context, app_arg, command
+from gitserver.commands_resources import human_bytes, usage_text
 
 
 def _duration(seconds: int | None) -> str:
@@ -36,7 +37,11 @@ async def status(ctx: Context, args: argparse.Namespace) -> int:
     for key, value in rows:
         ctx.out(f"{key + ':':<10} {value}")
     for inst in info["instances"]:
-        ctx.out(f"  {inst['id']:<8} {inst['state']:<10} pid {inst['pid']}  port {inst['port']}")
+        ctx.out(f"  {inst['id']:<8} {inst['state']:<10} pid {inst['pid']}  port {inst['port']}"
+                f"  {usage_text(inst)}")
+    for event in info.get("memory_exceeded", [])[:3]:
+        ctx.out(f"  {event['instance']} memory_exceeded: stopped for using "
+                f"{human_bytes(event['memory_bytes'])} (limit {human_bytes(event['limit_bytes'])})")
     return 0
 
 

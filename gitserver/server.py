@@ -28,6 +28,7 @@ from gitserver import (  # noqa: F401 (importing registers the commands)
     commands_backups,
     commands_history,
     commands_releases,
+    commands_resources,
     commands_runtime,
     commands_users,
     transport,

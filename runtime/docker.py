@@ -109,6 +109,7 @@ class DockerBackend:
         self._tracked: dict[str, _Tracked] = {}
         self._statuses: OrderedDict[str, int] = OrderedDict()
         self._closed = False
+        self._exit_reasons: dict[str, str] = {}   # instance id -> "memory_exceeded"
         # whose containers these are: one dockerd may serve several crewship servers
         self._server = hashlib.sha256(str(layout.root).encode()).hexdigest()[:16]
 
@@ -264,6 +265,8 @@ class DockerBackend:
         status = await _in_thread(_wait_exit, client, tracked.container_id)
         # the output is in the log before anyone hears of the exit (health-check output)
         await asyncio.to_thread(tracked.streamed.wait, 5.0)
+        if await asyncio.to_thread(_oom_killed, client, tracked.container_id):
+            self._exit_reasons[tracked.ref.id] = "memory_exceeded"
         with contextlib.suppress(docker.errors.DockerException):
             await asyncio.to_thread(client.api.remove_container, tracked.container_id,
                                     force=True)
@@ -275,6 +278,14 @@ class DockerBackend:
         assert tracked.exited is not None
         if not tracked.exited.done():
             tracked.exited.set_result(status)
+
+    def exit_reason(self, ref: InstanceRef) -> str | None:
+        """``memory_exceeded`` when the kernel killed the container over its memory limit."""
+        return self._exit_reasons.pop(ref.id, None)
+
+    def client(self) -> docker.DockerClient | None:
+        """The connection, for the usage sampler (runtime/usage.py); None before the first."""
+        return self._client
 
     # -- list and close ----------------------------------------------------
 
@@ -382,6 +393,14 @@ def _wait_exit(client: docker.DockerClient, container_id: str) -> int:
             if not state.get("Running"):
                 return exit_status(int(state.get("ExitCode", STATUS_UNKNOWN)))
             time.sleep(1.0)
+
+
+def _oom_killed(client: docker.DockerClient, container_id: str) -> bool:
+    try:
+        state = client.api.inspect_container(container_id)["State"]
+    except Exception:  # gone already, or the client was closed
+        return False
+    return bool(state.get("OOMKilled"))
 
 
 def _short(exc: Exception) -> str:

@@ -52,6 +52,7 @@ class InstanceExited:
     instance_id: str
     release: int
     status: int
+    reason: str | None = None     # "memory_exceeded": killed for going over its limit
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from crewship.log import get as get_logger
 from runtime.backend import STATUS_UNKNOWN, BackendError, InstanceRef, InstanceSpec
 from runtime.logs import LOG_NAME, open_append
 from runtime.sandbox import Launch, Sandbox, first_child, read_init_pid
+from runtime.usage import Cgroups, process_tree, scan_proc
 
 _SAFE_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 _KILL_WAIT = 10.0
@@ -80,10 +81,14 @@ class ProcessBackend:
     """Instances as local processes; see the module docstring."""
 
     def __init__(self, layout: Layout, poll_interval: float = 0.2,
-                 sandbox: Sandbox | None = None) -> None:
-        """``sandbox`` None runs crews unsandboxed (``--insecure-no-sandbox``, tests)."""
+                 sandbox: Sandbox | None = None, cgroups: Cgroups | None = None) -> None:
+        """``sandbox`` None runs crews unsandboxed (``--insecure-no-sandbox``, tests);
+        ``cgroups`` (a usable cgroup v2 hierarchy) enforces the spec's memory and CPU limits,
+        without it the daemon's usage watchdog kills an instance over its memory limit."""
         self._layout = layout
         self.sandbox = sandbox
+        self.cgroups = cgroups
+        self._exit_reasons: dict[str, str] = {}   # instance id -> "memory_exceeded"
         self._poll = poll_interval
         self._tracked: dict[str, _Tracked] = {}
         self._statuses: OrderedDict[str, int] = OrderedDict()
@@ -108,6 +113,8 @@ class ProcessBackend:
             if relay is not None:
                 _reap_relay(relay, 2.0)  # its pipe has no writer left: it ends now
             raise BackendError(f"cannot start {spec.name}: {exc.strerror or exc}") from exc
+        if self.cgroups is not None and (spec.memory or spec.cpus):
+            await asyncio.to_thread(self._confine, spec, ident, popen.pid)
         stat = proc_stat(popen.pid)
         ref = InstanceRef(id=ident, app=spec.app, release=spec.release, index=spec.index,
                           host=spec.host, port=spec.port, pid=popen.pid,
@@ -136,6 +143,29 @@ class ProcessBackend:
                 os.close(info_w)
         stat = proc_stat(init) if init is not None else None
         return popen, ((init, stat[1]) if init is not None and stat else None)
+
+    def _confine(self, spec: InstanceSpec, ident: str, pid: int) -> None:
+        """Move the instance (all its processes so far; later ones inherit) into its group."""
+        assert self.cgroups is not None
+        try:
+            group = self.cgroups.apply(spec.app, ident, pid, spec.memory, spec.cpus)
+            for member in process_tree(pid, scan_proc()):
+                with contextlib.suppress(OSError):
+                    (group / "cgroup.procs").write_text(str(member))
+        except OSError as exc:
+            log.warning("cgroup_failed", app=spec.app, instance=ident, error=str(exc))
+
+    def kill_for_memory(self, ref: InstanceRef) -> None:
+        """The usage watchdog found ``ref`` over its memory limit: kill it, remember why."""
+        tracked = self._find(ref)
+        if tracked is None:
+            return
+        self._exit_reasons[ref.id] = "memory_exceeded"
+        self._signal(tracked, signal.SIGKILL, group=True)
+
+    def exit_reason(self, ref: InstanceRef) -> str | None:
+        """``memory_exceeded`` when the instance was killed for its memory, else None."""
+        return self._exit_reasons.pop(ref.id, None)
 
     def _record_path(self, ident: str) -> Path:
         return self._layout.instances / f"{ident}.json"
@@ -217,6 +247,10 @@ class ProcessBackend:
         status = await self._reap(tracked)
         if tracked.relay is not None:  # its last lines are in the log before anyone hears
             await asyncio.to_thread(_reap_relay, tracked.relay, _RELAY_WAIT)
+        if self.cgroups is not None:
+            if self.cgroups.oom_killed(tracked.ref.app, tracked.ref.id):
+                self._exit_reasons[tracked.ref.id] = "memory_exceeded"
+            self.cgroups.remove(tracked.ref.app, tracked.ref.id)
         self._record_path(tracked.ref.id).unlink(missing_ok=True)
         self._tracked.pop(tracked.ref.id, None)
         self._statuses[tracked.ref.id] = status

@@ -410,12 +410,24 @@ class Supervisor:
         if inst.stopping or st.live.get(index) is not inst:
             return
         del st.live[index]
-        log.warning("instance_crashed", app=st.name, instance=inst.ref.id, status=status)
-        self._emit(InstanceExited(st.name, inst.ref.id, inst.ref.release, status))
+        reason = self._exit_reason(inst.ref)
+        log.warning("instance_crashed", app=st.name, instance=inst.ref.id, status=status,
+                    reason=reason)
+        self._emit(InstanceExited(st.name, inst.ref.id, inst.ref.release, status, reason))
         task = asyncio.current_task()
         assert task is not None
         st.recovering[index] = task
-        await self._recover(st, index, exit_text(status), inst.up_since, inst.restarts)
+        text = exit_text(status) if reason is None else f"{reason} ({exit_text(status)})"
+        await self._recover(st, index, text, inst.up_since, inst.restarts)
+
+    def _exit_reason(self, ref: InstanceRef) -> str | None:
+        """Why the backend says ``ref`` ended (``memory_exceeded``), if it knows."""
+        explain = getattr(self._backend, "exit_reason", None)
+        return explain(ref) if explain is not None else None
+
+    def instance_refs(self) -> list[InstanceRef]:
+        """Every live instance of every app (for the usage sampler)."""
+        return [i.ref for st in self._apps.values() for i in st.live.values()]
 
     def _start_recovery(self, st: _App, index: int, reason: str,
                         up_since: float | None) -> None:

@@ -18,6 +18,7 @@ from crewship.model import AccessLevel, App, User, access_level, validate_app_na
 if TYPE_CHECKING:
     from crewship.service.deploys import Deployer
     from crewship.service.kickoffs import KickoffService
+    from crewship.service.usage import UsageMonitor
     from crewship.store.apps import AppStore
 
 
@@ -58,6 +59,7 @@ class Engine:
     def __init__(self) -> None:
         self.deployer: Deployer | None = None
         self.kickoffs: KickoffService | None = None
+        self.usage: UsageMonitor | None = None   # what instances use (crewship/service/usage.py)
 
     def require_deployer(self) -> Deployer:
         if self.deployer is None:

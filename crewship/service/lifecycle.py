@@ -178,16 +178,13 @@ class Lifecycle:
                      ) -> dict[str, Any]:
         """Show or set the app's memory/CPU limits (``"keep"``: unchanged; None: unlimited).
 
-        Only the docker runtime enforces limits; a change restarts a live app (through the
-        health-checked swap) so its containers start with them.
+        Every runtime applies them (``enforced_by`` says how: docker, cgroups v2, or the
+        usage watchdog); a change restarts a live app (through the health-checked swap) so
+        its instances start with them.
         """
         changing = memory != "keep" or cpus != "keep"
         app = self.access.app_for(caller, name, AccessLevel.DEPLOY if changing else AccessLevel.READ)
         if changing:
-            if self.settings.runtime != "docker":
-                raise InvalidInputError(
-                    f"resource limits need the docker runtime; this server runs the "
-                    f"{self.settings.runtime} runtime (crewship server --runtime docker)")
             new_memory = app.memory_limit if memory == "keep" else memory
             new_cpus = app.cpu_limit if cpus == "keep" else cpus
             assert not isinstance(new_memory, str)
@@ -197,5 +194,7 @@ class Lifecycle:
             if report is not None and fresh.live_release is not None and fresh.scale > 0:
                 await self.restart(caller, name, report)
             app = fresh
+        monitor = self.engine.usage
         return {"app": app.name, "memory": app.memory_limit, "cpus": app.cpu_limit,
-                "runtime": self.settings.runtime}
+                "runtime": self.settings.runtime,
+                "enforced_by": monitor.enforcement if monitor else self.settings.runtime}

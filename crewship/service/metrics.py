@@ -17,6 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from runtime.backend import InstanceRef
+from runtime.usage import Usage
+
 _APP_LABEL = re.compile(rb'[{,]app="([^"]*)"')
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEPLOY_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
@@ -25,6 +28,33 @@ HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 # (app, app state, [instance states], restarts since the last deploy) for every app.
 StateSource = Callable[[], Iterable[tuple[str, str, list[str], int]]]
+# The latest usage of every live instance (crewship/service/usage.py).
+UsageSource = Callable[[], Iterable[tuple[InstanceRef, Usage]]]
+
+_USAGE_GAUGES = (
+    ("memory_bytes", "crewship_instance_memory_bytes", "Resident memory of an instance's processes"),
+    ("cpu_percent", "crewship_instance_cpu_percent", "CPU use of an instance, percent of one core"),
+    ("fds", "crewship_instance_open_fds", "Open file descriptors of an instance's processes"),
+    ("threads", "crewship_instance_threads", "Threads of an instance's processes"),
+    ("uptime_seconds", "crewship_instance_uptime_seconds", "Seconds since the instance started"),
+)
+
+
+class _UsageCollector(Collector):
+    """Per-instance gauges labelled app, release and instance, read at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        families = {key: GaugeMetricFamily(name, text, labels=["app", "release", "instance"])
+                    for key, name, text in _USAGE_GAUGES}
+        for ref, usage in self._metrics.usage():
+            figures = usage.as_dict()
+            for key, family in families.items():
+                if figures.get(key) is not None:
+                    family.add_metric([ref.app, f"v{ref.release}", ref.id], figures[key])
+        yield from families.values()
 
 
 class _StateCollector(Collector):
@@ -54,6 +84,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.states: StateSource = lambda: ()
+        self.usage: UsageSource = lambda: ()
         r = self.registry
         self.deploys = Counter("crewship_deploys", "Deploys (new releases) by kind and outcome",
                                ["app", "kind", "outcome"], registry=r)
@@ -65,6 +96,8 @@ class Metrics:
         self.crashes = Counter("crewship_instance_crashes", "Instances that exited on their own "
                                "(each is restarted with backoff unless the app is crashed)",
                                ["app"], registry=r)
+        self.memory_exceeded = Counter("crewship_instance_memory_exceeded", "Instances stopped "
+                                       "for going over their memory limit", ["app"], registry=r)
         self.crashed = Counter("crewship_app_crash_loops", "Apps given up as crashed (crash loops)",
                                ["app"], registry=r)
         self.kickoffs = Counter("crewship_kickoffs", "Finished kickoffs by outcome "
@@ -86,6 +119,7 @@ class Metrics:
         self.webhooks = Counter("crewship_webhooks", "Kickoff webhook deliveries by the daemon "
                                 "by kind and outcome", ["kind", "outcome"], registry=r)
         r.register(_StateCollector(self))
+        r.register(_UsageCollector(self))
 
     def render(self, visible: Collection[str] | None = None) -> bytes:
         """The text format; with ``visible``, series labelled with another app are left out."""

@@ -7,11 +7,13 @@ so the SSH commands and the HTTP routes reach the same checks.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from crewship import log
 from crewship.model import AccessLevel, App, User
+from crewship.service.usage import usage_row
 from crewship.store.alerts import Alert, AlertStore, parse_events
 from crewship.store.history import parse_limit, parse_state
 from crewship.urls import Policy, check_url, masked
@@ -48,6 +50,28 @@ class Monitoring:
         """The same for a caller holding the app's token (``GET /apps/NAME/kickoffs``)."""
         rows = self.engine.require_kickoffs().history(app, parse_limit(limit), parse_state(state))
         return [{k: row.get(k) for k in HISTORY_FIELDS} for row in rows]
+
+    # -------------------------------------------------------------------- usage
+    def processes(self, caller: User, name: str) -> list[dict[str, Any]]:
+        """``ps NAME``: each instance with what it uses now (None: not sampled yet)."""
+        app = self.access.app_for(caller, name, AccessLevel.READ)
+        status = self.engine.require_deployer().supervisor.status(app.name)
+        monitor = self.engine.usage
+        rows = []
+        for inst in status.instances:
+            usage = monitor.latest(inst.id) if monitor else None
+            uptime = int(time.time() - inst.started_at) if inst.started_at else None
+            rows.append({"id": inst.id, "state": inst.state, "pid": inst.pid, "port": inst.port,
+                         "restarts": inst.restarts, "uptime_seconds": uptime,
+                         **usage_row(usage)})
+        return rows
+
+    def usage_chart(self, caller: User, name: str) -> list[dict[str, Any]]:
+        """The app's 24 h of points (memory and CPU summed over its instances), oldest first."""
+        app = self.access.app_for(caller, name, AccessLevel.READ)
+        monitor = self.engine.usage
+        return [{"at": p.at, "memory_bytes": p.memory_bytes, "cpu_percent": round(p.cpu_percent, 1)}
+                for p in (monitor.chart(app.name) if monitor else [])]
 
     # ------------------------------------------------------------------- alerts
     def _shown(self, caller: User, app: App, alert: Alert) -> Alert:

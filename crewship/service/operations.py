@@ -17,6 +17,7 @@ from crewship import log
 from crewship.errors import InvalidInputError, NotFoundError, TooLargeError
 from crewship.model import AccessLevel, App, User, validate_config_key
 from crewship.reporter import Reporter
+from crewship.service.usage import usage_row
 from crewship.store.releases import Release
 from crewship.urls import check_urls
 
@@ -76,8 +77,18 @@ class Operations:
             "url": self.settings.app_url(app.name), "git_url": self.settings.git_url(app.name),
             "sandbox": self.settings.sandboxed, "sandbox_note": self.settings.sandbox_note,
             "instances": [{"id": i.id, "port": i.port, "pid": i.pid, "state": i.state,
-                           "restarts": i.restarts} for i in runtime.instances],
+                           "restarts": i.restarts, **self._usage(i.id)}
+                          for i in runtime.instances],
+            "memory_exceeded": self._memory_exits(app.name),
         }
+
+    def _usage(self, instance_id: str) -> dict[str, Any]:
+        monitor = self.engine.usage
+        return usage_row(monitor.latest(instance_id) if monitor else None)
+
+    def _memory_exits(self, app: str) -> list[dict[str, Any]]:
+        monitor = self.engine.usage
+        return monitor.memory_exits(app) if monitor else []
 
     # ---------------------------------------------------------------------- logs
     async def logs(self, caller: User, name: str, *, lines: int = 100,

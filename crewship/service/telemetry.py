@@ -58,12 +58,22 @@ class Telemetry:
             self._backup(event)
         elif isinstance(event, InstanceExited):
             self.metrics.crashes.labels(event.app).inc()
+            if event.reason == "memory_exceeded":
+                self._memory_exceeded(event)
         elif isinstance(event, AppCrashed):
             self.metrics.crashed.labels(event.app).inc()
             self.alert("crashed", event.app, event.release,
                        f"{event.app} is crashed: {event.crashes} crashes in a row; it is not "
                        f"restarted until a deploy, 'restart {event.app}' or 'ps:scale'",
                        {"crashes": event.crashes})
+
+    def _memory_exceeded(self, event: InstanceExited) -> None:
+        """One ``memory_exceeded`` alert per run of them (the gate holds the rest)."""
+        self.metrics.memory_exceeded.labels(event.app).inc()
+        self.alert("memory_exceeded", event.app, event.release,
+                   f"{event.app} instance {event.instance_id} was stopped for going over its "
+                   f"memory limit (see 'ps:limits {event.app}'); it is restarted with backoff",
+                   {"instance": event.instance_id, "status": event.status})
 
     def _deploy(self, event: DeployFinished) -> None:
         self.metrics.deploy_finished(event.app, event.kind, event.outcome, event.duration,

@@ -26,8 +26,9 @@ from crewship.model import App
 from crewship.store.state import Database, now
 from crewship.urls import validate_url
 
-EVENTS = ("deploy_failed", "crashed", "kickoff_failed", "deployed", "backup_failed")
-DEFAULT_EVENTS = ("deploy_failed", "crashed", "kickoff_failed")
+EVENTS = ("deploy_failed", "crashed", "kickoff_failed", "deployed", "backup_failed",
+          "memory_exceeded")
+DEFAULT_EVENTS = ("deploy_failed", "crashed", "kickoff_failed", "memory_exceeded")
 MAX_RECEIVERS = 20
 SEEN_KEPT = 10_000
 
