@@ -39,6 +39,7 @@ from starlette.routing import Route
 
 from crewship import log
 from crewship.api import dashboard_html as html
+from crewship.api import dashboard_usage as usage_html
 from crewship.errors import CrewshipError
 from crewship.model import User
 from crewship.service.platform import Platform
@@ -284,7 +285,8 @@ async def app_view(request: Request, visitor: Visitor) -> Response:
     history = platform.monitoring.kickoff_history(user, name, limit=STATS_LIMIT)
     stats = kickoff_stats(history, dt.datetime.now(dt.UTC))
     recent = [{**row, "duration": kickoff_duration(row)} for row in history[:RECENT_KICKOFFS]]
-    return _html(html.app_page(user.name, status, releases, recent, stats, visitor.csrf))
+    usage = usage_html.usage_card(status["instances"], platform.monitoring.usage_chart(user, name))
+    return _html(html.app_page(user.name, status, releases, recent, stats, visitor.csrf, usage))
 
 
 async def login_form(request: Request) -> Response:
@@ -388,7 +390,7 @@ routes = [
     Route("/dashboard/logout", logout, methods=["POST"]),
     Route("/dashboard/apps/{app}", app_view, methods=["GET"]),
     Route("/dashboard/apps/{app}/logs/stream", log_stream, methods=["GET"]),
-    Route(f"{html.STATIC}/dashboard.css", _static(html.CSS, "text/css"), methods=["GET"]),
+    Route(f"{html.STATIC}/dashboard.css", _static(html.CSS + usage_html.CSS, "text/css"), methods=["GET"]),
     Route(f"{html.STATIC}/dashboard.js", _static(html.SCRIPT, "text/javascript"),
           methods=["GET"]),
 ]

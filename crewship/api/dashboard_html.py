@@ -227,11 +227,13 @@ def _releases(releases: list[dict[str, Any]]) -> str:
 
 
 def app_page(user: str, status: dict[str, Any], releases: list[dict[str, Any]],
-             kickoffs: list[dict[str, Any]], stats: dict[str, Any], csrf: str = "") -> str:
+             kickoffs: list[dict[str, Any]], stats: dict[str, Any], csrf: str = "",
+             usage: str = "") -> str:
+    """``usage``: the usage card's HTML (crewship/api/dashboard_usage.py)."""
     name = str(status["app"])
     stream = f"/dashboard/apps/{esc(name)}/logs/stream"
     body = (f"<h1>{esc(name)}</h1>"
-            f"<section class='card' id='status'>{_facts(status)}</section>"
+            f"<section class='card' id='status'>{_facts(status)}</section>{usage}"
             "<h2>Log tail <span id='log-state' class='badge'>connecting...</span></h2>"
             f"<section class='card'><pre id='log' data-stream='{stream}'></pre></section>"
             f"<h2>Kickoffs</h2><section class='card'>{_kickoffs(kickoffs, stats)}</section>"

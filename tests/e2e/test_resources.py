@@ -16,8 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, expect
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.test_dashboard import api_token, log_in, screenshot
+from tests.e2e.test_dashboard import browser as browser  # the fixture
 from tests.support.crewapi import CrewAPI
 from tests.support.crewenv import cache_root, locked_copy
 from tests.support.receiver import Receiver
@@ -51,6 +54,7 @@ run.inputs = ["mb", "hold"]
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
     env = {"CREWSHIP_ENVS_DIR": str(cache_root() / "server-envs"),
            "CREWSHIP_METRICS_TOKEN": SCRAPE, "CREWSHIP_USAGE_INTERVAL": "1",
+           "CREWSHIP_USAGE_POINT_INTERVAL": "2",
            "CREWSHIP_RESTART_DELAY": "0.5", "CREWSHIP_ALLOW_PRIVATE_URLS": "1"}
     server = CrewshipServer(tmp_path_factory.mktemp("resources"), env=env)
     server.start()
@@ -166,3 +170,32 @@ def test_a_crew_over_its_memory_limit_is_stopped_and_reported_as_memory_exceeded
         assert again
         ok = api.run({"mb": 10, "hold": 0}, timeout=60)
         assert ok["state"] == "SUCCESS", ok
+
+
+def test_the_dashboard_shows_usage_now_and_a_24_h_chart(srv: CrewshipServer, project: Path,
+                                                        browser: Browser) -> None:
+    if "heavy" not in srv.ssh(srv.admin_key, "apps", check=True).stdout:
+        deploy(srv, project, "heavy", ["config:set", "heavy", "BALLAST_MB=300"])
+    within(20, lambda: len(srv.ssh_json(srv.admin_key, "status", "heavy")["instances"]) == 1
+           and (srv.ssh_json(srv.admin_key, "status", "heavy")["instances"][0]["memory_bytes"]
+                or 0) >= 300 * MB)
+    time.sleep(5)  # a few points of the chart (CREWSHIP_USAGE_POINT_INTERVAL=2)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        log_in(page, srv, api_token(srv, srv.admin_key))
+        page.goto(f"{srv.http_url}/dashboard/apps/heavy")
+        card = page.locator("#usage")
+        expect(card).to_contain_text("Memory")
+        row = card.locator("tr", has=page.locator("code")).first.inner_text()
+        assert " MB" in row
+        assert float(row.split(" MB")[0].split()[-1]) >= 300, row
+        chart = page.locator("svg#usage-chart")
+        expect(chart).to_be_visible()
+        assert chart.locator("polygon.mem").count() == 1
+        assert chart.locator("polyline.cpu").count() == 1
+        expect(chart).to_contain_text("10 min ago")  # the span so far (at most 24 h)
+        card.scroll_into_view_if_needed()
+        path = screenshot(page, "dashboard-usage.png")
+        assert path.stat().st_size > 10_000
+    finally:
+        page.close()
