@@ -52,6 +52,10 @@ class Settings:
     # and between the points of each app's 24 h chart.
     usage_interval: float = 3.0
     usage_point_interval: float = 60.0
+    # Default quotas of a user who is not an admin (0 or "": none); quotas:set overrides them.
+    quota_apps: int = 0
+    quota_instances: int = 0
+    quota_memory: str = ""
     # Outbound URLs (crewship/urls.py): private/loopback targets and local clone paths.
     allow_private_urls: bool = False
     allow_local_clone: bool = False
@@ -165,6 +169,9 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_LOOP_WATCHDOG": ("loop_watchdog", float),
     "CREWSHIP_USAGE_INTERVAL": ("usage_interval", float),
     "CREWSHIP_USAGE_POINT_INTERVAL": ("usage_point_interval", float),
+    "CREWSHIP_QUOTA_APPS": ("quota_apps", int),
+    "CREWSHIP_QUOTA_INSTANCES": ("quota_instances", int),
+    "CREWSHIP_QUOTA_MEMORY": ("quota_memory", str),
     "CREWSHIP_DEPLOY_CONCURRENCY": ("deploy_concurrency", int),
     "CREWSHIP_ALLOW_PRIVATE_URLS": ("allow_private_urls", parse_flag),
     "CREWSHIP_ALLOW_LOCAL_CLONE": ("allow_local_clone", parse_flag),

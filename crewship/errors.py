@@ -12,6 +12,7 @@ traceback and reported as ``internal error (ref <id>)``.
     │   └── UnprocessableInputError  well-formed but invalid, like a state id that is no UUID (422)
     ├── NotFoundError          unknown app/user/key/release, or no access to it (404)
     ├── PermissionDeniedError  known thing, not allowed (403)
+    │   └── QuotaExceededError  over a user's quota of apps, instances or memory (403)
     ├── ConflictError          already exists, or busy (409)
     ├── UnavailableError       nothing is running to answer (503)
     │   └── StorageFullError   the data dir's disk is full, nothing written (503)
@@ -56,6 +57,10 @@ class NotFoundError(CrewshipError):
 
 class PermissionDeniedError(CrewshipError):
     http_status = 403
+
+
+class QuotaExceededError(PermissionDeniedError):
+    """Creating, scaling or limiting an app would take its owner past a quota."""
 
 
 class ConflictError(CrewshipError):

@@ -1,4 +1,4 @@
-"""SSH commands for what apps use: ps."""
+"""SSH commands for what apps use and may use: ps, quotas, quotas:set."""
 
 from __future__ import annotations
 
@@ -50,4 +50,44 @@ async def ps(ctx: Context, args: argparse.Namespace) -> int:
     for row in rows:
         ctx.out(f"{row['id']}: {row['state']} for {_uptime(row['uptime_seconds'])}  "
                 f"{usage_text(row)}  pid {row['pid'] or '-'}  port {row['port'] or '-'}")
+    return 0
+
+
+def _quota_cell(field: str, cell: dict[str, Any]) -> str:
+    quota, used = cell["quota"], cell["used"]
+    if field == "memory":
+        return f"{human_bytes(used)} of {'unlimited' if quota is None else human_bytes(quota)}"
+    return f"{used} of {'unlimited' if quota is None else quota}"
+
+
+def _quotas_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("user", nargs="?", metavar="USER", help="whose (default: yours)")
+    p.add_argument("--all", action="store_true", help="every user (admins)")
+
+
+@command("quotas", "show a user's quotas of apps, instances and memory, and their use",
+         _quotas_args, read=True)
+async def quotas(ctx: Context, args: argparse.Namespace) -> int:
+    service = ctx.platform.quotas
+    rows = service.show_all(ctx.user) if args.all else service.show(ctx.user, args.user)
+    return ctx.listing(args.json, rows, empty="no users",
+                       row=lambda r: [r["user"], _quota_cell("apps", r["apps"]),
+                                      _quota_cell("instances", r["instances"]),
+                                      _quota_cell("memory", r["memory"]), r["source"]],
+                       headers=["USER", "APPS", "INSTANCES", "MEMORY", "QUOTA"])
+
+
+def _quotas_set_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("user", metavar="USER")
+    p.add_argument("pairs", nargs="+", metavar="apps=N|instances=N|memory=SIZE",
+                   help="none: unlimited; default: the server's default")
+
+
+@command("quotas:set", "set a user's quotas: apps=N instances=N memory=SIZE (admins)",
+         _quotas_set_args)
+async def quotas_set(ctx: Context, args: argparse.Namespace) -> int:
+    row = ctx.platform.quotas.set(ctx.user, args.user, args.pairs)
+    ctx.out(f"quotas of {row['user']}: apps {_quota_cell('apps', row['apps'])}, "
+            f"instances {_quota_cell('instances', row['instances'])}, "
+            f"memory {_quota_cell('memory', row['memory'])}")
     return 0

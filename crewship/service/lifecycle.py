@@ -21,6 +21,7 @@ from crewship.store.releases import Release, rollback_target
 if TYPE_CHECKING:
     from crewship.config import Settings
     from crewship.service.access import AppAccess, Engine
+    from crewship.service.quotas import Quotas
     from crewship.store.apps import AppStore
     from crewship.store.releases import ConfigStore, ReleaseStore
 
@@ -56,6 +57,7 @@ class Lifecycle:
     apps_store: AppStore
     releases: ReleaseStore
     config_store: ConfigStore
+    quotas: Quotas | None = None
 
     # ------------------------------------------------------------------ history
     def release_history(self, caller: User, name: str, *, limit: int = 50) -> list[dict[str, Any]]:
@@ -159,6 +161,8 @@ class Lifecycle:
         deployer = self.engine.require_deployer()
         async with deployer.locked(app, caller.name, f"scale to {n}", report):
             fresh = self.apps_store.get(app.name) or app
+            if self.quotas is not None:
+                self.quotas.check_scale(fresh, n)
             live = deployer.live(fresh)
             if live is None:
                 if n == 0:
@@ -189,6 +193,8 @@ class Lifecycle:
             new_cpus = app.cpu_limit if cpus == "keep" else cpus
             assert not isinstance(new_memory, str)
             assert not isinstance(new_cpus, str)
+            if self.quotas is not None:
+                self.quotas.check_limits(app, new_memory)
             self.apps_store.set_limits(app, new_memory, new_cpus)
             fresh = self.apps_store.get(app.name) or app
             if report is not None and fresh.live_release is not None and fresh.scale > 0:

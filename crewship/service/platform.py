@@ -28,11 +28,13 @@ from crewship.service.lifecycle import Lifecycle
 from crewship.service.metrics import Metrics
 from crewship.service.monitoring import Monitoring
 from crewship.service.operations import Operations
+from crewship.service.quotas import Quotas
 from crewship.service.users import Users
 from crewship.store.accounts import Accounts
 from crewship.store.alerts import AlertStore
 from crewship.store.apitokens import ApiToken, ApiTokenStore
 from crewship.store.apps import AppStore
+from crewship.store.quotas import QuotaStore
 from crewship.store.releases import ConfigStore, ReleaseStore, TokenStore
 from crewship.store.repos import Repos
 from crewship.store.sessions import SessionStore
@@ -62,8 +64,9 @@ class Platform:
         self.checker = AppAccess(self.apps_store)
         self.ops = Operations(settings, self.checker, self.engine, self.apps_store,
                               self.config_store, self.tokens)
+        self.quotas = Quotas(settings, self.accounts, QuotaStore(db))
         self.lifecycle = Lifecycle(settings, self.checker, self.engine, self.apps_store,
-                                   self.releases, self.config_store)
+                                   self.releases, self.config_store, self.quotas)
         self.monitoring = Monitoring(self.checker, self.engine, self.alerts, settings.url_policy())
         self.users = Users(settings, self.accounts, self.api_tokens, SessionStore(db))
         self.backups: BackupService | None = None  # the daemon attaches its backup service
@@ -165,6 +168,7 @@ class Platform:
             if self.level(caller, self.apps_store.get(name)) is AccessLevel.NONE:
                 raise ConflictError(f"the name {name!r} is taken: pick another")
             raise ConflictError(f"app {name!r} already exists")
+        self.quotas.check_create(caller)
         app = self.apps_store.create(name, caller.id)
         try:
             await self.repos.create(name)

@@ -174,4 +174,29 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX sessions_token ON sessions (api_token_id);
     ALTER TABLE users ADD COLUMN last_seen_at TEXT;
     """,
+    # 10 (branch resources; renumber on merge): quotas per user (NULL: the server's default,
+    # -1: unlimited) and the audit trail of state-changing actions
+    """
+    CREATE TABLE quotas (
+        user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        apps INTEGER,
+        instances INTEGER,
+        memory INTEGER,
+        set_by TEXT NOT NULL,
+        set_at TEXT NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        user TEXT,
+        credential TEXT,
+        app TEXT,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL DEFAULT 'ok',
+        summary TEXT NOT NULL
+    );
+    CREATE INDEX audit_at ON audit (at);
+    CREATE INDEX audit_app ON audit (app, at);
+    CREATE INDEX audit_user ON audit (user, at);
+    """,
 ]
