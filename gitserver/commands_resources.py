@@ -91,3 +91,23 @@ async def quotas_set(ctx: Context, args: argparse.Namespace) -> int:
             f"instances {_quota_cell('instances', row['instances'])}, "
             f"memory {_quota_cell('memory', row['memory'])}")
     return 0
+
+
+def _audit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("app_name", nargs="?", metavar="APP", help="one app (its admins may read it)")
+    p.add_argument("-n", "--num", type=int, default=50, help="entries, newest first (default 50)")
+    p.add_argument("--app", dest="app_opt", metavar="APP", help="same as APP")
+    p.add_argument("--user", metavar="USER", help="only what USER did")
+
+
+@command("audit", "who did what: state-changing actions, newest first (admins; an app's "
+         "admins: audit APP)", _audit_args, read=True)
+async def audit(ctx: Context, args: argparse.Namespace) -> int:
+    app = args.app_name or args.app_opt
+    rows = ctx.platform.audit.trail(ctx.user, limit=args.num, app=app, user=args.user)
+    return ctx.listing(args.json, rows, empty="no audit entries",
+                       row=lambda r: [r["at"].replace("T", " ").removesuffix("Z"),
+                                      r["user"] or "-", r["app"] or "-", r["action"],
+                                      r["outcome"], r["summary"], r["credential"] or "-"],
+                       headers=["AT (UTC)", "USER", "APP", "ACTION", "OUTCOME", "SUMMARY",
+                                "KEY/TOKEN"])

@@ -183,7 +183,8 @@ class SSHGateway:
         assert conn.user is not None
         started = time.monotonic()
         name = "-"
-        with structlog.contextvars.bound_contextvars(conn_id=conn.conn_id, user=conn.user.name):
+        with structlog.contextvars.bound_contextvars(conn_id=conn.conn_id, user=conn.user.name,
+                                                    key_fp=conn.key_fp):
             try:
                 self._still_allowed(conn)
                 argv = _split(process.command)

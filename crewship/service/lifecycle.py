@@ -8,6 +8,7 @@ health-checked swap as a push, and a failed one changes nothing.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from crewship.store.releases import Release, rollback_target
 if TYPE_CHECKING:
     from crewship.config import Settings
     from crewship.service.access import AppAccess, Engine
+    from crewship.service.audit import Audit
     from crewship.service.quotas import Quotas
     from crewship.store.apps import AppStore
     from crewship.store.releases import ConfigStore, ReleaseStore
@@ -58,6 +60,48 @@ class Lifecycle:
     releases: ReleaseStore
     config_store: ConfigStore
     quotas: Quotas | None = None
+    audit: Audit | None = None
+
+    # ------------------------------------------------------------------ audited
+    def _audited(self, caller: User, action: str, summary: str,
+                 app: str) -> AbstractContextManager[None]:
+        return (self.audit.action(caller, action, summary, app) if self.audit is not None
+                else nullcontext())
+
+    async def rollback(self, caller: User, name: str, version: int | None,
+                       report: Reporter) -> Release:
+        """A new release running an earlier release's build with that release's config."""
+        what = f"rollback to v{version}" if version else "rollback to the previous release"
+        with self._audited(caller, "rollback", what, name):
+            return await self._rollback(caller, name, version, report)
+
+    async def purge_config_history(self, caller: User, name: str, key: str,
+                                   report: Reporter) -> list[int]:
+        """Remove config ``key`` from every stored release snapshot (see ``_purge...``)."""
+        with self._audited(caller, "config:purge-history", f"purged {key[:80]} from history",
+                           name):
+            return await self._purge_config_history(caller, name, key, report)
+
+    async def restart(self, caller: User, name: str, report: Reporter) -> Release:
+        """The live build again, with the stored config, through the health-checked swap."""
+        with self._audited(caller, "restart", "restart", name):
+            return await self._restart(caller, name, report)
+
+    async def scale(self, caller: User, name: str, n: int, report: Reporter) -> int:
+        """Run ``n`` instances of the live release (0 stops the app)."""
+        with self._audited(caller, "ps:scale", f"scale to {n}", name):
+            return await self._scale(caller, name, n, report)
+
+    async def limits(self, caller: User, name: str, memory: int | str | None = "keep",
+                     cpus: float | str | None = "keep", report: Reporter | None = None
+                     ) -> dict[str, Any]:
+        """Show or set the app's memory/CPU limits; a change is audited."""
+        if memory == "keep" and cpus == "keep":
+            return await self._limits(caller, name, memory, cpus, report)
+        shown = ", ".join(f"{k}={'unchanged' if v == 'keep' else v or 'none'}"
+                          for k, v in (("memory", memory), ("cpus", cpus)))
+        with self._audited(caller, "ps:limits", f"limits {shown}", name):
+            return await self._limits(caller, name, memory, cpus, report)
 
     # ------------------------------------------------------------------ history
     def release_history(self, caller: User, name: str, *, limit: int = 50) -> list[dict[str, Any]]:
@@ -70,7 +114,7 @@ class Lifecycle:
                 for r in self.releases.list(fresh, limit)]
 
     # ----------------------------------------------------------------- rollback
-    async def rollback(self, caller: User, name: str, version: int | None,
+    async def _rollback(self, caller: User, name: str, version: int | None,
                        report: Reporter) -> Release:
         """A new release running an earlier release's build with that release's config."""
         app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
@@ -100,7 +144,7 @@ class Lifecycle:
             return release
 
     # ------------------------------------------------------------ purge history
-    async def purge_config_history(self, caller: User, name: str, key: str,
+    async def _purge_config_history(self, caller: User, name: str, key: str,
                                    report: Reporter) -> list[int]:
         """Remove config ``key`` (already unset) from every stored release snapshot.
 
@@ -129,7 +173,7 @@ class Lifecycle:
             return versions
 
     # ------------------------------------------------------------------ restart
-    async def restart(self, caller: User, name: str, report: Reporter) -> Release:
+    async def _restart(self, caller: User, name: str, report: Reporter) -> Release:
         """The live build again, with the stored config, through the health-checked swap."""
         app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
         deployer = self.engine.require_deployer()
@@ -153,7 +197,7 @@ class Lifecycle:
                 description=f"Restart of v{live.version}")
 
     # -------------------------------------------------------------------- scale
-    async def scale(self, caller: User, name: str, n: int, report: Reporter) -> int:
+    async def _scale(self, caller: User, name: str, n: int, report: Reporter) -> int:
         """Run ``n`` instances of the live release (0 stops the app); stored for restarts."""
         app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
         if not 0 <= n <= MAX_SCALE:
@@ -177,7 +221,7 @@ class Lifecycle:
             return n
 
     # ------------------------------------------------------------------- limits
-    async def limits(self, caller: User, name: str, memory: int | str | None = "keep",
+    async def _limits(self, caller: User, name: str, memory: int | str | None = "keep",
                      cpus: float | str | None = "keep", report: Reporter | None = None
                      ) -> dict[str, Any]:
         """Show or set the app's memory/CPU limits (``"keep"``: unchanged; None: unlimited).
@@ -198,7 +242,7 @@ class Lifecycle:
             self.apps_store.set_limits(app, new_memory, new_cpus)
             fresh = self.apps_store.get(app.name) or app
             if report is not None and fresh.live_release is not None and fresh.scale > 0:
-                await self.restart(caller, name, report)
+                await self._restart(caller, name, report)
             app = fresh
         monitor = self.engine.usage
         return {"app": app.name, "memory": app.memory_limit, "cpus": app.cpu_limit,

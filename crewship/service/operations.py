@@ -24,6 +24,7 @@ from crewship.urls import check_urls
 if TYPE_CHECKING:
     from crewship.config import Settings
     from crewship.service.access import AppAccess, Engine
+    from crewship.service.audit import Audit
     from crewship.store.apps import AppStore
     from crewship.store.releases import ConfigStore, TokenStore
 
@@ -60,6 +61,7 @@ class Operations:
     apps_store: AppStore
     config_store: ConfigStore
     tokens: TokenStore
+    audit: Audit | None = None
 
     # -------------------------------------------------------------------- status
     def status(self, caller: User, name: str) -> dict[str, Any]:
@@ -113,6 +115,20 @@ class Operations:
     async def config_set(self, caller: User, name: str, changes: dict[str, str],
                          report: Reporter, *, unset: bool = False,
                          restart: bool = True) -> Release | None:
+        """``_config_set``, recorded in the audit trail with the keys (never the values)."""
+        action = "config:unset" if unset else "config:set"
+        summary = (f"{'unset' if unset else 'set'} {', '.join(sorted(changes))}"
+                   + ("" if restart else " (no restart)"))
+        if self.audit is None:
+            return await self._config_set(caller, name, changes, report, unset=unset,
+                                          restart=restart)
+        with self.audit.action(caller, action, summary[:300], name):
+            return await self._config_set(caller, name, changes, report, unset=unset,
+                                          restart=restart)
+
+    async def _config_set(self, caller: User, name: str, changes: dict[str, str],
+                          report: Reporter, *, unset: bool = False,
+                          restart: bool = True) -> Release | None:
         """Change config; a live app gets a new release through the health-checked swap.
 
         The stored config changes only when the new release is live (or the app has
@@ -160,7 +176,11 @@ class Operations:
 
     def rotate_token(self, caller: User, name: str) -> str:
         app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
-        return self.tokens.rotate(app)
+        token = self.tokens.rotate(app)
+        if self.audit is not None:
+            self.audit.record(caller.name, "tokens:rotate", "rotated the crew API token",
+                              app=app.name)
+        return token
 
     def app_by_token(self, name: str, token: str) -> App | None:
         """The app if ``token`` is its bearer token (the crew API's auth)."""

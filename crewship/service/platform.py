@@ -24,6 +24,7 @@ from crewship.errors import (
 from crewship.model import AccessLevel, App, Key, RefUpdate, User, validate_app_name
 from crewship.reporter import NullReporter, Reporter
 from crewship.service.access import AppAccess, Engine
+from crewship.service.audit import Audit
 from crewship.service.lifecycle import Lifecycle
 from crewship.service.metrics import Metrics
 from crewship.service.monitoring import Monitoring
@@ -34,6 +35,8 @@ from crewship.store.accounts import Accounts
 from crewship.store.alerts import AlertStore
 from crewship.store.apitokens import ApiToken, ApiTokenStore
 from crewship.store.apps import AppStore
+from crewship.store.audit import AuditStore
+from crewship.store.history import Retention
 from crewship.store.quotas import QuotaStore
 from crewship.store.releases import ConfigStore, ReleaseStore, TokenStore
 from crewship.store.repos import Repos
@@ -62,18 +65,28 @@ class Platform:
         self.metrics = Metrics()  # this daemon's registry, served at /metrics
         self.engine = Engine()  # the daemon attaches its deployer and kickoff service
         self.checker = AppAccess(self.apps_store)
+        self.audit = Audit(AuditStore(db), self.checker,
+                           Retention(settings.kickoff_retention_days,
+                                     settings.kickoff_retention_max))
         self.ops = Operations(settings, self.checker, self.engine, self.apps_store,
-                              self.config_store, self.tokens)
+                              self.config_store, self.tokens, self.audit)
         self.quotas = Quotas(settings, self.accounts, QuotaStore(db))
         self.lifecycle = Lifecycle(settings, self.checker, self.engine, self.apps_store,
-                                   self.releases, self.config_store, self.quotas)
+                                   self.releases, self.config_store, self.quotas,
+                                   self.audit)
         self.monitoring = Monitoring(self.checker, self.engine, self.alerts, settings.url_policy())
         self.users = Users(settings, self.accounts, self.api_tokens, SessionStore(db))
+        self.users.audit = self.audit
+        self.quotas.audit = self.audit
         self.backups: BackupService | None = None  # the daemon attaches its backup service
 
     # ----------------------------------------------------------------- identity
     def authenticate(self, fingerprint: str) -> User | None:
-        return self.accounts.user_by_fingerprint(fingerprint)
+        user = self.accounts.user_by_fingerprint(fingerprint)
+        if user is None:
+            self.audit.record(None, "auth_failed", f"SSH key {fingerprint} refused",
+                              cred=f"key {fingerprint}")
+        return user
 
     def register_admin_key(self, user_name: str, public_key: str, key_name: str = "admin") -> Key:
         """Bootstrap: make ``user_name`` an admin owning ``public_key`` (idempotent)."""
@@ -91,13 +104,15 @@ class Platform:
     # --------------------------------------------------------------- API tokens
     def create_api_token(self, caller: User, expires_days: int | None = None) -> tuple[ApiToken, str]:
         """A user API token for the HTTP side: (record, token); the token is shown once."""
-        return self.users.create_token(caller, expires_days)
+        with self.audit.action(caller, "api-tokens:create", "created an API token"):
+            return self.users.create_token(caller, expires_days)
 
     def list_api_tokens(self, caller: User, user_name: str | None = None) -> list[ApiToken]:
         return self.users.tokens(caller, user_name)
 
     def revoke_api_token(self, caller: User, token_id: int) -> ApiToken:
-        return self.users.revoke_token(caller, token_id)
+        with self.audit.action(caller, "api-tokens:revoke", f"revoked API token {token_id}"):
+            return self.users.revoke_token(caller, token_id)
 
     def user_by_api_token(self, token: str) -> User | None:
         """The user a (known, unexpired) API token belongs to; records the use."""
@@ -126,8 +141,10 @@ class Platform:
 
     def add_key(self, caller: User, key_name: str, public_key: str,
                 user_name: str | None = None) -> Key:
-        target = self._target_user(caller, user_name, create=True)
-        key = self.accounts.add_key(target, key_name, public_key)
+        with self.audit.action(caller, "keys:add", f"key {key_name[:60]} for "
+                               f"{user_name or caller.name}"):
+            target = self._target_user(caller, user_name, create=True)
+            key = self.accounts.add_key(target, key_name, public_key)
         logger.info("key_added", target=target.name, key=key_name, key_fp=key.fingerprint)
         return key
 
@@ -137,7 +154,8 @@ class Platform:
         if target.is_admin and not remaining and not self._other_admin_keys(target):
             raise ConflictError("refusing to remove the last admin key: add another admin key "
                                 "first, or the server could no longer be managed")
-        key = self.accounts.remove_key(target, key_name)
+        with self.audit.action(caller, "keys:remove", f"key {key_name[:60]} of {target.name}"):
+            key = self.accounts.remove_key(target, key_name)
         logger.info("key_removed", target=target.name, key=key_name, key_fp=key.fingerprint)
         return key
 
@@ -163,6 +181,10 @@ class Platform:
         return self.apps_store.apps_for(caller.id)
 
     async def create_app(self, caller: User, name: str) -> App:
+        with self.audit.action(caller, "apps:create", f"created {name[:40]}", name[:40]):
+            return await self._create_app(caller, name)
+
+    async def _create_app(self, caller: User, name: str) -> App:
         validate_app_name(name)
         if self.apps_store.get(name) is not None:
             if self.level(caller, self.apps_store.get(name)) is AccessLevel.NONE:
@@ -179,6 +201,10 @@ class Platform:
         return app
 
     async def destroy_app(self, caller: User, name: str, *, force: bool = False) -> App:
+        with self.audit.action(caller, "apps:destroy", f"destroyed {name[:40]}", name[:40]):
+            return await self._destroy_app(caller, name, force=force)
+
+    async def _destroy_app(self, caller: User, name: str, *, force: bool = False) -> App:
         app = self.app_for(caller, name, AccessLevel.ADMIN)
         if not force:
             raise InvalidInputError(
@@ -215,6 +241,7 @@ class Platform:
             raise NotFoundError(f"no user named {user_name!r} (an admin adds users with "
                                 f"'keys:add KEYNAME --user {user_name}')")
         self.apps_store.set_grant(app, target.id, level)
+        self.audit.record(caller.name, "access:add", f"granted {user_name} {level}", app=name)
         logger.info("access_granted", app=name, target=user_name, level=str(level))
 
     def access_remove(self, caller: User, name: str, user_name: str) -> None:
@@ -222,6 +249,8 @@ class Platform:
         target = self.accounts.user(user_name)
         if target is None or not self.apps_store.remove_grant(app, target.id):
             raise NotFoundError(f"{user_name} has no access grant on {name}")
+        self.audit.record(caller.name, "access:remove", f"removed {user_name}'s access",
+                          app=name)
         logger.info("access_revoked", app=name, target=user_name)
 
     # ---------------------------------------------------------------------- git
@@ -247,7 +276,17 @@ class Platform:
             report.warn("push from an unknown app or user; nothing deployed")
             return 1
         if self.engine.deployer is not None:
-            return await self.engine.deployer.on_push(app, user, updates, report)
+            refs = ", ".join(f"{u.ref} {u.new[:12]}" for u in updates)[:300]
+            try:
+                status = await self.engine.deployer.on_push(app, user, updates, report)
+            except BaseException:
+                self.audit.record(user.name, "push", f"pushed {refs}: failed", app=app.name,
+                                  outcome="failed")
+                raise
+            self.audit.record(user.name, "push", f"pushed {refs}: "
+                              f"{'deployed' if status == 0 else f'failed (exit {status})'}",
+                              app=app.name, outcome="ok" if status == 0 else "failed")
+            return status
         for update in updates:
             self.apps_store.record_push(app, user.name, update.ref, update.old, update.new,
                                         outcome="stored")

@@ -18,6 +18,7 @@ from crewship.config import Settings
 from crewship.errors import InvalidInputError, NotFoundError, PermissionDeniedError
 from crewship.errors import QuotaExceededError as Exceeded
 from crewship.model import App, User, format_memory, parse_memory
+from crewship.service.audit import Audit
 from crewship.store.accounts import Accounts
 from crewship.store.quotas import UNLIMITED, QuotaStore, Use
 
@@ -68,6 +69,7 @@ class Quotas:
         self.settings = settings
         self.accounts = accounts
         self.store = store
+        self.audit: Audit | None = None   # the platform's audit trail
         self.default_memory = parse_memory(settings.quota_memory) if settings.quota_memory \
             else None
 
@@ -120,6 +122,10 @@ class Quotas:
         user = self._user(user_name)
         values = parse_quota(pairs)
         self.store.set(user.id, values, caller.name)
+        if self.audit is not None:
+            self.audit.record(caller.name, "quotas:set", f"quotas of {user.name}: "
+                              + ", ".join(f"{k}={'default' if v is None else v}"
+                                          for k, v in values.items()))
         logger.info("quota_set", target=user.name, user=caller.name,
                     **{k: v for k, v in values.items()})
         return self._row(user)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from crewship import log
 from crewship.errors import ConflictError, InvalidInputError, NotFoundError, PermissionDeniedError
 from crewship.model import User
+from crewship.service.audit import TOKEN, Audit
 from crewship.store.sessions import csrf_ok
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class Users:
         self.accounts = accounts
         self.api_tokens = api_tokens
         self.sessions = sessions
+        self.audit: Audit | None = None   # the platform's audit trail
 
     # -------------------------------------------------------------------- users
     def overview(self, caller: User) -> list[dict[str, Any]]:
@@ -50,6 +52,14 @@ class Users:
         return user
 
     def remove(self, caller: User, name: str, transfer_to: str | None = None) -> dict[str, Any]:
+        """``_remove``, recorded in the audit trail."""
+        if self.audit is None:
+            return self._remove(caller, name, transfer_to)
+        moved = f", apps to {transfer_to}" if transfer_to else ""
+        with self.audit.action(caller, "users:remove", f"removed user {name}{moved}"):
+            return self._remove(caller, name, transfer_to)
+
+    def _remove(self, caller: User, name: str, transfer_to: str | None = None) -> dict[str, Any]:
         """Offboard ``name``: keys, API tokens, grants and sessions go at once."""
         _admin_only(caller, "remove users")
         user = self._named(name)
@@ -104,7 +114,17 @@ class Users:
     def by_token(self, token: str) -> User | None:
         """The user a (known, unexpired) API token belongs to; records the use."""
         record = self.api_tokens.find(token) if token else None
-        return self.accounts.user_by_id(record.user_id) if record is not None else None
+        user = self.accounts.user_by_id(record.user_id) if record is not None else None
+        if user is None:
+            self._refused("API token refused (unknown, revoked or expired)")
+            return None
+        assert record is not None
+        TOKEN.set(f"token {record.id}")
+        return user
+
+    def _refused(self, what: str) -> None:
+        if self.audit is not None:
+            self.audit.record(None, "auth_failed", what)
 
     # ----------------------------------------------------------------- sessions
     def open_session(self, token: str) -> tuple[User, str] | None:
@@ -112,9 +132,13 @@ class Users:
         record = self.api_tokens.find(token) if token else None
         user = self.accounts.user_by_id(record.user_id) if record is not None else None
         if record is None or user is None:
+            self._refused("dashboard login refused (unknown, revoked or expired API token)")
             return None
         self.sessions.prune()
         session_id = self.sessions.create(user.id, record.id, record.expires_at)
+        if self.audit is not None:
+            self.audit.record(user.name, "dashboard:login", "logged in to the dashboard",
+                              cred=f"token {record.id}")
         logger.info("session_opened", user=user.name, token_id=record.id)
         return user, session_id
 
