@@ -1,0 +1,98 @@
+"""The pure parts of usage sampling, limits and quotas (issue 19)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from crewship.api.dashboard_usage import chart_svg, usage_card
+from crewship.errors import InvalidInputError
+from crewship.service.quotas import parse_quota
+from crewship.store.quotas import UNLIMITED
+from runtime.backend import InstanceRef
+from runtime.usage import Cgroups, ProcessSampler, docker_usage, process_tree, scan_proc
+
+REF = InstanceRef(id="demo-v1.1-abc", app="demo", release=1, index=1, host="127.0.0.1",
+                  port=1, pid=os.getpid(), started_at=time.time() - 5)
+
+
+def test_docker_usage_follows_docker_stats_arithmetic() -> None:
+    stats = {"memory_stats": {"usage": 300 * 2**20, "stats": {"inactive_file": 20 * 2**20}},
+             "cpu_stats": {"cpu_usage": {"total_usage": 3_000_000_000},
+                           "system_cpu_usage": 20_000_000_000, "online_cpus": 2},
+             "precpu_stats": {"cpu_usage": {"total_usage": 2_000_000_000},
+                              "system_cpu_usage": 10_000_000_000},
+             "pids_stats": {"current": 7}}
+    usage = docker_usage(stats, REF)
+    assert usage is not None
+    assert usage.memory_bytes == 280 * 2**20
+    assert usage.cpu_percent == pytest.approx(20.0)   # 1e9 of 1e10 ns, 2 cores
+    assert (usage.threads, usage.fds) == (7, None)
+    assert 4 <= usage.uptime_seconds <= 6
+    assert docker_usage({"memory_stats": {}}, REF) is None   # a container that stopped
+
+
+def test_the_process_sampler_sums_a_real_process_tree() -> None:
+    table = scan_proc()
+    assert os.getpid() in process_tree(os.getppid(), table)
+    assert process_tree(-1, table) == []
+    sampler = ProcessSampler()
+    first = sampler.sample([REF])[REF.id]
+    sum(i * i for i in range(300_000))  # some CPU between the samples
+    time.sleep(0.05)
+    second = sampler.sample([REF])[REF.id]
+    assert first.memory_bytes > 10 * 2**20
+    assert first.threads >= 1
+    assert first.fds is not None
+    assert first.fds >= 3
+    assert first.cpu_percent == 0.0          # nothing to compare with yet
+    assert second.cpu_percent > 0
+
+
+def test_cgroups_need_cgroup2_with_memory_and_cpu_and_read_oom_kills(tmp_path: Path) -> None:
+    assert not Cgroups(tmp_path).available()
+    (tmp_path / "cgroup.controllers").write_text("cpuset io pids\n")
+    assert not Cgroups(tmp_path).available()
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    groups = Cgroups(tmp_path)
+    assert groups.available()
+    group = tmp_path / "crewship" / "demo" / "demo-v1.1-abc"
+    group.mkdir(parents=True)
+    (group / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 0\n")
+    assert not groups.oom_killed("demo", "demo-v1.1-abc")
+    (group / "memory.events").write_text("low 0\nhigh 0\nmax 9\noom 2\noom_kill 1\n")
+    assert groups.oom_killed("demo", "demo-v1.1-abc")
+    assert not groups.oom_killed("demo", "unknown")
+
+
+def test_quota_assignments() -> None:
+    assert parse_quota(["apps=3", "instances=4", "memory=2g"]) == {
+        "apps": 3, "instances": 4, "memory": 2 * 2**30}
+    assert parse_quota(["apps=none", "memory=default"]) == {"apps": UNLIMITED, "memory": None}
+    for bad in ([], ["apps"], ["cpus=2"], ["apps=-1"], ["apps=3.5"], ["memory=lots"],
+                ["instances=99999"]):
+        with pytest.raises(InvalidInputError):
+            parse_quota(bad)
+
+
+def test_the_chart_is_escaped_svg_with_memory_and_cpu() -> None:
+    now = 1_000_000.0
+    points = [{"at": now - 120 + i * 60, "memory_bytes": (200 + i) * 2**20,
+               "cpu_percent": 10.0 * i} for i in range(3)]
+    svg = chart_svg(points, now)
+    assert svg.startswith("<svg id='usage-chart'")
+    assert "<polygon class='mem'" in svg
+    assert "<polyline class='cpu'" in svg
+    assert "10 min ago" in svg       # less than 10 minutes of points: a 10-minute span
+    older = [{"at": now - 20 * 3600, "memory_bytes": 1, "cpu_percent": 1}, *points]
+    assert "20 h ago" in chart_svg(older, now)      # the span of the points kept
+    too_old = [{"at": now - 30 * 3600, "memory_bytes": 1, "cpu_percent": 1}, *points]
+    assert chart_svg(too_old, now) == svg           # only the last 24 h are drawn
+    card = usage_card([{"id": "<b>x</b>", "state": "up", "memory_bytes": 5 * 2**20,
+                        "cpu_percent": 1.25, "fds": 9, "threads": 2}], points)
+    assert "<b>x</b>" not in card
+    assert "5.0 MB" in card
+    assert "1.2%" in card
