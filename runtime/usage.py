@@ -152,6 +152,7 @@ class DockerSampler:
     def __init__(self, client_source: Any) -> None:
         """``client_source``: a callable returning the backend's DockerClient (or None)."""
         self._client_source = client_source
+        self._last: dict[str, tuple[int, int]] = {}   # id -> (container ns, system ns)
 
     def sample(self, refs: Iterable[InstanceRef]) -> dict[str, Usage]:
         client = self._client_source()
@@ -159,25 +160,34 @@ class DockerSampler:
             return {}
         out: dict[str, Usage] = {}
         for ref in refs:
-            try:
-                stats = client.api.stats(f"crewship-{ref.id}", stream=False)
+            try:  # one_shot: at once, without dockerd's own second reading (~1 s)
+                stats = client.api.stats(f"crewship-{ref.id}", stream=False, one_shot=True)
             except Exception as exc:  # gone, or dockerd busy: next time
                 log.debug("usage_sample_failed", instance=ref.id, error=str(exc)[:120])
                 continue
-            usage = docker_usage(stats, ref)
+            usage = docker_usage(stats, ref, self._last.get(ref.id))
+            cpu = stats.get("cpu_stats") or {}
+            self._last[ref.id] = (int(cpu.get("cpu_usage", {}).get("total_usage", 0)),
+                                  int(cpu.get("system_cpu_usage", 0)))
             if usage is not None:
                 out[ref.id] = usage
+        for gone in set(self._last) - set(out):
+            del self._last[gone]
         return out
 
 
-def docker_usage(stats: dict[str, Any], ref: InstanceRef) -> Usage | None:
-    """``docker stats``' arithmetic over one stats answer (None: not running)."""
+def docker_usage(stats: dict[str, Any], ref: InstanceRef,
+                 before: tuple[int, int] | None = None) -> Usage | None:
+    """``docker stats``' arithmetic over one stats answer (None: not running); ``before``:
+    (container, system) CPU nanoseconds of the previous answer, instead of ``precpu_stats``."""
     mem = stats.get("memory_stats") or {}
     if "usage" not in mem:
         return None
     detail = mem.get("stats") or {}
     cache = detail.get("inactive_file", detail.get("total_inactive_file", detail.get("cache", 0)))
     cpu, pre = stats.get("cpu_stats") or {}, stats.get("precpu_stats") or {}
+    if before is not None:
+        pre = {"cpu_usage": {"total_usage": before[0]}, "system_cpu_usage": before[1]}
     cpu_delta = (cpu.get("cpu_usage", {}).get("total_usage", 0)
                  - pre.get("cpu_usage", {}).get("total_usage", 0))
     system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)

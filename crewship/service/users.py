@@ -116,7 +116,8 @@ class Users:
         record = self.api_tokens.find(token) if token else None
         user = self.accounts.user_by_id(record.user_id) if record is not None else None
         if user is None:
-            self._refused("API token refused (unknown, revoked or expired)")
+            if token:
+                self._refused("API token refused (unknown, revoked or expired)")
             return None
         assert record is not None
         TOKEN.set(f"token {record.id}")
