@@ -361,7 +361,9 @@ class Supervisor:
                     if exited.done():
                         failed = exited.exception() is not None
                         status = STATUS_UNKNOWN if failed else exited.result()
-                        raise self._unhealthy(ref, exit_text(status))
+                        why = self._exit_reason(ref)   # memory_exceeded while starting
+                        text = exit_text(status)
+                        raise self._unhealthy(ref, f"{why} ({text})" if why else text)
                     if await self._probe(ref):
                         return
                     await asyncio.wait({exited}, timeout=self._health_interval)

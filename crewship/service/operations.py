@@ -169,6 +169,9 @@ class Operations:
         info = self.tokens.info(app)
         if info is None:
             token = self.tokens.rotate(app)
+            if self.audit is not None:
+                self.audit.record(caller.name, "tokens:create", "created the crew API token",
+                                  app=app.name)
             info = self.tokens.info(app)
             assert info is not None
             return info[0], info[1], token

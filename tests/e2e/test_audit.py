@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 
+import httpx
 import pytest
 
 from tests.e2e.test_accounts import error_line
@@ -78,3 +79,21 @@ def test_an_apps_admins_read_its_audit_and_nothing_else(srv: CrewshipServer) -> 
     failed = srv.ssh(carol, "ps:scale", "carols", "99")
     assert failed.returncode != 0
     assert srv.ssh_json(carol, "audit", "carols", "-n", "1")[0]["outcome"] == "failed"
+
+
+def test_dashboard_logins_and_api_tokens_are_audited_by_token_id(srv: CrewshipServer) -> None:
+    token = srv.ssh(srv.admin_key, "api-tokens:create", check=True).stdout.strip()
+    token_id = srv.ssh_json(srv.admin_key, "api-tokens")[-1]["id"]
+    good = httpx.post(f"{srv.http_url}/dashboard/login", data={"token": token}, timeout=10)
+    assert good.status_code == 303
+    bad = httpx.post(f"{srv.http_url}/dashboard/login", data={"token": "csu_nope"}, timeout=10)
+    assert bad.status_code == 401
+    trail = srv.ssh_json(srv.admin_key, "audit", "-n", "5")
+    login = next(e for e in trail if e["action"] == "dashboard:login")
+    assert (login["user"], login["credential"]) == ("admin", f"token {token_id}")
+    refused = next(e for e in trail if e["action"] == "auth_failed")
+    assert refused["summary"].startswith("dashboard login refused")
+    assert "csu_nope" not in json.dumps(trail)
+    assert token not in json.dumps(trail)
+    created = next(e for e in trail if e["action"] == "api-tokens:create")
+    assert created["user"] == "admin"
