@@ -74,3 +74,15 @@ def test_the_default_quota_applies_to_users_without_one_and_memory_needs_limits(
     refused = error_line(srv.ssh(carol, "ps:limits", "carol-one", "--memory", "768m"))
     assert refused == ("error: quota memory=1g exceeded: carol's apps reserve 1g, carol-one "
                        "at 2 x 768m would make 1536m")
+
+
+def test_admins_list_every_users_quota_and_use(srv: CrewshipServer) -> None:
+    srv.add_user("dave")
+    rows = {r["user"]: r for r in srv.ssh_json(srv.admin_key, "quotas", "--all")}
+    assert rows["dave"]["source"] == "default"
+    assert rows["dave"]["apps"] == {"quota": 5, "used": 0}
+    assert rows["admin"]["source"] == "admin (exempt)"
+    text = srv.ssh(srv.admin_key, "quotas", "dave", check=True).stdout
+    assert text.splitlines()[0].split() == ["USER", "APPS", "INSTANCES", "MEMORY", "QUOTA"]
+    assert "0 of 5" in text
+    assert "unlimited" in text
