@@ -37,6 +37,13 @@ def credential() -> str | None:
     return f"key {key_fp}" if key_fp else TOKEN.get()
 
 
+def printable(text: str | None) -> str | None:
+    """One line: what came from the caller (names of refused input) can break no table."""
+    if text is None:
+        return None
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
 class Audit:
     def __init__(self, store: AuditStore, access: AppAccess, retention: Retention) -> None:
         self.store = store
@@ -47,7 +54,8 @@ class Audit:
     def record(self, user: str | None, action: str, summary: str, *, app: str | None = None,
                outcome: str = "ok", cred: str | None = None) -> None:
         try:
-            self.store.add(user, cred or credential(), app, action, outcome, summary)
+            self.store.add(user, cred or credential(), printable(app), action, outcome,
+                           printable(summary) or action)
         except Exception:  # the trail must never break the action it records
             logger.exception("audit_record_failed", action=action, app=app)
             return

@@ -10,6 +10,7 @@ import pytest
 
 from crewship.api.dashboard_usage import chart_svg, usage_card
 from crewship.errors import InvalidInputError
+from crewship.service.audit import printable
 from crewship.service.quotas import parse_quota
 from crewship.store.quotas import UNLIMITED
 from runtime.backend import InstanceRef
@@ -100,3 +101,8 @@ def test_the_chart_is_escaped_svg_with_memory_and_cpu() -> None:
     assert "<b>x</b>" not in card
     assert "5.0 MB" in card
     assert "1.2%" in card
+
+
+def test_audit_summaries_stay_on_one_line() -> None:
+    assert printable("created bad\nname\x1b[31m") == "created bad?name?[31m"
+    assert printable(None) is None
