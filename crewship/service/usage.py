@@ -36,6 +36,7 @@ logger = log.get("crewship.service.usage")
 
 DAY = 86_400.0
 KEPT_EXITS = 20
+MIN_INTERVAL = 0.5
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,13 @@ class UsageMonitor:
         ``enforcement``: how limits are applied, for ``ps:limits``."""
         self.enforcement = enforcement or (
             f"usage watchdog: an instance over its memory (RSS) is stopped within "
-            f"{interval:g}s; cpus is not enforced without cgroups v2"
+            f"{max(interval, MIN_INTERVAL):g}s; cpus is not enforced without cgroups v2"
             if kill_for_memory else "")
         self._supervisor = supervisor
         self._sampler = sampler
         self._apps = apps
-        self.interval = interval
-        self.point_interval = point_interval
+        self.interval = max(interval, MIN_INTERVAL)   # 0 would spin the loop
+        self.point_interval = max(point_interval, MIN_INTERVAL)
         self._kill_for_memory = kill_for_memory
         self._latest: dict[str, tuple[InstanceRef, Usage]] = {}
         self._per_app: dict[str, _AppUsage] = {}
