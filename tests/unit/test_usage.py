@@ -32,7 +32,7 @@ def test_docker_usage_follows_docker_stats_arithmetic() -> None:
     assert usage.memory_bytes == 280 * 2**20
     assert usage.cpu_percent == pytest.approx(20.0)   # 1e9 of 1e10 ns, 2 cores
     assert (usage.threads, usage.fds) == (7, None)
-    assert 4 <= usage.uptime_seconds <= 6
+    assert usage.uptime_seconds >= 4   # REF started 5 s before this module was imported
     # one_shot answers carry no precpu_stats: the sampler's previous answer stands in
     later = docker_usage({**stats, "precpu_stats": {}}, REF, (2_500_000_000, 15_000_000_000))
     assert later is not None
