@@ -106,15 +106,13 @@ def within(seconds: float, check: Callable[[], Any]) -> Any:
 def test_a_crew_holding_300_mb_shows_it_in_status_ps_and_metrics_within_10_s(
         srv: CrewshipServer, project: Path) -> None:
     deploy(srv, project, "heavy", ["config:set", "heavy", "BALLAST_MB=300"])
-    live = time.monotonic()
 
     def sampled() -> dict[str, Any] | None:
         inst = srv.ssh_json(srv.admin_key, "status", "heavy")["instances"][0]
         return inst if (inst["memory_bytes"] or 0) >= 300 * MB else None
 
-    inst = within(10, sampled)
+    inst = within(10, sampled)   # sampled every second here (CREWSHIP_USAGE_INTERVAL=1)
     release = srv.ssh_json(srv.admin_key, "status", "heavy")["release"]
-    assert time.monotonic() - live < 10
     assert inst["memory_bytes"] < 2048 * MB, inst     # the crew's own, not the machine's
     assert inst["cpu_percent"] is not None
     assert inst["cpu_percent"] >= 0
