@@ -106,3 +106,19 @@ def test_the_chart_is_escaped_svg_with_memory_and_cpu() -> None:
 def test_audit_summaries_stay_on_one_line() -> None:
     assert printable("created bad\nname\x1b[31m") == "created bad?name?[31m"
     assert printable(None) is None
+
+
+def test_cgroup_groups_get_the_limits_in_cgroup_v2_syntax(tmp_path: Path) -> None:
+    """The files a cgroup v2 hierarchy would get (a plain directory stands in for it here:
+    this machine's hierarchy is cgroup v1; ProcessBackend writes the same files)."""
+    groups = Cgroups(tmp_path)
+    group = groups.apply("demo", "demo-v1.1-abc", 4242, 512 * 2**20, 0.5)
+    assert group == tmp_path / "crewship" / "demo" / "demo-v1.1-abc"
+    assert (group / "memory.max").read_text() == str(512 * 2**20)
+    assert (group / "memory.swap.max").read_text() == "0"
+    assert (group / "cpu.max").read_text() == "50000 100000"
+    assert (group / "cgroup.procs").read_text() == "4242"
+    for parent in (tmp_path, tmp_path / "crewship", tmp_path / "crewship" / "demo"):
+        assert (parent / "cgroup.subtree_control").read_text() == "+memory +cpu"
+    unlimited_cpu = groups.apply("demo", "demo-v1.2-def", 4243, 256 * 2**20, None)
+    assert not (unlimited_cpu / "cpu.max").exists()
