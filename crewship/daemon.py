@@ -16,6 +16,7 @@ from crewship.api.server import HTTPServer
 from crewship.config import Layout, Settings
 from crewship.errors import InvalidInputError
 from crewship.service.deploys import Deployer
+from crewship.service.dispatch import KickoffLimits
 from crewship.service.kickoffs import KickoffService
 from crewship.service.platform import Platform
 from crewship.service.telemetry import Telemetry, runtime_states
@@ -72,7 +73,9 @@ class Daemon:
         self.platform.deployer = Deployer(
             settings, self.layout, self.platform.apps_store, self.platform.repos,
             self.platform.releases, self.platform.config_store, builder, self.supervisor)
-        self.kickoffs = KickoffService(self.db, self.supervisor)
+        self.kickoffs = KickoffService(self.db, self.supervisor, KickoffLimits(
+            concurrency=settings.kickoff_concurrency, queue=settings.kickoff_queue,
+            timeout=settings.kickoff_timeout))
         self.platform.kickoffs = self.kickoffs
         self.telemetry = Telemetry(settings, self.platform.metrics, self.platform.alerts)
         self.platform.deployer.on_event = self.kickoffs.on_event = self.telemetry.handle
@@ -90,7 +93,6 @@ class Daemon:
         register_admin_keys(self.platform, self.settings.admin_keys)
         for name in self.platform.repos.names():
             self.platform.repos.install_hooks(name)
-        self.kickoffs.fail_orphans()
         retention = Retention(self.settings.kickoff_retention_days,
                               self.settings.kickoff_retention_max)
         self._pruner = asyncio.create_task(
@@ -100,6 +102,7 @@ class Daemon:
         await self.ssh.start(self.settings.host, self.settings.ssh_port)
         assert self.platform.deployer is not None
         await self.platform.deployer.restore()
+        self.kickoffs.resume()  # after adoption: runs on adopted instances are followed again
         logger.info("server_started", ssh_port=self.ssh.port, http_port=self.http.port,
                     data_dir=str(self.layout.root), runtime=self.settings.runtime,
                     host_key=self.host_fingerprint)
@@ -127,8 +130,9 @@ class Daemon:
         elif isinstance(event, InstanceRetired):
             self.kickoffs.instance_exited(event.app, event.instance_id, event.status)
         elif isinstance(event, AppCrashed):
+            failed = self.kickoffs.app_crashed(event.app)
             logger.warning("app_crashed", app=event.app, release=event.release,
-                           crashes=event.crashes)
+                           crashes=event.crashes, kickoffs_failed=failed)
         self.telemetry.handle(event)
 
     def stop(self) -> None:

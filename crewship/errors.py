@@ -12,6 +12,7 @@ traceback and reported as ``internal error (ref <id>)``.
     ├── PermissionDeniedError  known thing, not allowed (403)
     ├── ConflictError          already exists, or busy (409)
     ├── UnavailableError       nothing is running to answer (503)
+    ├── QueueFullError         an app's kickoff queue is full (429, Retry-After)
     ├── BuildError             the builder refused or failed the commit
     │   └── ValidationError    a project check with a code (missing_tasks_yaml, ...)
     └── DeployError            the release did not become live (health check, start)
@@ -53,6 +54,14 @@ class ConflictError(CrewshipError):
 
 class UnavailableError(CrewshipError):
     http_status = 503
+
+
+class QueueFullError(CrewshipError):
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class BuildError(CrewshipError):

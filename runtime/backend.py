@@ -51,6 +51,9 @@ class InstanceSpec:
     image: str | None = None
     memory: int | None = None     # bytes
     cpus: float | None = None
+    # The runner channel's secret (runtime/channel.py): the backend hands it to the runner
+    # out of band (stdin, a read-only file), never in argv or env. Never print it.
+    secret: str = field(default="", repr=False)
 
     @property
     def name(self) -> str:

@@ -264,9 +264,17 @@ class ProcessBackend:
 
 
 def _spawn(spec: InstanceSpec, log_fd: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        spec.argv, env=spec.env, cwd=spec.cwd, stdin=subprocess.DEVNULL,
+    """Start the instance; its channel secret goes down a pipe once, then the pipe closes."""
+    popen = subprocess.Popen(
+        spec.argv, env=spec.env, cwd=spec.cwd,
+        stdin=subprocess.PIPE if spec.secret else subprocess.DEVNULL,
         stdout=log_fd, stderr=log_fd, start_new_session=True, close_fds=True)
+    if popen.stdin is not None:
+        with contextlib.suppress(BrokenPipeError):  # it died at once: wait() will say so
+            popen.stdin.write(spec.secret.encode() + b"\n")
+        with contextlib.suppress(BrokenPipeError):
+            popen.stdin.close()
+    return popen
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

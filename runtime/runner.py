@@ -5,15 +5,25 @@ starts it with the release's own interpreter (which has crewai, the daemon never
 
     python crewship_runner.py --app-dir APP --kind crew|json_crew|flow|declarative_flow|entrypoint
         --package PKG [--definition REL_PATH] [--entrypoint pkg.mod:callable]
-        --host 127.0.0.1 --port N --instance v3.1
+        --host 127.0.0.1 --port N --instance v3.1 [--secret-file PATH]   (secret on stdin)
 
 Standard library only (crewai is imported lazily), Python 3.10+. The crew is loaded
 before the port is bound, so a crew that cannot load exits non-zero with its traceback.
-HTTP API (JSON bodies): ``GET /healthz``, ``GET /inputs``, ``POST /runs`` (blocks until
-the run ends; ``{"kickoff_id", "inputs", "webhooks": {"task", "step"}, "meta"}``: the
-runner POSTs CrewAI's task and step webhooks itself), ``GET /runs/{id}``,
-``POST /runs/{id}/stop``. SIGTERM/SIGINT: refuse new
-runs (503), let running ones finish, exit 0. Every output line is written as
+The daemon channel is authenticated: the instance's secret arrives once on stdin (or in
+a read-only file, ``--secret-file``), never in argv or the environment. Every request
+carries ``X-Crewship-Signature: <unix ts>:<nonce>:<hmac>`` (HMAC-SHA256 of the time, nonce,
+method, path and body's SHA-256 under the secret); anything else gets 401 and runs nothing.
+Every signed reply carries ``X-Crewship-Proof`` (HMAC of the request's signature, the status
+and the body), so the daemon knows it talks to its own instance and not to a process that
+took the port; the secret itself never crosses the wire.
+HTTP API (JSON bodies): ``GET /healthz``, ``GET /inputs``, ``POST /runs`` (starts a run and
+answers 202 at once; idempotent per ``kickoff_id``; ``{"kickoff_id", "inputs", "webhooks":
+{"task", "step"}, "meta"}``: the runner POSTs CrewAI's task and step webhooks itself),
+``GET /runs`` (the runs it holds), ``GET /runs/{id}?wait=S`` (long poll: answers when the
+run ends or after S seconds), ``POST /runs/{id}/stop``, ``POST /runs/{id}/ack`` (the daemon
+stored the result: forget it). Finished results are kept until acknowledged, so a daemon
+restarted mid-run still collects them. SIGTERM/SIGINT: refuse new runs (503), let running
+ones finish and their results be collected, exit 0. Every output line is written as
 ``<ISO-8601 UTC ms>Z [<instance>] <text>`` to the inherited stdout/stderr.
 """
 
@@ -21,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import hmac
 import importlib
 import inspect
 import json
@@ -48,7 +60,14 @@ TELEMETRY_ENV = {
     "CREWAI_TRACING_ENABLED": "false",
     "CREWAI_DISABLE_VERSION_CHECK": "true",
 }
-FINISHED_KEPT = 1000
+FINISHED_KEPT = 1000  # acknowledged or not: beyond this, the oldest finished runs go
+UNACKED_KEPT = 10_000  # a bound even for a daemon that never acknowledges
+LONG_POLL_MAX = 60.0
+DRAIN_ACK_WAIT = 30.0  # after the last run ended, how long a draining runner waits for acks
+SIGNATURE_HEADER = "X-Crewship-Signature"
+PROOF_HEADER = "X-Crewship-Proof"
+SIGNATURE_MAX_AGE = 300.0  # seconds a signed request stays valid (clock skew between nodes)
+MIN_SECRET_BYTES = 16
 TEXT_LIMIT = 2000
 WEBHOOK_DELAYS = (0.5, 1.0, 2.0)  # between the tries of one webhook POST
 WEBHOOK_TIMEOUT = 10.0
@@ -129,6 +148,55 @@ def say(text: str) -> None:
     print(text, file=sys.stdout, flush=True)
 
 
+# ---- the daemon channel: the instance's secret, signed requests, proven replies ---------------
+
+
+def read_secret(source: str) -> bytes:
+    """The instance's secret: one line on stdin (``-``, then stdin is closed) or a file."""
+    if source == "-":
+        line = sys.stdin.buffer.readline() if sys.stdin is not None else b""
+        with open(os.devnull, "rb") as null:
+            os.dup2(null.fileno(), 0)  # nothing else ever reads the pipe
+    else:
+        line = Path(source).read_bytes()
+    secret = line.strip()
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(f"no instance secret on {'stdin' if source == '-' else source}")
+    return secret
+
+
+def _mac(secret: bytes, *parts: str) -> str:
+    return hmac.new(secret, "\n".join(parts).encode(), hashlib.sha256).hexdigest()
+
+
+def request_mac(secret: bytes, stamp: str, nonce: str, method: str, path: str, body: bytes) -> str:
+    """What a signed request carries: binds time, nonce, method, path (with query) and body."""
+    return _mac(secret, "request", stamp, nonce, method.upper(), path, hashlib.sha256(body).hexdigest())
+
+
+def response_mac(secret: bytes, signature: str, status: int, body: bytes) -> str:
+    """What a reply carries: proves the runner holds the secret, for this request and body."""
+    return _mac(secret, "response", signature, str(status), hashlib.sha256(body).hexdigest())
+
+
+def sign(secret: bytes, method: str, path: str, body: bytes, now: float | None = None) -> str:
+    """The ``X-Crewship-Signature`` value for one request (the daemon's side, and tests')."""
+    stamp = f"{time.time() if now is None else now:.3f}"
+    nonce = os.urandom(8).hex()
+    return f"{stamp}:{nonce}:{request_mac(secret, stamp, nonce, method, path, body)}"
+
+
+def signature_valid(secret: bytes, header: str, method: str, path: str, body: bytes) -> bool:
+    stamp, _, rest = header.partition(":")
+    nonce, _, mac = rest.partition(":")
+    try:
+        fresh = abs(time.time() - float(stamp)) <= SIGNATURE_MAX_AGE
+    except ValueError:
+        return False
+    expected = request_mac(secret, stamp, nonce, method, path, body)
+    return hmac.compare_digest(mac.encode(), expected.encode()) and fresh
+
+
 # ---- loading the project ---------------------------------------------------------------------
 
 
@@ -163,6 +231,8 @@ def _is_crew_class(value: Any) -> bool:
 
 
 def _is_flow_class(value: Any) -> bool:
+    if not isinstance(value, type):
+        return False
     from crewai.flow import Flow
 
     return isinstance(value, type) and issubclass(value, Flow) and value is not Flow
@@ -389,6 +459,7 @@ class Run:
         self.finished = threading.Event()
         self.webhooks: WebhookSender | None = None
         self.task_ids: list[str] = []  # watched for step webhooks
+        self.acked = False
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 3)
@@ -492,23 +563,50 @@ class Runner:
         with self.lock:
             return sum(1 for r in self.runs.values() if r.state == "RUNNING")
 
+    def unacknowledged(self) -> int:
+        with self.lock:
+            return sum(1 for r in self.runs.values() if r.state != "RUNNING" and not r.acked)
+
     def start(
         self, kickoff_id: str, inputs: dict[str, Any], webhooks: WebhookSender | None = None
-    ) -> Run | None:
+    ) -> tuple[Run, bool]:
+        """The run of ``kickoff_id``, started now (True) or already known (False)."""
         with self.lock:
             if kickoff_id in self.runs:
-                return None
+                return self.runs[kickoff_id], False
             run = Run(kickoff_id, self.project.total_tasks)
             run.webhooks = webhooks
             self.runs[kickoff_id] = run
-            finished = [k for k, r in self.runs.items() if r.state != "RUNNING"]
-            for old in finished[: max(0, len(finished) - FINISHED_KEPT)]:
-                del self.runs[old]
+            self._evict()
         thread = threading.Thread(
             target=self._work, args=(run, inputs), name=f"run-{kickoff_id[:8]}", daemon=True
         )
         thread.start()
-        return run
+        return run, True
+
+    def _evict(self) -> None:
+        """Forget the oldest finished runs: acknowledged ones first (the caller holds the lock)."""
+        acked = [k for k, r in self.runs.items() if r.state != "RUNNING" and r.acked]
+        for old in acked[: max(0, len(acked) - FINISHED_KEPT)]:
+            del self.runs[old]
+        unacked = [k for k, r in self.runs.items() if r.state != "RUNNING" and not r.acked]
+        for old in unacked[: max(0, len(unacked) - UNACKED_KEPT)]:
+            del self.runs[old]
+
+    def acknowledge(self, kickoff_id: str) -> tuple[int, dict[str, Any]]:
+        """The daemon stored the run's result; a finished run is forgotten."""
+        with self.lock:
+            run = self.runs.get(kickoff_id)
+            if run is None:
+                return 200, {"kickoff_id": kickoff_id, "acknowledged": True}
+            if run.state == "RUNNING":
+                return 409, {"kickoff_id": kickoff_id, "error": "the run has not finished"}
+            del self.runs[kickoff_id]
+        return 200, {"kickoff_id": kickoff_id, "acknowledged": True}
+
+    def listing(self) -> dict[str, Any]:
+        with self.lock:
+            return {"runs": [{"kickoff_id": k, "state": r.state} for k, r in self.runs.items()]}
 
     def _work(self, run: Run, inputs: dict[str, Any]) -> None:
         say(f"kickoff {run.kickoff_id} started")
@@ -576,11 +674,15 @@ def _not_found(kickoff_id: str) -> dict[str, Any]:
 
 # ---- HTTP ------------------------------------------------------------------------------------
 
-RUN_PATH = re.compile(r"^/runs/([^/]+)(/stop)?$")
+RUN_PATH = re.compile(r"^/runs/([^/]+)(/stop|/ack)?$")
+MAX_BODY = 4 * 1024 * 1024
 
 
 class Handler(BaseHTTPRequestHandler):
+    """One request per connection (HTTP/1.0): no idle keep-alive sockets to go stale."""
+
     server: RunnerServer
+    signature = ""
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the daemon logs its own requests; kickoffs log their lifecycle."""
@@ -590,12 +692,34 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.signature:
+            self.send_header(PROOF_HEADER, response_mac(self.server.secret, self.signature, status, data))
         self.end_headers()
-        self.wfile.write(data)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the caller gave up
+            self.wfile.write(data)
+
+    def _authenticated(self, method: str) -> bytes | None:
+        """The request's body if it carries a valid signature; otherwise 401 and None."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self.reply(400, {"error": "Bad Request", "message": "bad Content-Length"})
+            return None
+        body = self.rfile.read(length) if length else b""
+        header = self.headers.get(SIGNATURE_HEADER) or ""
+        if not signature_valid(self.server.secret, header, method, self.path, body):
+            self.reply(401, {"error": "Unauthorized", "message": "missing or invalid request signature"})
+            return None
+        self.signature = header
+        return body
 
     def do_GET(self) -> None:
+        if self._authenticated("GET") is None:
+            return
         runner = self.server.runner
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         match = RUN_PATH.match(path)
         if path == "/healthz":
             status = "draining" if runner.draining else "ok"
@@ -610,29 +734,41 @@ class Handler(BaseHTTPRequestHandler):
             )
         elif path == "/inputs":
             self.reply(200, {"inputs": runner.project.inputs})
+        elif path == "/runs":
+            self.reply(200, runner.listing())
         elif match and not match.group(2):
-            run = runner.runs.get(match.group(1))
-            if run is None:
-                self.reply(404, _not_found(match.group(1)))
-            else:
-                self.reply(200, run.status())
+            self._status(match.group(1), _wait_seconds(query))
         else:
             self.reply(404, {"error": "Not Found", "message": f"no route GET {path}"})
 
+    def _status(self, kickoff_id: str, wait: float) -> None:
+        run = self.server.runner.runs.get(kickoff_id)
+        if run is None:
+            self.reply(404, _not_found(kickoff_id))
+            return
+        if wait > 0:
+            run.finished.wait(wait)
+        self.reply(200, run.status())
+
     def do_POST(self) -> None:
+        body = self._authenticated("POST")
+        if body is None:
+            return
         path = self.path.split("?", 1)[0]
         match = RUN_PATH.match(path)
-        if match and match.group(2):
+        if match and match.group(2) == "/stop":
             self.reply(*self.server.runner.stop(match.group(1)))
+        elif match and match.group(2) == "/ack":
+            self.reply(*self.server.runner.acknowledge(match.group(1)))
         elif path == "/runs":
-            self._kickoff()
+            self._kickoff(body)
         else:
             self.reply(404, {"error": "Not Found", "message": f"no route POST {path}"})
 
-    def _kickoff(self) -> None:
+    def _kickoff(self, raw: bytes) -> None:
         runner = self.server.runner
         try:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            body = json.loads(raw or b"null")
         except ValueError as exc:
             self.reply(400, {"error": "Bad Request", "message": f"invalid JSON: {exc}"})
             return
@@ -641,30 +777,47 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(inputs, dict):
             self.reply(400, {"error": "Bad Request", "message": "inputs must be a JSON object"})
             return
+        known = runner.runs.get(kickoff_id)
+        if known is not None:  # a retry of a kickoff this runner has: its status, nothing new
+            self.reply(200, known.status())
+            return
         if runner.draining:
             self.reply(503, {"error": "Service Unavailable", "message": "runner is stopping"})
             return
         hooks = body.get("webhooks")
         sender = WebhookSender(hooks, kickoff_id, body.get("meta")) if isinstance(hooks, dict) else None
-        run = runner.start(kickoff_id, inputs, sender)
-        if run is None:
-            self.reply(409, {"error": "Conflict", "message": f"kickoff {kickoff_id} exists"})
-            return
-        run.finished.wait()
-        self.reply(200, run.status())
+        run, created = runner.start(kickoff_id, inputs, sender)
+        self.reply(202 if created else 200, run.status())
+
+
+def _wait_seconds(query: str) -> float:
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key == "wait":
+            try:
+                return max(0.0, min(float(value), LONG_POLL_MAX))
+            except ValueError:
+                return 0.0
+    return 0.0
 
 
 class RunnerServer(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() waits for in-flight replies
-    allow_reuse_address = True
+    daemon_threads = True  # a long poll must not hold up the exit
+    allow_reuse_address = True  # TIME_WAIT only: Linux never binds over a live listener
+    request_queue_size = 1024  # the listen backlog: bursts of connections queue, not fail
 
-    def __init__(self, address: tuple[str, int], runner: Runner) -> None:
+    def __init__(self, address: tuple[str, int], runner: Runner, secret: bytes) -> None:
         super().__init__(address, Handler)
         self.runner = runner
+        self.secret = secret
 
 
 def _drain(server: RunnerServer) -> None:
+    """Let running kickoffs end, then give the daemon a while to collect their results."""
     while server.runner.running():
+        time.sleep(0.1)
+    deadline = time.monotonic() + DRAIN_ACK_WAIT
+    while server.runner.unacknowledged() and time.monotonic() < deadline:
         time.sleep(0.1)
     server.shutdown()
 
@@ -698,11 +851,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--instance", default="runner")
+    parser.add_argument("--secret-file", default="-", help="the instance's secret (default: stdin)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        secret = read_secret(args.secret_file)
+    except (OSError, ValueError) as exc:
+        print(f"crewship_runner: {exc}: the daemon passes it when it starts an instance", file=sys.stderr)
+        return 2
     for key, value in TELEMETRY_ENV.items():
         os.environ.setdefault(key, value)
     install_output(args.instance)
@@ -715,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"loading {args.kind} from {app_dir}")
     try:
         runner = Runner(load_project(args))
-        server = RunnerServer((args.host, args.port), runner)
+        server = RunnerServer((args.host, args.port), runner, secret)
     except Exception:
         say("failed to load the crew:")
         traceback.print_exc()

@@ -1,41 +1,46 @@
-"""Kickoffs: recorded in SQLite before the crew starts, run on a live instance.
+"""Kickoffs: recorded in SQLite, queued, dispatched to healthy instances, never lost.
 
-A kickoff is ``PENDING`` when recorded, ``RUNNING`` once an instance took it, then
-``SUCCESS``, ``FAILURE`` or ``REVOKED``. An instance that dies mid-run has its
-kickoffs marked ``FAILURE`` with the reason; none is ever left ``RUNNING``.
+A kickoff is ``PENDING`` when recorded (``POST /kickoff`` answers at once whenever the
+app has a live release, even while no instance is healthy: a crash restart, a deploy
+swap, a scale-up), ``RUNNING`` once the dispatcher (``crewship/service/dispatch.py``)
+gave it to an instance, then ``SUCCESS``, ``FAILURE`` or ``REVOKED``. Bounds: a queue
+of ``kickoff_queue`` PENDING kickoffs per app (then 429 with ``Retry-After``), a run
+deadline (FAILURE "timed out after N s", the run stopped). Only an instance that really
+died fails its kickoffs, with that reason; a crashed app (crash loop) refuses new
+kickoffs and fails its queued ones with the reason. A restarted daemon picks the
+kickoffs of adopted instances up again (``resume``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import datetime as dt
 import json
-import re
 import sqlite3
 import uuid
 from typing import Any
-
-import httpx
 
 from crewship import log
 from crewship.errors import (
     InvalidInputError,
     MissingInputsError,
     NotFoundError,
+    QueueFullError,
     UnavailableError,
 )
 from crewship.events import EventSink, KickoffFinished, ignore
 from crewship.model import App
+from crewship.service.dispatch import TERMINAL, Dispatcher, KickoffLimits, run_body
 from crewship.store.state import Database, now
-from runtime.events import Endpoint
+from runtime.channel import ChannelError, RunnerClient
 from runtime.supervisor import Supervisor
 
 logger = log.get("crewship.service.kickoffs")
 
-TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
 STATUS_WORD = {"PENDING": "running", "RUNNING": "running", "SUCCESS": "completed",
                "FAILURE": "error", "REVOKED": "stopped"}
 MAX_INPUTS_BYTES = 1024 * 1024
+RETRY_AFTER = 5  # seconds a client is told to wait when the queue is full
 
 
 def _loads(text: str | None) -> Any:
@@ -44,12 +49,13 @@ def _loads(text: str | None) -> Any:
 
 class KickoffService:
     def __init__(self, db: Database, supervisor: Supervisor,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 limits: KickoffLimits | None = None,
+                 client: RunnerClient | None = None) -> None:
         self.db = db
         self.supervisor = supervisor
-        self.client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
-        self._busy: dict[str, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.limits = limits or KickoffLimits()
+        self.client = client or RunnerClient()
+        self.dispatcher = Dispatcher(db, supervisor, self.client, self.limits, self._finish)
         self._inputs_cache: dict[tuple[str, int | None], list[str]] = {}
         self.on_event: EventSink = ignore   # the daemon wires telemetry here
 
@@ -96,119 +102,124 @@ class KickoffService:
         if endpoint is None:
             return {}
         try:
-            resp = await self.client.get(f"{_base(endpoint)}/runs/{kickoff_id}", timeout=2.0)
-            data = resp.json() if resp.status_code == 200 else {}
-        except (httpx.HTTPError, ValueError):
+            reply = await self.client.call(endpoint.peer, "GET", f"/runs/{kickoff_id}",
+                                           timeout=2.0)
+        except ChannelError:
             return {}
+        data = reply.body if reply.status == 200 else {}
         return {k: data.get(k) for k in ("current_task", "progress", "last_step")}
 
     # ----------------------------------------------------------------- kickoffs
-    def _endpoints(self, app: App) -> list[Endpoint]:
-        endpoints = self.supervisor.endpoints(app.name)
-        if not endpoints and app.scale == 0:
-            raise UnavailableError(
-                f"{app.name} is scaled to 0 (stopped): start it with 'ps:scale {app.name} 1'")
-        if not endpoints:
-            raise UnavailableError(
-                f"{app.name} has no running instance: push a release, or scale it up with "
-                f"'ps:scale {app.name} 1'")
-        return endpoints
+    def refusal(self, app: App) -> str | None:
+        """Why ``app`` takes no kickoffs now (503), or None: it queues them."""
+        if app.live_release is None:
+            return (f"{app.name} has no live release: push one "
+                    f"(git push crewship main), then kick it off")
+        crashed = self.supervisor.crash_reason(app.name)
+        if crashed:
+            return crashed
+        if app.scale == 0 and self.supervisor.status(app.name).state != "deploying":
+            return f"{app.name} is scaled to 0 (stopped): start it with 'ps:scale {app.name} 1'"
+        return None
+
+    def queue_length(self, app: App) -> int:
+        row = self.db.one("SELECT COUNT(*) AS n FROM kickoffs WHERE app_id = ? "
+                          "AND state = 'PENDING'", app.id)
+        return int(row["n"]) if row else 0
+
+    def running(self, app: App) -> int:
+        return self.dispatcher.running(app.name)
 
     async def inputs(self, app: App) -> list[str]:
+        names = await self._known_inputs(app)
+        if names is None:
+            problem = self.refusal(app) or (f"{app.name} has no healthy instance right now "
+                                            "(starting or restarting): try again in a moment")
+            raise UnavailableError(problem)
+        return names
+
+    async def _known_inputs(self, app: App) -> list[str] | None:
+        """The crew's inputs (cached per release), or None while no instance can say."""
         key = (app.name, app.live_release)
         if key not in self._inputs_cache:
-            endpoint = self._endpoints(app)[0]
+            endpoints = [e for e in self.supervisor.endpoints(app.name) if e.secret]
+            if not endpoints:
+                return None
             try:
-                resp = await self.client.get(f"{_base(endpoint)}/inputs", timeout=10.0)
-                resp.raise_for_status()
-                self._inputs_cache[key] = [str(i) for i in resp.json().get("inputs", [])]
-            except (httpx.HTTPError, ValueError) as exc:
-                raise UnavailableError(f"{app.name} did not answer: {exc}") from exc
+                reply = await self.client.call(endpoints[0].peer, "GET", "/inputs", timeout=10.0)
+            except ChannelError:
+                return None
+            if reply.status != 200:
+                return None
+            self._inputs_cache[key] = [str(i) for i in reply.body.get("inputs", [])]
         return self._inputs_cache[key]
 
     async def kickoff(self, app: App, inputs: Any, meta: Any = None,
                       webhooks: dict[str, str] | None = None) -> str:
-        """Record and start a run; ``webhooks``: {"task"|"step"|"crew": url} (C.3)."""
+        """Record a kickoff (PENDING) and queue it; ``webhooks``: {"task"|"step"|"crew": url}."""
         if not isinstance(inputs, dict):
             raise InvalidInputError("'inputs' must be a JSON object of input names to values")
         encoded = json.dumps(inputs)
         if len(encoded) > MAX_INPUTS_BYTES:
             raise InvalidInputError("inputs too large (more than 1 MiB)")
-        self._endpoints(app)  # nothing running: 503 now, not a kickoff that fails later
-        missing = [name for name in await self.inputs(app) if name not in inputs]
+        problem = self.refusal(app)
+        if problem:
+            raise UnavailableError(problem)
+        known = await self._known_inputs(app)
+        missing = [name for name in known or [] if name not in inputs]
         if missing:
             raise MissingInputsError(missing)
+        if self.queue_length(app) >= self.limits.queue:
+            raise QueueFullError(
+                f"{app.name} has {self.limits.queue} kickoffs waiting (the queue is full): "
+                f"retry after {RETRY_AFTER} s", retry_after=RETRY_AFTER)
         kickoff_id = str(uuid.uuid4())
         self.db.execute("INSERT INTO kickoffs (id, app_id, release, state, inputs_json, meta_json,"
                         " webhooks_json, created_at) VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?)",
                         kickoff_id, app.id, app.live_release, encoded,
                         json.dumps(meta) if meta else None, _dump(webhooks or None), now())
-        run = {"kickoff_id": kickoff_id, "inputs": inputs}
-        if webhooks and (webhooks.keys() & {"task", "step"}):  # the runner posts these (C.7)
-            run["webhooks"] = {k: v for k, v in webhooks.items() if k in ("task", "step")}
-            run["meta"] = meta
-        task = asyncio.create_task(self._run(app, kickoff_id, run))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.dispatcher.wake(app.name)
         logger.info("kickoff_received", app=app.name, kickoff_id=kickoff_id)
         return kickoff_id
 
-    def _least_busy(self, app: App) -> Endpoint:
-        endpoints = self._endpoints(app)
-        return min(endpoints, key=lambda e: self._busy.get(e.instance_id, 0))
-
-    async def _run(self, app: App, kickoff_id: str, run: dict[str, Any]) -> None:
-        try:
-            endpoint = self._least_busy(app)
-        except UnavailableError as exc:
-            self._finish(kickoff_id, {"state": "FAILURE", "error": str(exc)})
-            return
-        name = endpoint.instance_id
-        match = _RELEASE_IN_ID.search(name)
-        release = int(match.group(1)) if match else app.live_release
-        self.db.execute("UPDATE kickoffs SET state = 'RUNNING', instance = ?, release = ?, "
-                        "started_at = ? WHERE id = ? AND state = 'PENDING'",
-                        name, release, now(), kickoff_id)
-        self._busy[name] = self._busy.get(name, 0) + 1
-        try:
-            resp = await self.client.post(f"{_base(endpoint)}/runs", json=run)
-            result = resp.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            result = {"state": "FAILURE",
-                      "error": f"instance {name} stopped during the run ({type(exc).__name__})"}
-        finally:
-            self._busy[name] -= 1
-        self._finish(kickoff_id, result)
-        logger.info("kickoff_finished", app=app.name, kickoff_id=kickoff_id,
-                    state=result.get("state"), duration_s=result.get("execution_time"))
-
-    def _finish(self, kickoff_id: str, result: dict[str, Any]) -> None:
-        row = self.db.one("SELECT kickoffs.*, apps.name AS app_name FROM kickoffs JOIN apps "
-                          "ON apps.id = app_id WHERE kickoffs.id = ?", kickoff_id)
-        if row is None or row["state"] not in ("PENDING", "RUNNING"):
-            return
+    def _finish(self, kickoff_id: str, result: dict[str, Any]) -> bool:
+        """Settle a kickoff once: True if this call did (then its event fires, once)."""
         state = result.get("state") if result.get("state") in TERMINAL else "FAILURE"
         error = result.get("error") or (None if state == "SUCCESS" else "the crew gave no result")
-        self.db.execute(
-            "UPDATE kickoffs SET state = ?, result = ?, result_json = ?, tasks_json = ?, "
-            "token_usage_json = ?, error = ?, execution_time = ?, finished_at = ? "
-            "WHERE id = ? AND state IN ('PENDING', 'RUNNING')",
-            state, _text(result.get("result")), _dump(result.get("result_json")),
-            _dump(result.get("tasks")), _dump(result.get("token_usage")),
-            error if state != "SUCCESS" else None, result.get("execution_time"), now(),
-            kickoff_id)
+        with self.db.tx() as conn:
+            row = conn.execute("SELECT kickoffs.*, apps.name AS app_name FROM kickoffs JOIN apps"
+                               " ON apps.id = app_id WHERE kickoffs.id = ?",
+                               (kickoff_id,)).fetchone()
+            if row is None or row["state"] in TERMINAL:
+                return False
+            conn.execute(
+                "UPDATE kickoffs SET state = ?, result = ?, result_json = ?, tasks_json = ?, "
+                "token_usage_json = ?, error = ?, execution_time = ?, finished_at = ? "
+                "WHERE id = ?",
+                (state, _text(result.get("result")), _dump(result.get("result_json")),
+                 _dump(result.get("tasks")), _dump(result.get("token_usage")),
+                 error if state != "SUCCESS" else None, result.get("execution_time"), now(),
+                 kickoff_id))
+        logger.info("kickoff_finished", app=row["app_name"], kickoff_id=kickoff_id,
+                    state=state, duration_s=result.get("execution_time"))
         self.on_event(_finished(row, str(state), error if state != "SUCCESS" else None, result))
+        return True
 
     async def stop(self, app: App, kickoff_id: str) -> dict[str, Any]:
         row = self._row(app, kickoff_id)
         if row["state"] in TERMINAL:
             raise InvalidInputError(f"Cannot stop execution. Current state: {row['state']}")
-        endpoint = next((e for e in self.supervisor.endpoints(app.name)
-                         if e.instance_id == row["instance"]), None)
-        if endpoint is not None:
-            with contextlib.suppress(httpx.HTTPError):
-                await self.client.post(f"{_base(endpoint)}/runs/{kickoff_id}/stop", timeout=5.0)
-        self._finish(kickoff_id, {"state": "REVOKED", "error": "stopped by request"})
+        if not self._finish(kickoff_id, {"state": "REVOKED", "error": "stopped by request"}):
+            state = self._row(app, kickoff_id)["state"]
+            raise InvalidInputError(f"Cannot stop execution. Current state: {state}")
+        endpoint = self.supervisor.endpoint(app.name, row["instance"] or "")
+        if endpoint is not None:  # RUNNING: the runner stops it; the dispatcher acknowledges
+            try:
+                await self.client.call(endpoint.peer, "POST", f"/runs/{kickoff_id}/stop",
+                                       timeout=5.0)
+            except ChannelError as exc:
+                logger.warning("kickoff_stop_unsent", app=app.name, kickoff_id=kickoff_id,
+                               error=str(exc))
         return {"status": "stopped", "kickoffId": kickoff_id}
 
     # ---------------------------------------------------------------- failures
@@ -224,25 +235,50 @@ class KickoffService:
             self._finish(row["id"], {"state": "FAILURE", "error": reason})
         return len(rows)
 
-    def fail_orphans(self) -> int:
-        """At start: runs a previous daemon left unfinished can no longer be followed."""
-        rows = self.db.all("SELECT id FROM kickoffs WHERE state IN ('PENDING', 'RUNNING')")
+    def app_crashed(self, app: str) -> int:
+        """A crash loop: the app's queued kickoffs fail with the reason."""
+        reason = self.supervisor.crash_reason(app) or f"{app} crashed"
+        rows = self.db.all("SELECT kickoffs.id FROM kickoffs JOIN apps ON apps.id = app_id "
+                           "WHERE apps.name = ? AND state = 'PENDING'", app)
+        return sum(self._finish(row["id"], {"state": "FAILURE", "error": reason})
+                   for row in rows)
+
+    def resume(self) -> dict[str, int]:
+        """At start, after adoption: follow the runs of adopted instances again, fail the
+        ones whose instance is gone, and dispatch what is still queued."""
+        followed = failed = 0
+        loop = asyncio.get_running_loop()
+        rows = self.db.all("SELECT kickoffs.*, apps.name AS app_name FROM kickoffs JOIN apps "
+                           "ON apps.id = app_id WHERE state = 'RUNNING'")
         for row in rows:
-            self._finish(row["id"], {"state": "FAILURE",
-                                     "error": "the server restarted during the run"})
-        return len(rows)
+            endpoint = self.supervisor.endpoint(row["app_name"], row["instance"] or "")
+            if endpoint is None or not endpoint.secret:
+                failed += self._finish(row["id"], {"state": "FAILURE", "error": (
+                    f"instance {row['instance']} stopped while the server was down")})
+                continue
+            deadline = loop.time() + self.limits.timeout - _age(row["started_at"])
+            self.dispatcher.follow(row["app_name"], row["id"], endpoint, run_body(row), deadline)
+            followed += 1
+        for row in self.db.all("SELECT DISTINCT apps.name FROM kickoffs JOIN apps "
+                               "ON apps.id = app_id WHERE state = 'PENDING'"):
+            self.dispatcher.wake(row["name"])
+        logger.info("kickoffs_resumed", followed=followed, failed=failed)
+        return {"followed": followed, "failed": failed}
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        await self.dispatcher.aclose()
         await self.client.aclose()
 
 
-_RELEASE_IN_ID = re.compile(r"-v(\d+)\.\d+-")
-
-
-def _base(endpoint: Endpoint) -> str:
-    return f"http://{endpoint.host}:{endpoint.port}"
+def _age(started_at: str | None) -> float:
+    """Seconds since a ``state.now()`` stamp (0 if unknown)."""
+    if not started_at:
+        return 0.0
+    try:
+        moment = dt.datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return max(0.0, (dt.datetime.now(dt.UTC) - moment).total_seconds())
 
 
 def _dump(value: Any) -> str | None:
