@@ -39,7 +39,14 @@ SECRET_BYTES = 32
 
 
 class ChannelError(CrewshipError):
-    """The runner did not answer (connection refused or reset, timeout)."""
+    """The runner did not answer (connection refused or reset, timeout).
+
+    ``delivered`` is False when the connection was never made (nothing was sent).
+    """
+
+    def __init__(self, message: str, *, delivered: bool = True) -> None:
+        super().__init__(message)
+        self.delivered = delivered
 
 
 class UnprovenReplyError(ChannelError):
@@ -123,7 +130,8 @@ class RunnerClient:
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
         except httpx.HTTPError as exc:
             raise ChannelError(f"{peer.host}:{peer.port} did not answer "
-                               f"({type(exc).__name__})") from exc
+                               f"({type(exc).__name__})",
+                               delivered=not isinstance(exc, httpx.ConnectError)) from exc
         proof = resp.headers.get(PROOF_HEADER, "")
         expected = response_mac(key, signature, resp.status_code, resp.content)
         if not hmac.compare_digest(proof.encode(), expected.encode()):

@@ -47,6 +47,10 @@ class KickoffLimits:
 class _InstanceGoneError(Exception):
     """The instance a kickoff ran on is no longer live or draining."""
 
+    def __init__(self, delivered: bool) -> None:
+        super().__init__("instance gone")
+        self.delivered = delivered
+
 
 class _SettledError(Exception):
     """Someone else settled the kickoff (stopped, failed) while we were calling."""
@@ -78,6 +82,16 @@ class Dispatcher:
         self._wakes: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._gone: dict[str, str] = {}  # instance id -> why it died (recent ones)
+
+    def following(self, kickoff_id: str) -> bool:
+        """A driver settles this kickoff (also when its instance dies)."""
+        return kickoff_id in self._drivers
+
+    def instance_gone(self, instance_id: str, reason: str) -> None:
+        self._gone[instance_id] = reason
+        while len(self._gone) > 256:
+            del self._gone[next(iter(self._gone))]
 
     def running(self, app: str) -> int:
         ids = {e.instance_id for e in self.supervisor.endpoints(app)}
@@ -146,15 +160,23 @@ class Dispatcher:
 
     async def _drive(self, app: str, kickoff_id: str, endpoint: Endpoint,
                      body: dict[str, Any], deadline: float) -> None:
+        sent = False
         try:
-            result = await self._run(app, kickoff_id, endpoint, body, deadline)
+            reply = await self._call(app, kickoff_id, endpoint, "POST", "/runs", body)
+            sent = True
+            result = await self._run(app, kickoff_id, endpoint, reply, deadline)
             if result is not None:
                 self._finish(kickoff_id, result)
             if result is not None or self._settled(kickoff_id):
                 await self._ack(app, kickoff_id, endpoint)
-        except _InstanceGoneError:
-            self._finish(kickoff_id, {"state": "FAILURE", "error":
-                                      f"instance {endpoint.instance_id} stopped during the run"})
+        except _InstanceGoneError as exc:
+            if not sent and not exc.delivered:  # it never reached the runner: queue it again
+                self._requeue(kickoff_id)
+            else:
+                reason = self._gone.get(endpoint.instance_id,
+                                        f"instance {endpoint.instance_id} stopped")
+                self._finish(kickoff_id, {"state": "FAILURE",
+                                          "error": f"{reason} during the run"})
         except _SettledError:
             await self._ack(app, kickoff_id, endpoint)
         finally:
@@ -164,10 +186,10 @@ class Dispatcher:
             self._drivers.pop(kickoff_id, None)
             self.wake(app)
 
-    async def _run(self, app: str, kickoff_id: str, endpoint: Endpoint, body: dict[str, Any],
+    async def _run(self, app: str, kickoff_id: str, endpoint: Endpoint, reply: Reply,
                    deadline: float) -> dict[str, Any] | None:
-        """The run's final status, or None when it went back to the queue."""
-        reply = await self._call(app, kickoff_id, endpoint, "POST", "/runs", body)
+        """The run's final status from ``POST /runs``'s reply on, or None when it went back
+        to the queue."""
         if reply.status == 503:  # the instance is draining (a deploy swap): another takes it
             self._requeue(kickoff_id)
             return None
@@ -197,7 +219,7 @@ class Dispatcher:
                 return await self.client.call(endpoint.peer, method, path, body, timeout)
             except ChannelError as exc:
                 if self.supervisor.endpoint(app, endpoint.instance_id) is None:
-                    raise _InstanceGoneError from exc
+                    raise _InstanceGoneError(exc.delivered) from exc
                 if self._settled(kickoff_id):
                     raise _SettledError from exc
                 logger.info("runner_call_retried", app=app, kickoff_id=kickoff_id,

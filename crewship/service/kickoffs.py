@@ -32,6 +32,7 @@ from crewship.events import EventSink, KickoffFinished, ignore
 from crewship.model import App
 from crewship.service.dispatch import TERMINAL, Dispatcher, KickoffLimits, run_body
 from crewship.store.state import Database, now
+from runtime.backend import STATUS_UNKNOWN
 from runtime.channel import ChannelError, RunnerClient
 from runtime.supervisor import Supervisor
 
@@ -224,16 +225,20 @@ class KickoffService:
 
     # ---------------------------------------------------------------- failures
     def instance_exited(self, app: str, instance: str, status: int) -> int:
-        """Mark the kickoffs a dead instance was running as failed."""
-        reason = (f"instance {instance} exited with status {status} during the run"
-                  if status >= 0 else f"instance {instance} was killed by signal {-status} "
-                  "during the run")
+        """A dead instance's kickoffs fail with the reason; the ones a driver follows are
+        settled by it (a kickoff that never reached the instance goes back to the queue)."""
+        if status == STATUS_UNKNOWN:
+            gone = f"instance {instance} exited"
+        elif status >= 0:
+            gone = f"instance {instance} exited with status {status}"
+        else:
+            gone = f"instance {instance} was killed by signal {-status}"
+        self.dispatcher.instance_gone(instance, gone)
         rows = self.db.all("SELECT kickoffs.id FROM kickoffs JOIN apps ON apps.id = app_id "
                            "WHERE apps.name = ? AND instance = ? AND state = 'RUNNING'",
                            app, instance)
-        for row in rows:
-            self._finish(row["id"], {"state": "FAILURE", "error": reason})
-        return len(rows)
+        return sum(self._finish(row["id"], {"state": "FAILURE", "error": f"{gone} during the run"})
+                   for row in rows if not self.dispatcher.following(row["id"]))
 
     def app_crashed(self, app: str) -> int:
         """A crash loop: the app's queued kickoffs fail with the reason."""
