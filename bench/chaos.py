@@ -97,6 +97,9 @@ class Context:
         settings = {"CREWSHIP_ENVS_DIR": str(cache_root() / "server-envs"),
                     "CREWSHIP_RUNTIME": self.runtime, "CREWSHIP_CRASH_LIMIT": "10000",
                     "CREWSHIP_RESTART_DELAY": "0.2", **env}
+        if self.runtime == "docker":
+            settings["CREWSHIP_BASE_IMAGE"] = os.environ.get("CREWSHIP_TEST_BASE_IMAGE",
+                                                             "crewship-base:bookworm")
         srv = CrewshipServer(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root)),
                              env=settings)
         self.servers.append(srv)
@@ -106,6 +109,8 @@ class Context:
         for srv in self.servers:
             srv.close()
             kill_instances(srv)
+        if self.runtime == "docker":
+            remove_containers()
 
 
 class CrewClient:
@@ -222,7 +227,8 @@ def deploy_crew(ctx: Context, srv: CrewshipServer, scale: int) -> CrewClient:
     pairs = [f"{k}={v}" for k, v in ctx.llm.env().items()]
     srv.ssh(srv.admin_key, "config:set", APP, *pairs, check=True)
     project = new_project(srv, Path(tempfile.mkdtemp(dir=ctx.root)))
-    push = srv.git(srv.admin_key, "push", srv.git_url(APP), "main", cwd=project, check=False)
+    push = srv.git(srv.admin_key, "push", srv.git_url(APP), "main", cwd=project, check=False,
+                   timeout=900)  # a first image build (docker runtime) downloads every wheel
     if push.returncode != 0:
         raise RuntimeError(f"the first push failed:\n{push.stderr}")
     if scale != 1:
@@ -251,6 +257,19 @@ def kill_instances(srv: CrewshipServer) -> None:
     for record in (srv.data_dir / "instances").glob("*.json"):
         with contextlib.suppress(OSError, ValueError, KeyError):
             os.kill(int(json.loads(record.read_text())["pid"]), signal.SIGKILL)
+
+
+def remove_containers() -> None:
+    """The docker runtime's containers of this suite's app (labelled by the backend)."""
+    import docker
+
+    client = docker.from_env()
+    try:
+        for container in client.containers.list(all=True, filters={"label": f"crewship.app={APP}"}):
+            with contextlib.suppress(docker.errors.DockerException):
+                container.remove(force=True)
+    finally:
+        client.close()
 
 
 def wait_until(check: Callable[[], bool], timeout: float) -> float | None:

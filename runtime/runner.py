@@ -9,22 +9,18 @@ starts it with the release's own interpreter (which has crewai, the daemon never
 
 Standard library only (crewai is imported lazily), Python 3.10+. The crew is loaded
 before the port is bound, so a crew that cannot load exits non-zero with its traceback.
-The daemon channel is authenticated: the instance's secret arrives once on stdin (or in
-a read-only file, ``--secret-file``), never in argv or the environment. Every request
-carries ``X-Crewship-Signature: <unix ts>:<nonce>:<hmac>`` (HMAC-SHA256 of the time, nonce,
-method, path and body's SHA-256 under the secret); anything else gets 401 and runs nothing.
-Every signed reply carries ``X-Crewship-Proof`` (HMAC of the request's signature, the status
-and the body), so the daemon knows it talks to its own instance and not to a process that
-took the port; the secret itself never crosses the wire.
-HTTP API (JSON bodies): ``GET /healthz``, ``GET /inputs``, ``POST /runs`` (starts a run and
-answers 202 at once; idempotent per ``kickoff_id``; ``{"kickoff_id", "inputs", "webhooks":
-{"task", "step"}, "meta"}``: the runner POSTs CrewAI's task and step webhooks itself),
-``GET /runs`` (the runs it holds), ``GET /runs/{id}?wait=S`` (long poll: answers when the
-run ends or after S seconds), ``POST /runs/{id}/stop``, ``POST /runs/{id}/ack`` (the daemon
-stored the result: forget it). Finished results are kept until acknowledged, so a daemon
-restarted mid-run still collects them. SIGTERM/SIGINT: refuse new runs (503), let running
-ones finish and their results be collected, exit 0. Every output line is written as
-``<ISO-8601 UTC ms>Z [<instance>] <text>`` to the inherited stdout/stderr.
+The channel is authenticated: the instance's secret comes once on stdin (or a read-only
+``--secret-file``), never in argv or env; every request must carry ``X-Crewship-Signature``
+(an HMAC of time, nonce, method, path and body) or gets 401, and every reply carries
+``X-Crewship-Proof`` (an HMAC of that signature, status and body): the secret never crosses
+the wire and a process that took the port cannot pass for the instance.
+HTTP API (JSON): ``GET /healthz``, ``GET /inputs``, ``POST /runs`` (``{"kickoff_id", "inputs",
+"webhooks": {"task", "step"}, "meta"}``: 202 at once, idempotent per kickoff id; the runner
+POSTs task/step webhooks itself), ``GET /runs/{id}?wait=S`` (long poll), ``POST
+/runs/{id}/stop``, ``POST /runs/{id}/ack`` (the daemon stored the result). Finished results
+are kept until acknowledged, so a restarted daemon still collects them. SIGTERM/SIGINT:
+refuse new runs (503), let running ones finish and be collected, exit 0. Output lines are
+``<ISO-8601 UTC ms>Z [<instance>] <text>`` on the inherited stdout/stderr.
 """
 
 from __future__ import annotations
@@ -52,16 +48,12 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 KINDS = ("crew", "json_crew", "flow", "declarative_flow", "entrypoint")
-TELEMETRY_ENV = {
-    "CREWAI_DISABLE_TELEMETRY": "true",
-    "OTEL_SDK_DISABLED": "true",
-    "CREWAI_TRACING_ENABLED": "false",
-    "CREWAI_DISABLE_VERSION_CHECK": "true",
-}
-FINISHED_KEPT = 1000  # acknowledged or not: beyond this, the oldest finished runs go
-UNACKED_KEPT = 10_000  # a bound even for a daemon that never acknowledges
+TELEMETRY_ENV = {"CREWAI_DISABLE_TELEMETRY": "true", "OTEL_SDK_DISABLED": "true",
+                 "CREWAI_TRACING_ENABLED": "false", "CREWAI_DISABLE_VERSION_CHECK": "true"}
+FINISHED_KEPT = 10_000  # finished runs kept for the daemon to collect (acknowledged ones go at once)
 LONG_POLL_MAX = 60.0
 DRAIN_ACK_WAIT = 30.0  # after the last run ended, how long a draining runner waits for acks
 SIGNATURE_HEADER = "X-Crewship-Signature"
@@ -181,14 +173,12 @@ def response_mac(secret: bytes, signature: str, status: int, body: bytes) -> str
 
 def sign(secret: bytes, method: str, path: str, body: bytes, now: float | None = None) -> str:
     """The ``X-Crewship-Signature`` value for one request (the daemon's side, and tests')."""
-    stamp = f"{time.time() if now is None else now:.3f}"
-    nonce = os.urandom(8).hex()
+    stamp, nonce = f"{time.time() if now is None else now:.3f}", os.urandom(8).hex()
     return f"{stamp}:{nonce}:{request_mac(secret, stamp, nonce, method, path, body)}"
 
 
 def signature_valid(secret: bytes, header: str, method: str, path: str, body: bytes) -> bool:
-    stamp, _, rest = header.partition(":")
-    nonce, _, mac = rest.partition(":")
+    stamp, nonce, mac = [*header.split(":", 2), "", ""][:3]
     try:
         fresh = abs(time.time() - float(stamp)) <= SIGNATURE_MAX_AGE
     except ValueError:
@@ -203,14 +193,8 @@ def signature_valid(secret: bytes, header: str, method: str, path: str, body: by
 class Project:
     """A loaded project: ``build()`` makes a fresh crew/flow/callable for one run."""
 
-    def __init__(
-        self,
-        kind: str,
-        build: Callable[[], Any],
-        inputs: list[str],
-        defaults: dict[str, Any] | None = None,
-        total_tasks: int = 0,
-    ) -> None:
+    def __init__(self, kind: str, build: Callable[[], Any], inputs: list[str],
+                 defaults: dict[str, Any] | None = None, total_tasks: int = 0) -> None:
         self.kind = kind
         self.build = build
         self.inputs = inputs
@@ -219,11 +203,8 @@ class Project:
 
 
 def _module_classes(module: Any, accept: Callable[[type], bool]) -> list[type]:
-    return [
-        value
-        for value in vars(module).values()
-        if isinstance(value, type) and value.__module__ == module.__name__ and accept(value)
-    ]
+    return [value for value in vars(module).values()
+            if isinstance(value, type) and value.__module__ == module.__name__ and accept(value)]
 
 
 def _is_crew_class(value: Any) -> bool:
@@ -293,11 +274,8 @@ def _entrypoint_project(spec: str | None) -> Project:
         return _crew_project("entrypoint", lambda: target().crew(), {})
     if _is_flow_class(target):
         return Project("entrypoint", target, _flow_inputs(target()))
-    params = [
-        p
-        for p in inspect.signature(target).parameters.values()
-        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    params = [p for p in inspect.signature(target).parameters.values()
+              if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if params:
         return Project("entrypoint", lambda: target, list(getattr(target, "inputs", [])))
     sample = target()
@@ -339,11 +317,8 @@ class WebhookSender:
     """
 
     def __init__(self, urls: dict[str, Any], kickoff_id: str, meta: Any) -> None:
-        self.urls = {
-            kind: url
-            for kind, url in urls.items()
-            if kind in ("task", "step") and isinstance(url, str) and url.startswith(("http://", "https://"))
-        }
+        self.urls = {kind: url for kind, url in urls.items() if kind in ("task", "step")
+                     and isinstance(url, str) and url.startswith(("http://", "https://"))}
         self.kickoff_id = kickoff_id
         self.meta = meta
         self.queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
@@ -420,15 +395,9 @@ def flush_final_answers(run: Run) -> None:
 
 
 def _task_payload(output: Any) -> dict[str, Any]:
-    return {
-        "description": getattr(output, "description", None),
-        "name": getattr(output, "name", None),
-        "expected_output": getattr(output, "expected_output", None),
-        "summary": getattr(output, "summary", None),
-        "agent": getattr(output, "agent", None),
-        "output": getattr(output, "raw", None),
-        "output_json": getattr(output, "json_dict", None),
-    }
+    names = {"description": "description", "name": "name", "expected_output": "expected_output",
+             "summary": "summary", "agent": "agent", "output": "raw", "output_json": "json_dict"}
+    return {key: getattr(output, attr, None) for key, attr in names.items()}
 
 
 # ---- runs ------------------------------------------------------------------------------------
@@ -439,10 +408,8 @@ def _clip(value: Any) -> str | None:
 
 
 def _usage(metrics: Any) -> dict[str, int] | None:
-    if metrics is None:
-        return None
     keys = ("total_tokens", "prompt_tokens", "completion_tokens")
-    return {k: int(getattr(metrics, k, 0) or 0) for k in keys}
+    return None if metrics is None else {k: int(getattr(metrics, k, 0) or 0) for k in keys}
 
 
 class Run:
@@ -459,7 +426,6 @@ class Run:
         self.finished = threading.Event()
         self.webhooks: WebhookSender | None = None
         self.task_ids: list[str] = []  # watched for step webhooks
-        self.acked = False
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 3)
@@ -471,12 +437,8 @@ class Run:
 
     def on_step(self, step: Any) -> None:
         self.check_revoked()
-        self.last_step = {
-            "thought": _clip(getattr(step, "thought", None)),
-            "tool": _clip(getattr(step, "tool", None)),
-            "tool_input": _clip(getattr(step, "tool_input", None)),
-            "result": _clip(getattr(step, "result", None) or getattr(step, "output", None)),
-        }
+        self.last_step = {key: _clip(getattr(step, key, None)) for key in ("thought", "tool", "tool_input")}
+        self.last_step["result"] = _clip(getattr(step, "result", None) or getattr(step, "output", None))
         if self.webhooks is not None:
             self.webhooks.send("step", {"prompt": _clip(getattr(step, "prompt", None)), **self.last_step})
 
@@ -494,14 +456,9 @@ class Run:
     def status(self) -> dict[str, Any]:
         if self.state != "RUNNING":
             return {"kickoff_id": self.kickoff_id, **self.outcome}
-        return {
-            "kickoff_id": self.kickoff_id,
-            "state": "RUNNING",
-            "current_task": self.current_task(),
-            "progress": {"completed_tasks": self.completed_tasks, "total_tasks": self.total_tasks},
-            "last_step": self.last_step,
-            "execution_time": self.elapsed(),
-        }
+        progress = {"completed_tasks": self.completed_tasks, "total_tasks": self.total_tasks}
+        return {"kickoff_id": self.kickoff_id, "state": "RUNNING", "current_task": self.current_task(),
+                "progress": progress, "last_step": self.last_step, "execution_time": self.elapsed()}
 
 
 def _chain(first: Callable[[Any], Any], then: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
@@ -514,21 +471,11 @@ def _chain(first: Callable[[Any], Any], then: Callable[[Any], Any] | None) -> Ca
 
 def _crew_result(run: Run, output: Any) -> dict[str, Any]:
     marks = [run.started, *run.task_times]
-    tasks = [
-        {
-            "task_id": task.name or f"task_{i + 1}",
-            "output": task.raw,
-            "agent": (task.agent or "").strip(),
-            "execution_time": round(marks[i + 1] - marks[i], 3) if i + 1 < len(marks) else None,
-        }
-        for i, task in enumerate(output.tasks_output)
-    ]
-    return {
-        "result": output.raw,
-        "result_json": output.json_dict,
-        "tasks": tasks,
-        "token_usage": _usage(output.token_usage),
-    }
+    tasks = [{"task_id": t.name or f"task_{i + 1}", "output": t.raw, "agent": (t.agent or "").strip(),
+              "execution_time": round(marks[i + 1] - marks[i], 3) if i + 1 < len(marks) else None}
+             for i, t in enumerate(output.tasks_output)]
+    return {"result": output.raw, "result_json": output.json_dict, "tasks": tasks,
+            "token_usage": _usage(output.token_usage)}
 
 
 def _flow_result(flow: Any, output: Any) -> dict[str, Any]:
@@ -542,12 +489,8 @@ def _flow_result(flow: Any, output: Any) -> dict[str, Any]:
         result, result_json = str(output), output.model_dump(mode="json")
     else:
         result, result_json = ("" if output is None else str(output)), None
-    return {
-        "result": result,
-        "result_json": result_json,
-        "tasks": [],
-        "token_usage": _usage(getattr(flow, "usage_metrics", None)),
-    }
+    usage = _usage(getattr(flow, "usage_metrics", None))
+    return {"result": result, "result_json": result_json, "tasks": [], "token_usage": usage}
 
 
 class Runner:
@@ -564,49 +507,33 @@ class Runner:
             return sum(1 for r in self.runs.values() if r.state == "RUNNING")
 
     def unacknowledged(self) -> int:
+        """Finished runs whose results the daemon has not yet stored (and acknowledged)."""
         with self.lock:
-            return sum(1 for r in self.runs.values() if r.state != "RUNNING" and not r.acked)
+            return sum(1 for r in self.runs.values() if r.state != "RUNNING")
 
-    def start(
-        self, kickoff_id: str, inputs: dict[str, Any], webhooks: WebhookSender | None = None
-    ) -> tuple[Run, bool]:
+    def start(self, kickoff_id: str, inputs: dict[str, Any], hooks: WebhookSender | None) -> tuple[Run, bool]:
         """The run of ``kickoff_id``, started now (True) or already known (False)."""
         with self.lock:
             if kickoff_id in self.runs:
                 return self.runs[kickoff_id], False
             run = Run(kickoff_id, self.project.total_tasks)
-            run.webhooks = webhooks
+            run.webhooks = hooks
             self.runs[kickoff_id] = run
-            self._evict()
-        thread = threading.Thread(
-            target=self._work, args=(run, inputs), name=f"run-{kickoff_id[:8]}", daemon=True
-        )
-        thread.start()
+            finished = [k for k, r in self.runs.items() if r.state != "RUNNING"]
+            for old in finished[: max(0, len(finished) - FINISHED_KEPT)]:  # a daemon that never acks
+                del self.runs[old]
+        name = f"run-{kickoff_id[:8]}"
+        threading.Thread(target=self._work, args=(run, inputs), name=name, daemon=True).start()
         return run, True
-
-    def _evict(self) -> None:
-        """Forget the oldest finished runs: acknowledged ones first (the caller holds the lock)."""
-        acked = [k for k, r in self.runs.items() if r.state != "RUNNING" and r.acked]
-        for old in acked[: max(0, len(acked) - FINISHED_KEPT)]:
-            del self.runs[old]
-        unacked = [k for k, r in self.runs.items() if r.state != "RUNNING" and not r.acked]
-        for old in unacked[: max(0, len(unacked) - UNACKED_KEPT)]:
-            del self.runs[old]
 
     def acknowledge(self, kickoff_id: str) -> tuple[int, dict[str, Any]]:
         """The daemon stored the run's result; a finished run is forgotten."""
         with self.lock:
             run = self.runs.get(kickoff_id)
-            if run is None:
-                return 200, {"kickoff_id": kickoff_id, "acknowledged": True}
-            if run.state == "RUNNING":
+            if run is not None and run.state == "RUNNING":
                 return 409, {"kickoff_id": kickoff_id, "error": "the run has not finished"}
-            del self.runs[kickoff_id]
+            self.runs.pop(kickoff_id, None)
         return 200, {"kickoff_id": kickoff_id, "acknowledged": True}
-
-    def listing(self) -> dict[str, Any]:
-        with self.lock:
-            return {"runs": [{"kickoff_id": k, "state": r.state} for k, r in self.runs.items()]}
 
     def _work(self, run: Run, inputs: dict[str, Any]) -> None:
         say(f"kickoff {run.kickoff_id} started")
@@ -655,21 +582,15 @@ class Runner:
         if run is None:
             return 404, _not_found(kickoff_id)
         if run.state != "RUNNING":
-            return 409, {
-                "kickoff_id": kickoff_id,
-                "state": run.state,
-                "error": f"Cannot stop execution. Current state: {run.state}",
-            }
+            error = f"Cannot stop execution. Current state: {run.state}"
+            return 409, {"kickoff_id": kickoff_id, "state": run.state, "error": error}
         self.finish(run, {"state": "REVOKED", "error": "stopped", "execution_time": run.elapsed()})
         return 200, {"kickoff_id": kickoff_id, "state": "REVOKED"}
 
 
 def _not_found(kickoff_id: str) -> dict[str, Any]:
-    return {
-        "state": "NOT FOUND",
-        "error": "Execution not found",
-        "message": f"No execution found with ID: {kickoff_id}",
-    }
+    message = f"No execution found with ID: {kickoff_id}"
+    return {"state": "NOT FOUND", "error": "Execution not found", "message": message}
 
 
 # ---- HTTP ------------------------------------------------------------------------------------
@@ -700,10 +621,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _authenticated(self, method: str) -> bytes | None:
         """The request's body if it carries a valid signature; otherwise 401 and None."""
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
+        declared = self.headers.get("Content-Length") or "0"
+        length = int(declared) if declared.isdigit() else -1
         if not 0 <= length <= MAX_BODY:
             self.reply(400, {"error": "Bad Request", "message": "bad Content-Length"})
             return None
@@ -722,20 +641,12 @@ class Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         match = RUN_PATH.match(path)
         if path == "/healthz":
-            status = "draining" if runner.draining else "ok"
-            self.reply(
-                503 if runner.draining else 200,
-                {
-                    "status": status,
-                    "kind": runner.project.kind,
-                    "inputs": runner.project.inputs,
-                    "running": runner.running(),
-                },
-            )
+            project, draining = runner.project, runner.draining
+            health = {"status": "draining" if draining else "ok", "kind": project.kind}
+            health.update(inputs=project.inputs, running=runner.running())
+            self.reply(503 if draining else 200, health)
         elif path == "/inputs":
             self.reply(200, {"inputs": runner.project.inputs})
-        elif path == "/runs":
-            self.reply(200, runner.listing())
         elif match and not match.group(2):
             self._status(match.group(1), _wait_seconds(query))
         else:
@@ -743,12 +654,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _status(self, kickoff_id: str, wait: float) -> None:
         run = self.server.runner.runs.get(kickoff_id)
-        if run is None:
-            self.reply(404, _not_found(kickoff_id))
-            return
-        if wait > 0:
+        if run is not None and wait > 0:
             run.finished.wait(wait)
-        self.reply(200, run.status())
+        self.reply(*((200, run.status()) if run is not None else (404, _not_found(kickoff_id))))
 
     def do_POST(self) -> None:
         body = self._authenticated("POST")
@@ -777,11 +685,7 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(inputs, dict):
             self.reply(400, {"error": "Bad Request", "message": "inputs must be a JSON object"})
             return
-        known = runner.runs.get(kickoff_id)
-        if known is not None:  # a retry of a kickoff this runner has: its status, nothing new
-            self.reply(200, known.status())
-            return
-        if runner.draining:
+        if runner.draining and kickoff_id not in runner.runs:  # a retry still gets its status
             self.reply(503, {"error": "Service Unavailable", "message": "runner is stopping"})
             return
         hooks = body.get("webhooks")
@@ -791,14 +695,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def _wait_seconds(query: str) -> float:
-    for part in query.split("&"):
-        key, _, value = part.partition("=")
-        if key == "wait":
-            try:
-                return max(0.0, min(float(value), LONG_POLL_MAX))
-            except ValueError:
-                return 0.0
-    return 0.0
+    try:
+        return max(0.0, min(float(parse_qs(query).get("wait", ["0"])[0]), LONG_POLL_MAX))
+    except ValueError:
+        return 0.0
 
 
 class RunnerServer(ThreadingHTTPServer):
@@ -847,7 +747,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kind", required=True, choices=KINDS)
     parser.add_argument("--package", default="")
     parser.add_argument("--definition")
-    parser.add_argument("--entrypoint")
+    parser.add_argument("--entrypoint")  # pkg.mod:callable
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--instance", default="runner")

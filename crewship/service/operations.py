@@ -73,7 +73,14 @@ class Operations:
             "url": self.settings.app_url(app.name), "git_url": self.settings.git_url(app.name),
             "instances": [{"id": i.id, "port": i.port, "pid": i.pid, "state": i.state,
                            "restarts": i.restarts} for i in runtime.instances],
+            "kickoffs": self._kickoff_counts(fresh),
         }
+
+    def _kickoff_counts(self, app: App) -> dict[str, int]:
+        kickoffs = self.engine.kickoffs
+        if kickoffs is None:
+            return {"queued": 0, "running": 0}
+        return {"queued": kickoffs.queue_length(app), "running": kickoffs.running(app)}
 
     # ---------------------------------------------------------------------- logs
     async def logs(self, caller: User, name: str, *, lines: int = 100,

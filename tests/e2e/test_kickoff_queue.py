@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.test_deploy import configure, instance_pid, new_project, push, wait_until
@@ -65,7 +66,8 @@ def test_kickoffs_queue_time_out_stop_and_survive_a_crash_restart(
         assert full.status_code == 429, full.text
         assert full.headers["Retry-After"].isdigit()
         assert "queue is full" in full.json()["message"]
-        facts = api.get("/", headers={"Accept": "application/json"}).json()
+        facts = httpx.get(f"{api.base}/", headers={**api.headers, "Accept": "application/json"},
+                          timeout=30).json()
         assert facts["healthy_instances"] == 1
         assert facts["queued"] == 2
         assert facts["running"] == 1
