@@ -20,10 +20,12 @@ Adding a scenario: write ``def name(ctx: Context) -> Row`` and decorate it with
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -45,6 +47,7 @@ INPUTS = {"topic": "chaos", "audience": "operators"}
 TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
 SETTLE = 180.0          # seconds the last accepted kickoffs get to finish
 POLL = 0.3
+PUSH_STAGGER = 1.0      # seconds between the starts of scenario e's pushes
 
 
 @dataclass
@@ -132,13 +135,17 @@ class CrewClient:
         return None, resp.status_code
 
     def state(self, http: httpx.Client, kickoff_id: str) -> str | None:
+        return self.status(http, kickoff_id).get("state")
+
+    def status(self, http: httpx.Client, kickoff_id: str) -> dict[str, Any]:
+        """The kickoff's status body; ``{"state": "NOT FOUND"}``; ``{}`` if no answer."""
         try:
             resp = http.get(f"{self.base}/status/{kickoff_id}", headers=self.headers)
         except httpx.HTTPError:
-            return None
+            return {}
         if resp.status_code == 404:
-            return "NOT FOUND"
-        return str(resp.json().get("state")) if resp.status_code == 200 else None
+            return {"state": "NOT FOUND"}
+        return dict(resp.json()) if resp.status_code == 200 else {}
 
 
 class Load:
@@ -153,6 +160,7 @@ class Load:
         self.lock = threading.Lock()
         self.accepted: list[str] = []
         self.states: dict[str, str] = {}
+        self.errors: collections.Counter[str] = collections.Counter()
         self.refused = 0
         self.posting = 0
         self.threads: list[threading.Thread] = []
@@ -191,10 +199,13 @@ class Load:
 
     def _follow(self, http: httpx.Client, kickoff_id: str, deadline: float) -> None:
         while time.monotonic() < deadline:
-            state = self.client.state(http, kickoff_id)
+            status = self.client.status(http, kickoff_id)
+            state = status.get("state")
             if state in (*TERMINAL, "NOT FOUND"):
                 with self.lock:
                     self.states[kickoff_id] = str(state)
+                    if state != "SUCCESS":
+                        self.errors[_reason(str(status.get("error") or state))] += 1
                 return
             time.sleep(POLL)
 
@@ -212,10 +223,17 @@ class Load:
     def row(self, name: str, started: float, recover_s: float | None = None,
             notes: str = "") -> Row:
         finals = [self.states.get(k) for k in self.accepted]
+        reasons = "; ".join(f"{n}x {why}" for why, n in self.errors.most_common(3))
+        notes = f"{notes}  failed: {reasons}" if reasons else notes
         return Row(name, len(self.accepted), finals.count("SUCCESS"),
                    finals.count("FAILURE") + finals.count("REVOKED"),
                    sum(1 for s in finals if s not in TERMINAL), recover_s, self.refused,
                    time.monotonic() - started, notes)
+
+
+def _reason(error: str) -> str:
+    """A failure's reason without the instance id, so equal reasons count together."""
+    return re.sub(r"instance \S+", "instance", error)[:80]
 
 
 # ---------------------------------------------------------------------------- setup
@@ -368,10 +386,12 @@ def daemon_kills(ctx: Context) -> Row:
 
 @scenario("e", "concurrent pushes of different commits to one app")
 def concurrent_pushes(ctx: Context) -> Row:
-    """Each push force-pushes its own commit: serialized by the deploy lock, each told its
-    outcome (exit 0 and "is live", or a non-zero exit with the reason), and the live
-    release is the branch's tip. A push whose outcome is missing, or a live release that
-    is not the tip, counts as lost."""
+    """Each push force-pushes its own commit, one second after the previous one started (all
+    of them are in flight together: a deploy takes longer): serialized by the deploy lock,
+    each told its outcome (exit 0 and "is live", or a non-zero exit with the reason), and
+    the live release is the branch's tip. A push whose outcome is missing, or a live
+    release that is not the tip, counts as lost. (Pushes that start within the same ref
+    update race in git itself: the losers get "failed to update ref", also an outcome.)"""
     sizes = ctx.sizes
     srv = ctx.server("pushes")
     deploy_crew(ctx, srv, scale=1)
@@ -385,6 +405,7 @@ def concurrent_pushes(ctx: Context) -> Row:
     results: dict[int, Any] = {}
 
     def push(n: int) -> None:
+        time.sleep(n * PUSH_STAGGER)
         results[n] = srv.git(srv.admin_key, "push", "-f", srv.git_url(APP), "main",
                              cwd=clones[n], check=False, timeout=900)
 
@@ -394,6 +415,9 @@ def concurrent_pushes(ctx: Context) -> Row:
         thread.start()
     for thread in threads:
         thread.join()
+    for n, r in sorted(results.items()):
+        last = [ln for ln in r.stderr.splitlines() if ln.strip()][-2:]
+        print(f"   push {n}: exit {r.returncode}: {' | '.join(last)}", file=sys.stderr)
     live = [n for n, r in results.items() if r.returncode == 0 and "is live" in r.stderr]
     told = [n for n, r in results.items() if r.returncode == 0 or "remote:" in r.stderr]
     status = srv.ssh_json(srv.admin_key, "status", APP)

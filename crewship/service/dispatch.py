@@ -56,6 +56,10 @@ class _SettledError(Exception):
     """Someone else settled the kickoff (stopped, failed) while we were calling."""
 
 
+class _TimedOutError(Exception):
+    """The run's deadline passed while its instance did not answer."""
+
+
 Finish = Callable[[str, dict[str, Any]], bool]
 
 
@@ -162,7 +166,8 @@ class Dispatcher:
                      body: dict[str, Any], deadline: float) -> None:
         sent = False
         try:
-            reply = await self._call(app, kickoff_id, endpoint, "POST", "/runs", body)
+            reply = await self._call(app, kickoff_id, endpoint, "POST", "/runs", body,
+                                     deadline=deadline)
             sent = True
             result = await self._run(app, kickoff_id, endpoint, reply, deadline)
             if result is not None:
@@ -179,6 +184,10 @@ class Dispatcher:
                                           "error": f"{reason} during the run"})
         except _SettledError:
             await self._ack(app, kickoff_id, endpoint)
+        except _TimedOutError:
+            await self._stop_quietly(endpoint, kickoff_id)
+            self._finish(kickoff_id, {"state": "FAILURE",
+                                      "error": f"timed out after {self.limits.timeout:g} s"})
         finally:
             self._busy[endpoint.instance_id] -= 1
             if not self._busy[endpoint.instance_id]:
@@ -204,16 +213,20 @@ class Dispatcher:
                         "error": f"timed out after {self.limits.timeout:g} s"}
             wait = min(self.limits.poll, remaining)
             reply = await self._call(app, kickoff_id, endpoint, "GET",
-                                     f"/runs/{kickoff_id}?wait={wait:.1f}", timeout=wait + 10)
+                                     f"/runs/{kickoff_id}?wait={wait:.1f}", timeout=wait + 10,
+                                     deadline=deadline)
             if reply.status == 404:
                 return {"state": "FAILURE",
                         "error": f"instance {endpoint.instance_id} lost the run"}
         return reply.body
 
     async def _call(self, app: str, kickoff_id: str, endpoint: Endpoint, method: str,
-                    path: str, body: Any = None, timeout: float = 10.0) -> Reply:
-        """One call, tried again while the instance lives and the kickoff is unsettled."""
+                    path: str, body: Any = None, timeout: float = 10.0,
+                    deadline: float | None = None) -> Reply:
+        """One call, tried again while the instance lives, the kickoff is unsettled and its
+        deadline has not passed."""
         delay = 0.05
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 return await self.client.call(endpoint.peer, method, path, body, timeout)
@@ -222,6 +235,8 @@ class Dispatcher:
                     raise _InstanceGoneError(exc.delivered) from exc
                 if self._settled(kickoff_id):
                     raise _SettledError from exc
+                if deadline is not None and loop.time() > deadline:
+                    raise _TimedOutError from exc
                 logger.info("runner_call_retried", app=app, kickoff_id=kickoff_id,
                             instance=endpoint.instance_id, error=str(exc))
             await asyncio.sleep(delay)
