@@ -98,8 +98,7 @@ class KickoffService:
         }
 
     async def _progress(self, app: App, instance: str, kickoff_id: str) -> dict[str, Any]:
-        endpoint = next((e for e in self.supervisor.endpoints(app.name)
-                         if e.instance_id == instance), None)
+        endpoint = self.supervisor.endpoint(app.name, instance)
         if endpoint is None:
             return {}
         try:
