@@ -318,6 +318,29 @@ def test_stop_revokes_a_running_kickoff(start_runner: Any, llm: FakeLLM) -> None
         llm.delay = 0.0
 
 
+def test_stop_revokes_a_running_flow(start_runner: Any, llm: FakeLLM) -> None:
+    """A flow has no task callbacks to stop at: it is REVOKED at once, its late result is
+    discarded, and the runner can still be acknowledged and serve the next run."""
+    runner = start_runner("flow")
+    runner.wait_healthy()
+    asked = len(llm.chat_requests())
+    llm.delay = 5.0
+    try:
+        pending = _kickoff_in_thread(runner.port, "k-flow", FIXTURES["flow"]["kickoff"])
+        deadline = time.monotonic() + 30
+        while len(llm.chat_requests()) == asked and time.monotonic() < deadline:
+            time.sleep(0.1)  # the flow's first LLM call is under way
+        assert call(runner.port, "POST", "/runs/k-flow/stop") == (
+            200,
+            {"kickoff_id": "k-flow", "state": "REVOKED"},
+        )
+        pending["thread"].join(timeout=10)
+        assert pending["reply"][1]["state"] == "REVOKED"
+    finally:
+        llm.delay = 0.0
+    assert run_to_end(runner.port, "k-after", FIXTURES["flow"]["kickoff"])[1]["state"] == "SUCCESS"
+
+
 def test_sigterm_lets_running_kickoffs_finish(start_runner: Any, llm: FakeLLM) -> None:
     runner = start_runner("classic_crew")
     runner.wait_healthy()
