@@ -87,6 +87,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._gone: dict[str, str] = {}  # instance id -> why it died (recent ones)
+        self._closing = False
 
     def following(self, kickoff_id: str) -> bool:
         """A driver settles this kickoff (also when its instance dies)."""
@@ -103,6 +104,8 @@ class Dispatcher:
 
     def wake(self, app: str) -> None:
         """New work or a free slot: the app's loop looks at its queue now."""
+        if self._closing:
+            return
         event = self._wakes.get(app)
         if event is None:
             event = self._wakes[app] = asyncio.Event()
@@ -188,6 +191,11 @@ class Dispatcher:
             await self._stop_quietly(endpoint, kickoff_id)
             self._finish(kickoff_id, {"state": "FAILURE",
                                       "error": f"timed out after {self.limits.timeout:g} s"})
+        except Exception:  # a bug: say so on the kickoff rather than leave it RUNNING
+            logger.exception("kickoff_follow_failed", app=app, kickoff_id=kickoff_id)
+            self._finish(kickoff_id, {"state": "FAILURE",
+                                      "error": "internal error while following the run "
+                                               "(see the server log)"})
         finally:
             self._busy[endpoint.instance_id] -= 1
             if not self._busy[endpoint.instance_id]:
@@ -200,6 +208,7 @@ class Dispatcher:
         """The run's final status from ``POST /runs``'s reply on, or None when it went back
         to the queue."""
         if reply.status == 503:  # the instance is draining (a deploy swap): another takes it
+            await asyncio.sleep(RECHECK)  # not at once: it may be the only instance left
             self._requeue(kickoff_id)
             return None
         if reply.status >= 300:
@@ -275,6 +284,7 @@ class Dispatcher:
 
     async def aclose(self) -> None:
         """Stop dispatching; runs go on in their instances, a next daemon collects them."""
+        self._closing = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
