@@ -18,7 +18,13 @@ from pathlib import Path
 
 from builder.env import remove_detached
 from builder.image import IMAGE_APP_DIR
-from builder.release import ReleaseBuilder, ReleaseMeta, load_release, runner_argv
+from builder.release import (
+    ReleaseBuilder,
+    ReleaseMeta,
+    load_release,
+    refresh_runner,
+    runner_argv,
+)
 from crewship import log
 from crewship.config import Layout, Settings
 from crewship.errors import ConflictError, CrewshipError, DeployError
@@ -309,6 +315,8 @@ class Deployer:
                               "rebuild it")
         if meta.image is not None:
             return self._image_spec_factory(app, version, meta, config)
+        if refresh_runner(meta.runner):
+            logger.info("release_runner_refreshed", app=app, release=version)
         home = self.layout.app_home(app)
         home.mkdir(parents=True, exist_ok=True)
         env = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}
