@@ -77,10 +77,11 @@ class Reply:
 
 
 class SecretStore:
-    """Instance secrets on disk, readable by the daemon's user only."""
+    """Instance secrets on disk, readable by the daemon's user only (and cached in memory)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._cache: dict[str, str] = {}
 
     def _path(self, instance_id: str) -> Path:
         if not instance_id or "/" in instance_id or instance_id.startswith("."):
@@ -98,14 +99,21 @@ class SecretStore:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        self._cache[instance_id] = secret
 
     def get(self, instance_id: str) -> str | None:
+        if instance_id in self._cache:
+            return self._cache[instance_id]
         try:
-            return self._path(instance_id).read_text().strip() or None
+            secret = self._path(instance_id).read_text().strip()
         except (FileNotFoundError, ValueError):
             return None
+        if secret:
+            self._cache[instance_id] = secret
+        return secret or None
 
     def remove(self, instance_id: str) -> None:
+        self._cache.pop(instance_id, None)
         with contextlib.suppress(ValueError):
             self._path(instance_id).unlink(missing_ok=True)
 
