@@ -86,19 +86,19 @@ def hook_urls(row: sqlite3.Row) -> dict[str, str]:
 class WebhookRelay:
     """Turns the webhook bodies a runner recorded into ``WebhookDue`` events, each once.
 
-    The runner numbers them from 0; ``seen`` counts those already relayed, so each poll
-    asks from ``seen`` on and never repeats one. The URLs stay here: the runner (the
-    crew's own process) never sees them.
+    The runner numbers them from 0; ``seen`` counts those already relayed, so a poll
+    (``start``: the number it asked from) never repeats one, even when polls overlap.
+    The URLs stay here: the runner (the crew's own process) never sees them.
     """
 
     def __init__(self, app: str, kickoff_id: str, urls: dict[str, str], sink: Relay) -> None:
         self.app, self.kickoff_id, self.urls, self.sink = app, kickoff_id, urls, sink
         self.seen = 0
 
-    def take(self, events: Any) -> None:
+    def take(self, events: Any, *, start: int) -> None:
         if not self.urls or not isinstance(events, list):
             return
-        for event in events:
+        for event in events[max(0, self.seen - start):]:
             self.seen += 1
             kind = event.get("kind") if isinstance(event, dict) else None
             body = event.get("body") if isinstance(event, dict) else None
@@ -268,12 +268,13 @@ class Dispatcher:
     async def _poll(self, app: str, kickoff_id: str, endpoint: Endpoint, wait: float,
                     deadline: float, relay: WebhookRelay) -> Reply:
         """One long poll of the run; the task/step webhooks it recorded are relayed."""
-        after = f"&after={relay.seen}" if relay.urls else ""
+        start = relay.seen
+        after = f"&after={start}" if relay.urls else ""
         reply = await self._call(app, kickoff_id, endpoint, "GET",
                                  f"/runs/{kickoff_id}?wait={wait:.1f}{after}",
                                  timeout=wait + 10, deadline=deadline)
         if reply.status == 200:
-            relay.take(reply.body.pop("webhook_events", None))
+            relay.take(reply.body.pop("webhook_events", None), start=start)
         return reply
 
     async def _call(self, app: str, kickoff_id: str, endpoint: Endpoint, method: str,

@@ -386,7 +386,9 @@ def test_runner_records_task_and_step_webhooks_for_the_daemon(start_runner: Any)
     status, body = call(runner.port, "POST", "/runs", {
         "kickoff_id": "k-hooks", "inputs": spec["kickoff"], "meta": {"requestId": "r-1"},
         "webhooks": {"task": True, "step": True}})
-    assert status == 200
+    assert status == 202, body
+    while body.get("state") not in TERMINAL:
+        status, body = call(runner.port, "GET", "/runs/k-hooks?wait=20&after=0")
     assert body["state"] == "SUCCESS", body
     events = body["webhook_events"]
     assert {e["kind"] for e in events} == {"task", "step"}
@@ -401,7 +403,7 @@ def test_runner_records_task_and_step_webhooks_for_the_daemon(start_runner: Any)
 def test_flow_whose_fields_all_have_defaults_runs_with_no_inputs(start_runner: Any) -> None:
     runner = start_runner("declarative_flow")
     runner.wait_healthy()
-    status, body = call(runner.port, "POST", "/runs", {"kickoff_id": "k-empty", "inputs": {}})
+    status, body = run_to_end(runner.port, "k-empty", {})
     assert (status, body["state"]) == (200, "SUCCESS"), body
     assert "AI agents" in body["result"]  # the default from flow.yaml reached the LLM
 
@@ -410,7 +412,7 @@ PERSIST_ARGS = ["--kind", "flow", "--package", "persist_flow"]
 
 
 def _count(port: int, kickoff_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
-    status, body = call(port, "POST", "/runs", {"kickoff_id": kickoff_id, "inputs": inputs})
+    status, body = run_to_end(port, kickoff_id, inputs)
     assert (status, body["state"]) == (200, "SUCCESS"), body
     return dict(body["result_json"])
 
@@ -444,7 +446,7 @@ def test_crew_gets_the_trigger_payload_in_its_first_task(start_runner: Any, llm:
     runner = start_runner("classic_crew")
     runner.wait_healthy()
     inputs = {**FIXTURES["classic_crew"]["kickoff"], "crewai_trigger_payload": {"ticket": "T-4242"}}
-    status, body = call(runner.port, "POST", "/runs", {"kickoff_id": "k-trig", "inputs": inputs})
+    status, body = run_to_end(runner.port, "k-trig", inputs)
     assert (status, body["state"]) == (200, "SUCCESS"), body
     prompts = [json.dumps(r) for r in llm.chat_requests()]
     assert any("Trigger Payload: {'ticket': 'T-4242'}" in p for p in prompts)

@@ -9,7 +9,7 @@ import pytest
 
 from crewship.config import from_env
 from crewship.errors import InvalidInputError
-from crewship.service.dispatch import _release_of, run_body
+from crewship.service.dispatch import _release_of, hook_urls, run_body
 
 
 def _row(**values: object) -> sqlite3.Row:
@@ -26,12 +26,15 @@ def test_the_release_is_read_from_the_instance_id() -> None:
     assert _release_of("garbage") is None
 
 
-def test_the_runner_gets_task_and_step_webhooks_with_meta_but_not_the_crew_webhook() -> None:
+def test_the_runner_records_task_and_step_webhooks_but_never_sees_a_url() -> None:
     hooks = {"task": "https://x/t", "step": "https://x/s", "crew": "https://x/c"}
-    body = run_body(_row(id="k1", inputs_json=json.dumps({"topic": "a"}),
-                         webhooks_json=json.dumps(hooks), meta_json=json.dumps({"m": 1})))
+    row = _row(id="k1", inputs_json=json.dumps({"topic": "a"}),
+               webhooks_json=json.dumps(hooks), meta_json=json.dumps({"m": 1}))
+    body = run_body(row)
     assert body == {"kickoff_id": "k1", "inputs": {"topic": "a"},
-                    "webhooks": {"task": "https://x/t", "step": "https://x/s"}, "meta": {"m": 1}}
+                    "webhooks": {"task": True, "step": True}, "meta": {"m": 1}}
+    assert "https://" not in json.dumps(body)
+    assert hook_urls(row) == {"task": "https://x/t", "step": "https://x/s"}  # kept by the daemon
     plain = run_body(_row(id="k2", inputs_json="{}", webhooks_json=None, meta_json=None))
     assert plain == {"kickoff_id": "k2", "inputs": {}}
 
