@@ -443,6 +443,20 @@ def context(runtime: str, sizes: Sizes) -> Iterator[Context]:
             ctx.close()
 
 
+@scenario("d", "concurrent pushes to many apps, all live (bench/chaos_deploys.py)")
+def many_apps(ctx: Context) -> Any:
+    from bench.chaos_deploys import APPS, scenario_d
+
+    return scenario_d(4 if ctx.sizes == Sizes.short() else APPS)
+
+
+@scenario("f", "the data dir's filesystem full during a push and kickoffs (root: a tmpfs)")
+def disk_full(ctx: Context) -> Any:
+    from bench.chaos_deploys import scenario_f
+
+    return scenario_f()
+
+
 def run(keys: list[str], runtime: str, sizes: Sizes) -> list[Row]:
     rows = []
     for key in keys:
