@@ -60,12 +60,6 @@ def dock() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, dock: Any) -> Iterator[CrewshipServer]:
     server = CrewshipServer(tmp_path_factory.mktemp("docker"), args=["--runtime", "docker"],
                             env={"CREWSHIP_BASE_IMAGE": DOCKER_BASE_IMAGE,

@@ -29,12 +29,6 @@ INPUTS = {"topic": "queues", "audience": "operators"}
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
     server = CrewshipServer(tmp_path_factory.mktemp("queue"), env={
         "CREWSHIP_ENVS_DIR": str(cache_root() / "server-envs"),

@@ -17,26 +17,16 @@ from runtime.docker import SECRET_MOUNT
 from runtime.runner import SIGNATURE_HEADER, sign
 from tests.conftest import DOCKER_BASE_IMAGE
 from tests.e2e.test_deploy import configure, new_project
-from tests.support.crewenv import cache_root
 from tests.support.fakellm import FakeLLM
-from tests.support.server import CrewshipServer
+from tests.support.server import CrewshipServer, shared_envs_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
-    server = CrewshipServer(tmp_path_factory.mktemp("channel"),
-                            env={"CREWSHIP_ENVS_DIR": str(cache_root() / "server-envs")})
-    server.start()
-    yield server
-    server.close()
+    with shared_envs_server(tmp_path_factory.mktemp("channel")) as server:
+        yield server
 
 
 def test_a_direct_request_to_a_runner_without_the_secret_gets_401_and_leaves_no_trace(
