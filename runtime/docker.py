@@ -82,7 +82,7 @@ def hardening() -> dict[str, Any]:
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "pids_limit": PIDS_LIMIT,
-        "volumes": {},   # never the data dir, nor anything else of the host
+        "volumes": {},   # never the data dir (the runner's secret file is the one exception)
     }
 
 
@@ -190,7 +190,7 @@ class DockerBackend:
             spec.image, command=command, name=f"crewship-{ident}", detach=True,
             environment=spec.env, working_dir=str(spec.cwd), labels=labels,
             network_mode="host", restart_policy={"Name": "no"}, stop_signal="SIGTERM",
-            **hardening(), **limits)
+            **{**hardening(), **limits})  # the secret file is the one host mount
         container.reload()  # State.Pid and StartedAt
         return container
 
