@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench venv clean bubblewrap
+.PHONY: run test lint bench chaos venv clean bubblewrap
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,11 @@ lint: venv
 ## Benchmarks: crewship against the natural baseline, measured in the same run.
 bench: venv
 	$(BIN)/python -m bench
+
+## Reliability suite: one line per scenario (accepted, succeeded, failed, lost, recovery).
+## CHAOS_ARGS="--only a,c --short" or "--runtime docker".
+chaos: venv
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -29,6 +29,7 @@ so a lock from an earlier bench run can never turn a measured build into a cache
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -44,6 +45,7 @@ from typing import Any
 import httpx
 
 from builder.release import load_release, runner_argv
+from runtime.runner import SIGNATURE_HEADER, sign
 from tests.support.crewenv import locked_copy, uv_binary
 from tests.support.fakellm import FakeLLM
 from tests.support.server import CrewshipServer, descendants, free_port
@@ -56,6 +58,7 @@ EXTRA_PACKAGES = ("inflection", "humanize", "toolz", "tabulate", "termcolor", "t
 TELEMETRY_OFF = {"CREWAI_DISABLE_TELEMETRY": "true", "OTEL_SDK_DISABLED": "true",
                  "CREWAI_TRACING_ENABLED": "false", "CREWAI_DISABLE_VERSION_CHECK": "true"}
 POLL = 0.02
+BASELINE_SECRET = b"bench-baseline-secret-0123456789"
 GOALS = {"redeploy": 1.5, "kickoff": 1.5, "deps": 1.5, "install": 1.2, "crash": 1.5}
 
 
@@ -277,24 +280,37 @@ class Bench:
         with (self.root / "baseline-runner.log").open("ab") as out:
             started = time.perf_counter()
             proc = subprocess.Popen(runner_argv(meta, "127.0.0.1", port, "baseline"), env=env,
-                                    cwd=meta.app_dir, stdin=subprocess.DEVNULL, stdout=out,
+                                    cwd=meta.app_dir, stdin=subprocess.PIPE, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
+        assert proc.stdin is not None
+        proc.stdin.write(BASELINE_SECRET + b"\n")  # the channel secret, as the daemon does
+        proc.stdin.close()
         try:
             def up() -> bool:
                 if proc.poll() is not None:
                     raise RuntimeError(f"baseline runner exited {proc.returncode}")
                 with contextlib.suppress(httpx.HTTPError):
-                    return self.http.get(f"{url}/healthz").status_code == 200
+                    return self._signed("GET", url, "/healthz").status_code == 200
                 return False
 
             healthy = wait_for(up, 60, "the baseline runner's /healthz") - started
-            result = self.http.post(f"{url}/runs", json={"inputs": INPUTS}, timeout=120).json()
+            result = self._signed("POST", url, "/runs", {"kickoff_id": "baseline",
+                                                         "inputs": INPUTS}).json()
+            while result.get("state") not in ("SUCCESS", "FAILURE", "REVOKED"):
+                result = self._signed("GET", url, "/runs/baseline?wait=30").json()
             ran = time.perf_counter() - started
             if result.get("state") != "SUCCESS":
                 raise RuntimeError(f"baseline run ended {result.get('state')}: {result}")
             return healthy, ran
         finally:
             stop(proc)
+
+    def _signed(self, method: str, url: str, path: str,
+                body: Any = None) -> httpx.Response:
+        data = b"" if body is None else json.dumps(body).encode()
+        headers = {SIGNATURE_HEADER: sign(BASELINE_SECRET, method, path, data)}
+        return self.http.request(method, url + path, content=data, headers=headers,
+                                 timeout=120)
 
     def bare_import(self) -> float:
         """``import crewai`` + build the crew in the release's interpreter (no runner, no HTTP)."""

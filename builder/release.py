@@ -110,6 +110,26 @@ def publish(work: Path, dest: Path) -> None:
         raise ConflictError(f"release {dest.name} of {dest.parent.name} already exists") from exc
 
 
+def refresh_runner(target: Path, source: Path | None = None) -> bool:
+    """Give an existing venv release this installation's runner (True if it changed).
+
+    The runner is platform code, not the app's: a release built by an older crewship has
+    an older runner, which would not speak the current daemon channel (signed requests,
+    proven replies). The swap is atomic and the file stays read-only.
+    """
+    fresh = (source or default_runner_source()).read_bytes()
+    try:
+        if target.read_bytes() == fresh:
+            return False
+    except FileNotFoundError:
+        return False  # not a release with a runner of its own (an image release)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(fresh)
+    tmp.chmod(0o444)
+    os.replace(tmp, target)
+    return True
+
+
 def load_release(release_dir: Path) -> ReleaseMeta:
     """Read ``release.json`` of a built release."""
     try:

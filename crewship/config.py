@@ -73,6 +73,11 @@ class Settings:
     backup_restic_repo: str = ""
     backup_restic_password_file: Path | None = None
     backup_restic_options: tuple[str, ...] = ()
+    # Kickoffs (DESIGN.md section 4): runs at once per instance, PENDING kickoffs per app
+    # before 429, and the deadline of one run (FAILURE "timed out after N s", run stopped).
+    kickoff_concurrency: int = 4
+    kickoff_queue: int = 100
+    kickoff_timeout: float = 3600.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -187,6 +192,9 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_BACKUP_RESTIC_REPO": ("backup_restic_repo", str),
     "CREWSHIP_BACKUP_RESTIC_PASSWORD_FILE": ("backup_restic_password_file", Path),
     "CREWSHIP_BACKUP_RESTIC_OPTIONS": ("backup_restic_options", lambda v: tuple(shlex.split(v))),
+    "CREWSHIP_KICKOFF_CONCURRENCY": ("kickoff_concurrency", int),
+    "CREWSHIP_KICKOFF_QUEUE": ("kickoff_queue", int),
+    "CREWSHIP_KICKOFF_TIMEOUT": ("kickoff_timeout", float),
 }
 
 
@@ -205,6 +213,10 @@ def from_env(env: Mapping[str, str] | None = None, **flags: object) -> Settings:
                 raise InvalidInputError(f"{var}={e[var]!r} is not a valid {name}") from None
     values.update({k: v for k, v in flags.items() if v is not None})
     settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.kickoff_concurrency < 1 or settings.kickoff_queue < 1 \
+            or settings.kickoff_timeout <= 0:
+        raise InvalidInputError("CREWSHIP_KICKOFF_CONCURRENCY and CREWSHIP_KICKOFF_QUEUE must "
+                                "be 1 or more, CREWSHIP_KICKOFF_TIMEOUT more than 0")
     if settings.runtime not in RUNTIMES:
         raise InvalidInputError(
             f"unknown runtime {settings.runtime!r}: use one of {', '.join(RUNTIMES)}")
@@ -290,6 +302,11 @@ class Layout:
         return self.root / "instances"
 
     @property
+    def secrets(self) -> Path:
+        """The runner channel's per-instance secrets (0700; files 0600): daemon only."""
+        return self.root / "secrets"
+
+    @property
     def tmp(self) -> Path:
         return self.root / "tmp"
 
@@ -299,3 +316,5 @@ class Layout:
                      self.instances, self.tmp):
             path.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)
+        self.secrets.mkdir(mode=0o700, exist_ok=True)
+        self.secrets.chmod(0o700)

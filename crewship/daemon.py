@@ -18,6 +18,7 @@ from crewship.errors import InvalidInputError
 from crewship.loopwatch import LoopWatchdog
 from crewship.service.backups import BackupService, backup_forever, restic_from
 from crewship.service.deploys import Deployer
+from crewship.service.dispatch import KickoffLimits
 from crewship.service.kickoffs import KickoffService
 from crewship.service.platform import Platform
 from crewship.service.restore import Rebuilder
@@ -82,7 +83,9 @@ class Daemon:
         self.deployer = self.platform.engine.deployer = Deployer(
             settings, self.layout, self.platform.apps_store, self.platform.repos,
             self.platform.releases, self.platform.config_store, builder, self.supervisor)
-        self.kickoffs = KickoffService(self.db, self.supervisor)
+        self.kickoffs = KickoffService(self.db, self.supervisor, KickoffLimits(
+            concurrency=settings.kickoff_concurrency, queue=settings.kickoff_queue,
+            timeout=settings.kickoff_timeout))
         self.platform.engine.kickoffs = self.kickoffs
         self.telemetry = Telemetry(settings, self.platform.metrics, self.platform.alerts)
         self.platform.engine.deployer.on_event = self.kickoffs.on_event = self.telemetry.handle
@@ -113,7 +116,6 @@ class Daemon:
         register_admin_keys(self.platform, self.settings.admin_keys)
         for name in self.platform.repos.names():
             self.platform.repos.install_hooks(name)
-        self.kickoffs.fail_orphans()
         assert self.platform.engine.deployer is not None
         await self.platform.engine.deployer.reconcile()  # before any push can arrive
         retention = Retention(self.settings.kickoff_retention_days,
@@ -134,6 +136,7 @@ class Daemon:
         self._background.append(asyncio.create_task(
             backup_forever(self.backups, first_delay=min(
                 BACKUP_START_DELAY, self.settings.backup_interval))))
+        self.kickoffs.resume()  # after adoption: runs on adopted instances are followed again
         logger.info("server_started", ssh_port=self.ssh.port, http_port=self.http.port,
                     data_dir=str(self.layout.root), runtime=self.settings.runtime,
                     host_key=self.host_fingerprint, sandbox=self.settings.sandboxed)
@@ -168,8 +171,9 @@ class Daemon:
         elif isinstance(event, AppCrashed):
             if self.platform.engine.deployer is not None:
                 self.platform.engine.deployer.crashed(event.app)
+            failed = self.kickoffs.app_crashed(event.app)
             logger.warning("app_crashed", app=event.app, release=event.release,
-                           crashes=event.crashes)
+                           crashes=event.crashes, kickoffs_failed=failed)
         self.telemetry.handle(event)
 
     def stop(self) -> None:

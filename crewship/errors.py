@@ -8,7 +8,7 @@ traceback and reported as ``internal error (ref <id>)``.
     CrewshipError
     ├── InvalidInputError      bad name, bad argument, malformed JSON, oversized upload (400/422)
     │   ├── MissingInputsError a kickoff without the crew's required inputs (422)
-    │   └── TooLargeError      a request body or kickoff input over its limit (413)
+    │   ├── TooLargeError      a request body or kickoff input over its limit (413)
     │   └── UnprocessableInputError  well-formed but invalid, like a state id that is no UUID (422)
     ├── NotFoundError          unknown app/user/key/release, or no access to it (404)
     ├── PermissionDeniedError  known thing, not allowed (403)
@@ -16,6 +16,7 @@ traceback and reported as ``internal error (ref <id>)``.
     ├── ConflictError          already exists, or busy (409)
     ├── UnavailableError       nothing is running to answer (503)
     │   └── StorageFullError   the data dir's disk is full, nothing written (503)
+    ├── QueueFullError         an app's kickoff queue is full (429, Retry-After)
     ├── BuildError             the builder refused or failed the commit
     │   └── ValidationError    a project check with a code (missing_tasks_yaml, ...)
     └── DeployError            the release did not become live (health check, start)
@@ -73,6 +74,14 @@ class UnavailableError(CrewshipError):
 
 class StorageFullError(UnavailableError):
     """The data dir's filesystem is full: nothing was written; free space and retry."""
+
+
+class QueueFullError(CrewshipError):
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class BuildError(CrewshipError):

@@ -32,6 +32,8 @@ async def status(ctx: Context, args: argparse.Namespace) -> int:
     rows = [["state", info["state"]], ["release", info["release"] or "-"],
             ["commit", (info["commit"] or "-")[:12]], ["uptime", _duration(info["uptime_seconds"])],
             ["restarts", str(info["restarts"])], ["scale", str(info["scale"])],
+            ["kickoffs", f"{info['kickoffs']['running']} running, "
+                         f"{info['kickoffs']['queued']} queued"],
             ["url", info["url"]], ["git", info["git_url"]],
             ["sandbox", info["sandbox_note"]]]
     for key, value in rows:

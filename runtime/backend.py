@@ -56,6 +56,9 @@ class InstanceSpec:
     readonly: tuple[Path, ...] = ()
     home: Path | None = None
     uid: int | None = None
+    # The runner channel's secret (runtime/channel.py): the backend hands it to the runner
+    # out of band (stdin, a read-only file), never in argv or env. Never print it.
+    secret: str = field(default="", repr=False)
 
     @property
     def name(self) -> str:

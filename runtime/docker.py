@@ -17,6 +17,10 @@
 - ``list``: running labelled containers, adopted (followed from now on, not replayed);
   only this server's (``crewship.server``, a hash of the data dir: one dockerd may serve
   several servers), so a restarted daemon never stops or adopts another's containers.
+- The runner channel's secret (``spec.secret``) is a file in ``DATA_DIR/run/secrets``
+  (directory 0700) bind-mounted read-only at ``/run/crewship/secret`` and named by
+  ``--secret-file``: not in the command, the environment or ``docker inspect``'s Env.
+  (Swarm would use a Docker secret the same way.)
 
 Short SDK calls go through ``asyncio.to_thread``; the calls that block for a
 container's lifetime (waiting, following output) run on the backend's own threads, so
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import secrets
 import threading
 import time
@@ -35,6 +40,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -51,6 +57,7 @@ log = get_logger(__name__)
 
 LABEL_APP = "crewship.app"
 LABEL_SERVER = "crewship.server"
+SECRET_MOUNT = "/run/crewship/secret"  # noqa: S105 (a path, not a password)
 _KILL_WAIT = 10.0
 _ROTATE_CHECK = 256 * 1024  # bytes a follower writes between two checks for rotation
 # The locked-down container (DESIGN.md section 5): the image's user and HOME (the same
@@ -75,7 +82,7 @@ def hardening() -> dict[str, Any]:
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "pids_limit": PIDS_LIMIT,
-        "volumes": {},   # never the data dir, nor anything else of the host
+        "volumes": {},   # never the data dir (the runner's secret file is the one exception)
     }
 
 
@@ -129,11 +136,14 @@ class DockerBackend:
         client = await self._docker()
         ident = f"{spec.app}-{spec.name}-{secrets.token_hex(3)}"
         try:
-            container = await asyncio.to_thread(self._run, client, spec, ident, self._server)
+            container = await asyncio.to_thread(self._run, client, spec, ident, self._server,
+                                                self._secret_file(ident, spec.secret))
         except docker.errors.ImageNotFound as exc:
+            self._secret_path(ident).unlink(missing_ok=True)
             raise BackendError(f"cannot start {spec.name}: image {spec.image[:19]} is gone "
                                "(pruned?): push again to rebuild it") from exc
         except docker.errors.DockerException as exc:
+            self._secret_path(ident).unlink(missing_ok=True)
             raise BackendError(f"cannot start {spec.name}: {_short(exc)}") from exc
         ref = _ref_from(container.attrs, container.labels, ident)
         tracked = _Tracked(ref, container.id or ident)
@@ -142,9 +152,27 @@ class DockerBackend:
         log.info("instance_started", app=spec.app, instance=ident, container=container.short_id)
         return ref
 
+    def _secret_path(self, ident: str) -> Path:
+        return self._layout.run / "secrets" / ident
+
+    def _secret_file(self, ident: str, secret: str) -> Path | None:
+        """The secret as a file to mount: readable inside the container whatever its uid,
+        unreachable on the host (its directory is 0700)."""
+        if not secret:
+            return None
+        path = self._secret_path(ident)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+        try:
+            os.write(fd, secret.encode())
+        finally:
+            os.close(fd)
+        return path
+
     @staticmethod
     def _run(client: docker.DockerClient, spec: InstanceSpec, ident: str,
-             server: str) -> Container:
+             server: str, secret_file: Path | None) -> Container:
         labels = {LABEL_APP: spec.app, LABEL_SERVER: server,
                   "crewship.release": str(spec.release),
                   "crewship.index": str(spec.index), "crewship.port": str(spec.port),
@@ -155,11 +183,15 @@ class DockerBackend:
             limits["memswap_limit"] = spec.memory  # no swap beyond the limit
         if spec.cpus:
             limits["nano_cpus"] = int(spec.cpus * 1e9)
+        command = list(spec.argv)
+        if secret_file is not None:
+            limits["volumes"] = {str(secret_file): {"bind": SECRET_MOUNT, "mode": "ro"}}
+            command += ["--secret-file", SECRET_MOUNT]
         container: Container = client.containers.run(
-            spec.image, command=spec.argv, name=f"crewship-{ident}", detach=True,
+            spec.image, command=command, name=f"crewship-{ident}", detach=True,
             environment=spec.env, working_dir=str(spec.cwd), labels=labels,
             network_mode="host", restart_policy={"Name": "no"}, stop_signal="SIGTERM",
-            **hardening(), **limits)
+            **{**hardening(), **limits})  # the secret file is the one host mount
         container.reload()  # State.Pid and StartedAt
         return container
 
@@ -270,6 +302,7 @@ class DockerBackend:
         with contextlib.suppress(docker.errors.DockerException):
             await asyncio.to_thread(client.api.remove_container, tracked.container_id,
                                     force=True)
+        self._secret_path(tracked.ref.id).unlink(missing_ok=True)
         self._tracked.pop(tracked.ref.id, None)
         self._statuses[tracked.ref.id] = status
         while len(self._statuses) > 1024:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
-
-import anyio._backends._asyncio  # noqa: F401  # loaded lazily, it stalled the loop ~0.25 s
-import httpx
 
 from crewship.errors import DeployError
 from runtime.backend import STATUS_UNKNOWN, InstanceRef, InstanceSpec
+from runtime.channel import ChannelError, Peer, RunnerClient
 
 MakeSpec = Callable[[int, int], InstanceSpec]            # (index, port) -> spec
 Probe = Callable[[InstanceRef], Awaitable[bool]]          # healthy right now?
@@ -22,6 +20,11 @@ class Endpoint:
     instance_id: str
     host: str
     port: int
+    secret: str = field(default="", repr=False, compare=False)
+
+    @property
+    def peer(self) -> Peer:
+        return Peer(self.host, self.port, self.secret)
 
 
 @dataclass(frozen=True)
@@ -85,17 +88,26 @@ class InstanceFailedError(DeployError):
 
 
 class HttpProbe:
-    """``GET http://host:port/healthz`` answers 200. Never through a proxy."""
+    """A signed ``GET /healthz`` answers 200 with the runner's proof. Never through a proxy.
 
-    def __init__(self, timeout: float = 2.0) -> None:
-        self._client = httpx.AsyncClient(timeout=timeout, trust_env=False)
+    Without the instance's secret (``secret_of`` gives none) nothing is healthy: a
+    process that took the port cannot prove it holds the secret.
+    """
+
+    def __init__(self, secret_of: Callable[[InstanceRef], str | None],
+                 timeout: float = 2.0) -> None:
+        self._secret_of = secret_of
+        self._client = RunnerClient(timeout=timeout)
 
     async def __call__(self, ref: InstanceRef) -> bool:
-        try:
-            response = await self._client.get(f"http://{ref.host}:{ref.port}/healthz")
-        except httpx.HTTPError:
+        secret = self._secret_of(ref)
+        if not secret:
             return False
-        return response.status_code == 200
+        try:
+            reply = await self._client.call(Peer(ref.host, ref.port, secret), "GET", "/healthz")
+        except ChannelError:
+            return False
+        return reply.status == 200
 
     async def aclose(self) -> None:
         await self._client.aclose()

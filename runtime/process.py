@@ -375,11 +375,19 @@ def _reap_relay(relay: subprocess.Popen[bytes], timeout: float) -> None:
 
 
 def _spawn(spec: InstanceSpec, log_fd: int, launch: Launch | None) -> subprocess.Popen[bytes]:
-    """``launch``: the sandbox's argv (bwrap ... -- spec.argv) and descriptors it keeps."""
-    return subprocess.Popen(
+    """Start the instance (``launch``: the sandbox's argv, bwrap ... -- spec.argv, and the
+    descriptors it keeps); its channel secret goes down a pipe once, then the pipe closes."""
+    popen = subprocess.Popen(
         launch.argv if launch is not None else spec.argv, env=spec.env, cwd=spec.cwd,
-        stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True,
+        stdin=subprocess.PIPE if spec.secret else subprocess.DEVNULL,
+        stdout=log_fd, stderr=log_fd, start_new_session=True,
         close_fds=True, pass_fds=launch.pass_fds if launch is not None else ())
+    if popen.stdin is not None:
+        with contextlib.suppress(BrokenPipeError):  # it died at once: wait() will say so
+            popen.stdin.write(spec.secret.encode() + b"\n")
+        with contextlib.suppress(BrokenPipeError):
+            popen.stdin.close()
+    return popen
 
 
 def _signal_sandbox(init: tuple[int, int], signum: signal.Signals, *, whole: bool) -> None:

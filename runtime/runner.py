@@ -5,23 +5,31 @@ starts it with the release's own interpreter (which has crewai, the daemon never
 
     python crewship_runner.py --app-dir APP --kind crew|json_crew|flow|declarative_flow|entrypoint
         --package PKG [--definition REL_PATH] [--entrypoint pkg.mod:callable]
-        --host 127.0.0.1 --port N --instance v3.1
+        --host 127.0.0.1 --port N --instance v3.1 [--secret-file PATH]   (secret on stdin)
 
 Standard library only (crewai is imported lazily), Python 3.10+. The crew is loaded
 before the port is bound, so a crew that cannot load exits non-zero with its traceback.
-HTTP API (JSON bodies): ``GET /healthz``, ``GET /inputs``, ``POST /runs`` (blocks until
-the run ends; ``{"kickoff_id", "inputs", "webhooks": {"task": true, "step": true}, "meta"}``:
-the runner records CrewAI's task and step webhook bodies, the daemon delivers them),
-``GET /runs/{id}[?after=N]`` (with ``after``: the webhook bodies from number N on),
-``POST /runs/{id}/stop``. SIGTERM/SIGINT: refuse new
-runs (503), let running ones finish, exit 0. Every output line is written as
-``<ISO-8601 UTC ms>Z [<instance>] <text>`` to the inherited stdout/stderr.
+The channel is authenticated: the instance's secret comes once on stdin (or a read-only
+``--secret-file``), never in argv or env; every request must carry ``X-Crewship-Signature``
+(an HMAC of time, nonce, method, path and body) or gets 401, and every reply carries
+``X-Crewship-Proof`` (an HMAC of that signature, status and body): the secret never crosses
+the wire and a process that took the port cannot pass for the instance.
+HTTP API (JSON): ``GET /healthz``, ``GET /inputs``, ``POST /runs`` (``{"kickoff_id", "inputs",
+"webhooks": {"task": true, "step": true}, "meta"}``: 202 at once, idempotent per kickoff id;
+the runner records task/step webhook bodies, the daemon delivers them), ``GET
+/runs/{id}?wait=S&after=N`` (long poll; with ``after``: the webhook bodies from number N on),
+``POST /runs/{id}/stop``, ``POST /runs/{id}/ack`` (the daemon stored the result). Finished
+results are kept until acknowledged, so a restarted daemon still collects them.
+SIGTERM/SIGINT: refuse new runs (503), let running ones finish and be collected, exit 0.
+Output lines are ``<ISO-8601 UTC ms>Z [<instance>] <text>`` on the inherited stdout/stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import hmac
 import importlib
 import inspect
 import json
@@ -38,15 +46,18 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 KINDS = ("crew", "json_crew", "flow", "declarative_flow", "entrypoint")
-TELEMETRY_ENV = {
-    "CREWAI_DISABLE_TELEMETRY": "true",
-    "OTEL_SDK_DISABLED": "true",
-    "CREWAI_TRACING_ENABLED": "false",
-    "CREWAI_DISABLE_VERSION_CHECK": "true",
-}
-FINISHED_KEPT = 1000
+TELEMETRY_ENV = {"CREWAI_DISABLE_TELEMETRY": "true", "OTEL_SDK_DISABLED": "true",
+                 "CREWAI_TRACING_ENABLED": "false", "CREWAI_DISABLE_VERSION_CHECK": "true"}
+FINISHED_KEPT = 10_000  # finished runs kept for the daemon to collect (acknowledged ones go at once)
+LONG_POLL_MAX = 60.0
+DRAIN_ACK_WAIT = 30.0  # after the last run ended, how long a draining runner waits for acks
+SIGNATURE_HEADER = "X-Crewship-Signature"
+PROOF_HEADER = "X-Crewship-Proof"
+SIGNATURE_MAX_AGE = 300.0  # seconds a signed request stays valid (clock skew between nodes)
+MIN_SECRET_BYTES = 16
 TEXT_LIMIT = 2000
 WEBHOOK_EVENTS_KEPT = 2000  # task/step webhook bodies one run keeps for the daemon
 
@@ -126,21 +137,62 @@ def say(text: str) -> None:
     print(text, file=sys.stdout, flush=True)
 
 
+# ---- the daemon channel: the instance's secret, signed requests, proven replies ---------------
+
+
+def read_secret(source: str) -> bytes:
+    """The instance's secret: one line on stdin (``-``, then stdin is closed) or a file."""
+    if source == "-":
+        line = sys.stdin.buffer.readline() if sys.stdin is not None else b""
+        with open(os.devnull, "rb") as null:
+            os.dup2(null.fileno(), 0)  # nothing else ever reads the pipe
+    else:
+        line = Path(source).read_bytes()
+    secret = line.strip()
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(f"no instance secret on {'stdin' if source == '-' else source}")
+    return secret
+
+
+def _mac(secret: bytes, *parts: str) -> str:
+    return hmac.new(secret, "\n".join(parts).encode(), hashlib.sha256).hexdigest()
+
+
+def request_mac(secret: bytes, stamp: str, nonce: str, method: str, path: str, body: bytes) -> str:
+    """What a signed request carries: binds time, nonce, method, path (with query) and body."""
+    return _mac(secret, "request", stamp, nonce, method.upper(), path, hashlib.sha256(body).hexdigest())
+
+
+def response_mac(secret: bytes, signature: str, status: int, body: bytes) -> str:
+    """What a reply carries: proves the runner holds the secret, for this request and body."""
+    return _mac(secret, "response", signature, str(status), hashlib.sha256(body).hexdigest())
+
+
+def sign(secret: bytes, method: str, path: str, body: bytes, now: float | None = None) -> str:
+    """The ``X-Crewship-Signature`` value for one request (the daemon's side, and tests')."""
+    stamp, nonce = f"{time.time() if now is None else now:.3f}", os.urandom(8).hex()
+    return f"{stamp}:{nonce}:{request_mac(secret, stamp, nonce, method, path, body)}"
+
+
+def signature_valid(secret: bytes, header: str, method: str, path: str, body: bytes) -> bool:
+    stamp, nonce, mac = [*header.split(":", 2), "", ""][:3]
+    try:
+        fresh = abs(time.time() - float(stamp)) <= SIGNATURE_MAX_AGE
+    except ValueError:
+        return False
+    expected = request_mac(secret, stamp, nonce, method, path, body)
+    return hmac.compare_digest(mac.encode(), expected.encode()) and fresh
+
+
 # ---- loading the project ---------------------------------------------------------------------
 
 
 class Project:
     """``build()`` makes a fresh crew/flow/callable per run; ``inputs`` required, ``defaults`` not."""
 
-    def __init__(
-        self,
-        kind: str,
-        build: Callable[[], Any],
-        inputs: list[str],
-        defaults: dict[str, Any] | None = None,
-        total_tasks: int = 0,
-        flow: bool = False,
-    ) -> None:
+    def __init__(self, kind: str, build: Callable[[], Any], inputs: list[str],
+                 defaults: dict[str, Any] | None = None, total_tasks: int = 0,
+                 flow: bool = False) -> None:
         self.kind = kind
         self.build = build
         self.inputs = inputs
@@ -154,11 +206,8 @@ class Project:
 
 
 def _module_classes(module: Any, accept: Callable[[type], bool]) -> list[type]:
-    return [
-        value
-        for value in vars(module).values()
-        if isinstance(value, type) and value.__module__ == module.__name__ and accept(value)
-    ]
+    return [value for value in vars(module).values()
+            if isinstance(value, type) and value.__module__ == module.__name__ and accept(value)]
 
 
 def _is_crew_class(value: Any) -> bool:
@@ -166,6 +215,8 @@ def _is_crew_class(value: Any) -> bool:
 
 
 def _is_flow_class(value: Any) -> bool:
+    if not isinstance(value, type):
+        return False
     from crewai.flow import Flow
 
     return isinstance(value, type) and issubclass(value, Flow) and value is not Flow
@@ -225,11 +276,8 @@ def _entrypoint_project(spec: str | None) -> Project:
         return _crew_project("entrypoint", lambda: target().crew(), {})
     if _is_flow_class(target):
         return _flow_project("entrypoint", target, target())
-    params = [
-        p
-        for p in inspect.signature(target).parameters.values()
-        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    params = [p for p in inspect.signature(target).parameters.values()
+              if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if params:
         return Project("entrypoint", lambda: target, list(getattr(target, "inputs", [])))
     sample = target()
@@ -374,15 +422,9 @@ def flush_final_answers(run: Run) -> None:
 
 
 def _task_payload(output: Any) -> dict[str, Any]:
-    return {
-        "description": getattr(output, "description", None),
-        "name": getattr(output, "name", None),
-        "expected_output": getattr(output, "expected_output", None),
-        "summary": getattr(output, "summary", None),
-        "agent": getattr(output, "agent", None),
-        "output": getattr(output, "raw", None),
-        "output_json": getattr(output, "json_dict", None),
-    }
+    names = {"description": "description", "name": "name", "expected_output": "expected_output",
+             "summary": "summary", "agent": "agent", "output": "raw", "output_json": "json_dict"}
+    return {key: getattr(output, attr, None) for key, attr in names.items()}
 
 
 # ---- runs ------------------------------------------------------------------------------------
@@ -393,10 +435,8 @@ def _clip(value: Any) -> str | None:
 
 
 def _usage(metrics: Any) -> dict[str, int] | None:
-    if metrics is None:
-        return None
     keys = ("total_tokens", "prompt_tokens", "completion_tokens")
-    return {k: int(getattr(metrics, k, 0) or 0) for k in keys}
+    return None if metrics is None else {k: int(getattr(metrics, k, 0) or 0) for k in keys}
 
 
 class Run:
@@ -424,12 +464,8 @@ class Run:
 
     def on_step(self, step: Any) -> None:
         self.check_revoked()
-        self.last_step = {
-            "thought": _clip(getattr(step, "thought", None)),
-            "tool": _clip(getattr(step, "tool", None)),
-            "tool_input": _clip(getattr(step, "tool_input", None)),
-            "result": _clip(getattr(step, "result", None) or getattr(step, "output", None)),
-        }
+        self.last_step = {key: _clip(getattr(step, key, None)) for key in ("thought", "tool", "tool_input")}
+        self.last_step["result"] = _clip(getattr(step, "result", None) or getattr(step, "output", None))
         if self.webhooks is not None:
             self.webhooks.send("step", {"prompt": _clip(getattr(step, "prompt", None)), **self.last_step})
 
@@ -447,14 +483,9 @@ class Run:
     def status(self) -> dict[str, Any]:
         if self.state != "RUNNING":
             return {"kickoff_id": self.kickoff_id, **self.outcome}
-        return {
-            "kickoff_id": self.kickoff_id,
-            "state": "RUNNING",
-            "current_task": self.current_task(),
-            "progress": {"completed_tasks": self.completed_tasks, "total_tasks": self.total_tasks},
-            "last_step": self.last_step,
-            "execution_time": self.elapsed(),
-        }
+        progress = {"completed_tasks": self.completed_tasks, "total_tasks": self.total_tasks}
+        return {"kickoff_id": self.kickoff_id, "state": "RUNNING", "current_task": self.current_task(),
+                "progress": progress, "last_step": self.last_step, "execution_time": self.elapsed()}
 
 
 def _chain(first: Callable[[Any], Any], then: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
@@ -467,21 +498,11 @@ def _chain(first: Callable[[Any], Any], then: Callable[[Any], Any] | None) -> Ca
 
 def _crew_result(run: Run, output: Any) -> dict[str, Any]:
     marks = [run.started, *run.task_times]
-    tasks = [
-        {
-            "task_id": task.name or f"task_{i + 1}",
-            "output": task.raw,
-            "agent": (task.agent or "").strip(),
-            "execution_time": round(marks[i + 1] - marks[i], 3) if i + 1 < len(marks) else None,
-        }
-        for i, task in enumerate(output.tasks_output)
-    ]
-    return {
-        "result": output.raw,
-        "result_json": output.json_dict,
-        "tasks": tasks,
-        "token_usage": _usage(output.token_usage),
-    }
+    tasks = [{"task_id": t.name or f"task_{i + 1}", "output": t.raw, "agent": (t.agent or "").strip(),
+              "execution_time": round(marks[i + 1] - marks[i], 3) if i + 1 < len(marks) else None}
+             for i, t in enumerate(output.tasks_output)]
+    return {"result": output.raw, "result_json": output.json_dict, "tasks": tasks,
+            "token_usage": _usage(output.token_usage)}
 
 
 def _flow_result(flow: Any, output: Any) -> dict[str, Any]:
@@ -495,12 +516,8 @@ def _flow_result(flow: Any, output: Any) -> dict[str, Any]:
         result, result_json = str(output), output.model_dump(mode="json")
     else:
         result, result_json = ("" if output is None else str(output)), None
-    return {
-        "result": result,
-        "result_json": result_json,
-        "tasks": [],
-        "token_usage": _usage(getattr(flow, "usage_metrics", None)),
-    }
+    usage = _usage(getattr(flow, "usage_metrics", None))
+    return {"result": result, "result_json": result_json, "tasks": [], "token_usage": usage}
 
 
 class Runner:
@@ -516,23 +533,34 @@ class Runner:
         with self.lock:
             return sum(1 for r in self.runs.values() if r.state == "RUNNING")
 
-    def start(
-        self, kickoff_id: str, inputs: dict[str, Any], webhooks: WebhookLog | None = None
-    ) -> Run | None:
+    def unacknowledged(self) -> int:
+        """Finished runs whose results the daemon has not yet stored (and acknowledged)."""
+        with self.lock:
+            return sum(1 for r in self.runs.values() if r.state != "RUNNING")
+
+    def start(self, kickoff_id: str, inputs: dict[str, Any], hooks: WebhookLog | None) -> tuple[Run, bool]:
+        """The run of ``kickoff_id``, started now (True) or already known (False)."""
         with self.lock:
             if kickoff_id in self.runs:
-                return None
+                return self.runs[kickoff_id], False
             run = Run(kickoff_id, self.project.total_tasks)
-            run.webhooks = webhooks
+            run.webhooks = hooks
             self.runs[kickoff_id] = run
             finished = [k for k, r in self.runs.items() if r.state != "RUNNING"]
-            for old in finished[: max(0, len(finished) - FINISHED_KEPT)]:
+            for old in finished[: max(0, len(finished) - FINISHED_KEPT)]:  # a daemon that never acks
                 del self.runs[old]
-        thread = threading.Thread(
-            target=self._work, args=(run, inputs), name=f"run-{kickoff_id[:8]}", daemon=True
-        )
-        thread.start()
-        return run
+        name = f"run-{kickoff_id[:8]}"
+        threading.Thread(target=self._work, args=(run, inputs), name=name, daemon=True).start()
+        return run, True
+
+    def acknowledge(self, kickoff_id: str) -> tuple[int, dict[str, Any]]:
+        """The daemon stored the run's result; a finished run is forgotten."""
+        with self.lock:
+            run = self.runs.get(kickoff_id)
+            if run is not None and run.state == "RUNNING":
+                return 409, {"kickoff_id": kickoff_id, "error": "the run has not finished"}
+            self.runs.pop(kickoff_id, None)
+        return 200, {"kickoff_id": kickoff_id, "acknowledged": True}
 
     def _work(self, run: Run, inputs: dict[str, Any]) -> None:
         say(f"kickoff {run.kickoff_id} started")
@@ -580,11 +608,8 @@ class Runner:
         if run is None:
             return 404, _not_found(kickoff_id)
         if run.state != "RUNNING":
-            return 409, {
-                "kickoff_id": kickoff_id,
-                "state": run.state,
-                "error": f"Cannot stop execution. Current state: {run.state}",
-            }
+            error = f"Cannot stop execution. Current state: {run.state}"
+            return 409, {"kickoff_id": kickoff_id, "state": run.state, "error": error}
         self.finish(run, {"state": "REVOKED", "error": "stopped", "execution_time": run.elapsed()})
         return 200, {"kickoff_id": kickoff_id, "state": "REVOKED"}
 
@@ -598,20 +623,21 @@ def _with_webhooks(run: Run, after: int | None) -> dict[str, Any]:
 
 
 def _not_found(kickoff_id: str) -> dict[str, Any]:
-    return {
-        "state": "NOT FOUND",
-        "error": "Execution not found",
-        "message": f"No execution found with ID: {kickoff_id}",
-    }
+    message = f"No execution found with ID: {kickoff_id}"
+    return {"state": "NOT FOUND", "error": "Execution not found", "message": message}
 
 
 # ---- HTTP ------------------------------------------------------------------------------------
 
-RUN_PATH = re.compile(r"^/runs/([^/]+)(/stop)?$")
+RUN_PATH = re.compile(r"^/runs/([^/]+)(/stop|/ack)?$")
+MAX_BODY = 4 * 1024 * 1024
 
 
 class Handler(BaseHTTPRequestHandler):
+    """One request per connection (HTTP/1.0): no idle keep-alive sockets to go stale."""
+
     server: RunnerServer
+    signature = ""
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the daemon logs its own requests; kickoffs log their lifecycle."""
@@ -621,50 +647,74 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.signature:
+            self.send_header(PROOF_HEADER, response_mac(self.server.secret, self.signature, status, data))
         self.end_headers()
-        self.wfile.write(data)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the caller gave up
+            self.wfile.write(data)
+
+    def _authenticated(self, method: str) -> bytes | None:
+        """The request's body if it carries a valid signature; otherwise 401 and None."""
+        declared = self.headers.get("Content-Length") or "0"
+        length = int(declared) if declared.isdigit() else -1
+        if not 0 <= length <= MAX_BODY:
+            self.reply(400, {"error": "Bad Request", "message": "bad Content-Length"})
+            return None
+        body = self.rfile.read(length) if length else b""
+        header = self.headers.get(SIGNATURE_HEADER) or ""
+        if not signature_valid(self.server.secret, header, method, self.path, body):
+            self.reply(401, {"error": "Unauthorized", "message": "missing or invalid request signature"})
+            return None
+        self.signature = header
+        return body
 
     def do_GET(self) -> None:
+        if self._authenticated("GET") is None:
+            return
         runner = self.server.runner
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         match = RUN_PATH.match(path)
         if path == "/healthz":
-            status = "draining" if runner.draining else "ok"
-            self.reply(
-                503 if runner.draining else 200,
-                {
-                    "status": status,
-                    "kind": runner.project.kind,
-                    "inputs": runner.project.inputs,
-                    "running": runner.running(),
-                },
-            )
+            project, draining = runner.project, runner.draining
+            health = {"status": "draining" if draining else "ok", "kind": project.kind}
+            health.update(inputs=project.inputs, running=runner.running())
+            self.reply(503 if draining else 200, health)
         elif path == "/inputs":
             self.reply(200, runner.project.describe())
         elif match and not match.group(2):
-            run = runner.runs.get(match.group(1))
-            after = re.search(r"(?:^|&)after=(\d{1,9})(?:&|$)", self.path.partition("?")[2])
-            if run is None:
-                self.reply(404, _not_found(match.group(1)))
-            else:
-                self.reply(200, _with_webhooks(run, int(after.group(1)) if after else None))
+            self._status(match.group(1), _query_number(query, "wait", LONG_POLL_MAX),
+                         _query_number(query, "after", None))
         else:
             self.reply(404, {"error": "Not Found", "message": f"no route GET {path}"})
 
+    def _status(self, kickoff_id: str, wait: float | None, after: float | None) -> None:
+        run = self.server.runner.runs.get(kickoff_id)
+        if run is not None and wait:
+            run.finished.wait(wait)
+        if run is None:
+            self.reply(404, _not_found(kickoff_id))
+        else:
+            self.reply(200, _with_webhooks(run, None if after is None else int(after)))
+
     def do_POST(self) -> None:
+        body = self._authenticated("POST")
+        if body is None:
+            return
         path = self.path.split("?", 1)[0]
         match = RUN_PATH.match(path)
-        if match and match.group(2):
+        if match and match.group(2) == "/stop":
             self.reply(*self.server.runner.stop(match.group(1)))
+        elif match and match.group(2) == "/ack":
+            self.reply(*self.server.runner.acknowledge(match.group(1)))
         elif path == "/runs":
-            self._kickoff()
+            self._kickoff(body)
         else:
             self.reply(404, {"error": "Not Found", "message": f"no route POST {path}"})
 
-    def _kickoff(self) -> None:
+    def _kickoff(self, raw: bytes) -> None:
         runner = self.server.runner
         try:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            body = json.loads(raw or b"null")
         except ValueError as exc:
             self.reply(400, {"error": "Bad Request", "message": f"invalid JSON: {exc}"})
             return
@@ -673,30 +723,41 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(inputs, dict):
             self.reply(400, {"error": "Bad Request", "message": "inputs must be a JSON object"})
             return
-        if runner.draining:
+        if runner.draining and kickoff_id not in runner.runs:  # a retry still gets its status
             self.reply(503, {"error": "Service Unavailable", "message": "runner is stopping"})
             return
         hooks = body.get("webhooks")
         log = WebhookLog(hooks, kickoff_id, body.get("meta")) if isinstance(hooks, dict) else None
-        run = runner.start(kickoff_id, inputs, log)
-        if run is None:
-            self.reply(409, {"error": "Conflict", "message": f"kickoff {kickoff_id} exists"})
-            return
-        run.finished.wait()
-        self.reply(200, _with_webhooks(run, 0))
+        run, created = runner.start(kickoff_id, inputs, log)
+        self.reply(202 if created else 200, run.status())
+
+
+def _query_number(query: str, name: str, cap: float | None) -> float | None:
+    """``name`` of the query string as a number >= 0 (capped), or None when absent or bad."""
+    try:
+        value = max(0.0, float(parse_qs(query)[name][0]))
+    except (KeyError, ValueError):
+        return None
+    return value if cap is None else min(value, cap)
 
 
 class RunnerServer(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() waits for in-flight replies
-    allow_reuse_address = True
+    daemon_threads = True  # a long poll must not hold up the exit
+    allow_reuse_address = True  # TIME_WAIT only: Linux never binds over a live listener
+    request_queue_size = 1024  # the listen backlog: bursts of connections queue, not fail
 
-    def __init__(self, address: tuple[str, int], runner: Runner) -> None:
+    def __init__(self, address: tuple[str, int], runner: Runner, secret: bytes) -> None:
         super().__init__(address, Handler)
         self.runner = runner
+        self.secret = secret
 
 
 def _drain(server: RunnerServer) -> None:
+    """Let running kickoffs end, then give the daemon a while to collect their results."""
     while server.runner.running():
+        time.sleep(0.1)
+    deadline = time.monotonic() + DRAIN_ACK_WAIT
+    while server.runner.unacknowledged() and time.monotonic() < deadline:
         time.sleep(0.1)
     server.shutdown()
 
@@ -726,15 +787,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kind", required=True, choices=KINDS)
     parser.add_argument("--package", default="")
     parser.add_argument("--definition")
-    parser.add_argument("--entrypoint")
+    parser.add_argument("--entrypoint")  # pkg.mod:callable
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--instance", default="runner")
+    parser.add_argument("--secret-file", default="-", help="the instance's secret (default: stdin)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        secret = read_secret(args.secret_file)
+    except (OSError, ValueError) as exc:
+        print(f"crewship_runner: {exc}: the daemon passes it when it starts an instance", file=sys.stderr)
+        return 2
     for key, value in TELEMETRY_ENV.items():
         os.environ.setdefault(key, value)
     install_output(args.instance)
@@ -747,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"loading {args.kind} from {app_dir}")
     try:
         runner = Runner(load_project(args))
-        server = RunnerServer((args.host, args.port), runner)
+        server = RunnerServer((args.host, args.port), runner, secret)
     except Exception:
         say("failed to load the crew:")
         traceback.print_exc()

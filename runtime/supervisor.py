@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
@@ -41,6 +42,7 @@ from runtime.backend import (
     instance_name,
 )
 from runtime.backoff import BackoffPolicy, RestartBackoff
+from runtime.channel import SecretStore, new_secret
 from runtime.events import (
     AppCrashed,
     AppState,
@@ -105,9 +107,10 @@ class Supervisor:
         self._policy = backoff or BackoffPolicy()
         self._health_interval = health_interval
         self._stop_grace = stop_grace            # for new instances that failed
+        self._secrets = SecretStore(layout.secrets)
         self._http_probe: HttpProbe | None = None
         if probe is None:
-            probe = self._http_probe = HttpProbe()
+            probe = self._http_probe = HttpProbe(self.secret_of)
         self._probe = probe
         self._rotate_interval = rotate_interval
         self._apps: dict[str, _App] = {}
@@ -117,13 +120,37 @@ class Supervisor:
 
     # -- queries -----------------------------------------------------------
 
+    def secret_of(self, ref: InstanceRef) -> str | None:
+        """The runner channel's secret of an instance (runtime/channel.py)."""
+        return self._secrets.get(ref.id)
+
+    def _endpoint(self, ref: InstanceRef) -> Endpoint:
+        return Endpoint(ref.id, ref.host, ref.port, self._secrets.get(ref.id) or "")
+
     def endpoints(self, app: str) -> list[Endpoint]:
         """Healthy live instances, for routing kickoffs."""
         st = self._apps.get(app)
         if st is None:
             return []
-        return [Endpoint(i.ref.id, i.ref.host, i.ref.port)
-                for _, i in sorted(st.live.items()) if not i.stopping]
+        return [self._endpoint(i.ref) for _, i in sorted(st.live.items()) if not i.stopping]
+
+    def endpoint(self, app: str, instance_id: str) -> Endpoint | None:
+        """A live or retiring (draining) instance: its kickoffs' results are still there."""
+        st = self._apps.get(app)
+        if st is None:
+            return None
+        for inst in (*st.live.values(), *st.retiring):
+            if inst.ref.id == instance_id:
+                return self._endpoint(inst.ref)
+        return None
+
+    def crash_reason(self, app: str) -> str | None:
+        """Why ``app`` takes no kickoffs (crash loop), or None."""
+        st = self._apps.get(app)
+        if st is None or not st.backoff.crashed:
+            return None
+        return (f"{app} crashed ({st.backoff.policy.describe()}): see 'logs {app}', "
+                f"then push a fix or 'restart {app}'")
 
     def status(self, app: str) -> RuntimeStatus:
         st = self._apps.get(app)
@@ -334,17 +361,19 @@ class Supervisor:
         """Start slot ``index`` on a fresh port and wait until it is healthy."""
         port = free_port(avoid=self._ports_in_use())
         self._recent_ports.append(port)
-        spec = make_spec(index, port)
+        spec = dataclasses.replace(make_spec(index, port), secret=new_secret())
         offset = st.log.size()
         try:
             ref = await self._backend.start(spec)
         except CrewshipError as exc:
             raise InstanceFailedError(f"{spec.name} could not start: {exc}",
                                       instance=spec.name, reason=str(exc)) from exc
+        self._secrets.put(ref.id, spec.secret)
         try:
             await self._await_healthy(ref)
         except InstanceFailedError as exc:
             await self._stop_quietly(ref, self._stop_grace)
+            self._secrets.remove(ref.id)
             lines = await asyncio.to_thread(st.log.instance_output, ref.name, 40, offset)
             exc.output = "\n".join(lines)
             raise
@@ -391,6 +420,8 @@ class Supervisor:
             await self._backend.stop(ref, grace)
         except CrewshipError as exc:
             log.warning("instance_stop_failed", app=ref.app, instance=ref.id, error=str(exc))
+        else:
+            self._secrets.remove(ref.id)
 
     def _ports_in_use(self) -> set[int]:
         ports = set(self._recent_ports)
@@ -412,6 +443,7 @@ class Supervisor:
         if inst.stopping or st.live.get(index) is not inst:
             return
         del st.live[index]
+        self._secrets.remove(inst.ref.id)
         reason = self._exit_reason(inst.ref)
         log.warning("instance_crashed", app=st.name, instance=inst.ref.id, status=status,
                     reason=reason)
@@ -501,6 +533,7 @@ class Supervisor:
                         error=str(exc))
         finally:
             st.retiring.pop(inst, None)
+        self._secrets.remove(inst.ref.id)
         st.log.system(f"{inst.ref.name} retired ({exit_text(status)})")
         self._emit(InstanceRetired(st.name, inst.ref.id, inst.ref.release, status))
 

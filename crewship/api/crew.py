@@ -1,6 +1,8 @@
 """The deployed-crew API, per app at ``/apps/NAME`` (reference section C).
 
-``GET /`` health, ``GET /inputs``, ``POST /kickoff``, ``GET /status/{id}``,
+``GET /`` health (text ``Healthy`` as CrewAI answers; with ``Accept: application/json``
+the healthy instances, queued and running kickoffs; 503 with the reason when kickoffs
+would be refused), ``GET /inputs``, ``POST /kickoff``, ``GET /status/{id}``,
 ``POST /stop/{id}``, and the execution history ``GET /kickoffs?limit=&state=``; every
 route needs ``Authorization: Bearer <app token>``. ``GET /inputs`` lists the required
 inputs and, beside them, ``optional_inputs`` with their defaults; ``POST /kickoff`` takes
@@ -58,10 +60,16 @@ async def health(request: Request) -> Response:
     app = _authorized(request)
     if app is None:
         return _unauthorized()
-    problem = _platform(request).ops.serving_error(app)
+    ops = _platform(request).ops
+    problem = ops.serving_error(app)
     if problem is not None:
         return error_response(503, problem)
-    return PlainTextResponse("Healthy")
+    facts = ops.serving(app)
+    headers = {"X-Crewship-Healthy-Instances": str(facts["healthy_instances"]),
+               "X-Crewship-Queued": str(facts["queued"])}
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse(facts, headers=headers)
+    return PlainTextResponse("Healthy", headers=headers)
 
 
 async def inputs(request: Request) -> Response:

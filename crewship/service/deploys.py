@@ -23,6 +23,7 @@ from builder.release import (
     ReleaseBuilder,
     ReleaseMeta,
     load_release,
+    refresh_runner,
     remove_tree,
     runner_argv,
 )
@@ -339,6 +340,8 @@ class Deployer:
                               "rebuild it")
         if meta.image is not None:
             return self._image_spec_factory(app, version, meta, config)
+        if refresh_runner(meta.runner):
+            logger.info("release_runner_refreshed", app=app, release=version)
         home = self.layout.app_home(app)
         home.mkdir(parents=True, exist_ok=True)
         env = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}

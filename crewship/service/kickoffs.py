@@ -1,43 +1,49 @@
-"""Kickoffs: recorded in SQLite before the crew starts, run on a live instance.
+"""Kickoffs: recorded in SQLite, queued, dispatched to healthy instances, never lost.
 
-A kickoff is ``PENDING`` when recorded, ``RUNNING`` once an instance took it, then
-``SUCCESS``, ``FAILURE`` or ``REVOKED``. An instance that dies mid-run has its
-kickoffs marked ``FAILURE`` with the reason; none is ever left ``RUNNING``.
+A kickoff is ``PENDING`` when recorded (``POST /kickoff`` answers at once whenever the
+app has a live release, even while no instance is healthy: a crash restart, a deploy
+swap, a scale-up), ``RUNNING`` once the dispatcher (``crewship/service/dispatch.py``)
+gave it to an instance, then ``SUCCESS``, ``FAILURE`` or ``REVOKED``. Bounds: a queue
+of ``kickoff_queue`` PENDING kickoffs per app (then 429 with ``Retry-After``), a run
+deadline (FAILURE "timed out after N s", the run stopped). Only an instance that really
+died fails its kickoffs, with that reason; a crashed app (crash loop) refuses new
+kickoffs and fails its queued ones with the reason. A restarted daemon picks the
+kickoffs of adopted instances up again (``resume``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import datetime as dt
 import json
-import re
 import sqlite3
 import uuid
 from typing import Any
-
-import httpx
 
 from crewship import log
 from crewship.errors import (
     InvalidInputError,
     MissingInputsError,
     NotFoundError,
+    QueueFullError,
     UnavailableError,
     UnprocessableInputError,
 )
 from crewship.events import EventSink, KickoffFinished, WebhookDue, ignore
 from crewship.model import App
+from crewship.service.dispatch import TERMINAL, Dispatcher, KickoffLimits, hook_urls, run_body
 from crewship.store.state import Database, now
-from runtime.events import Endpoint
+from runtime.backend import STATUS_UNKNOWN
+from runtime.channel import ChannelError, RunnerClient
 from runtime.runner import RESTORE_KEY
 from runtime.supervisor import Supervisor
 
 logger = log.get("crewship.service.kickoffs")
 
-TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
 STATUS_WORD = {"PENDING": "running", "RUNNING": "running", "SUCCESS": "completed",
                "FAILURE": "error", "REVOKED": "stopped"}
 MAX_INPUTS_BYTES = 1024 * 1024
+RETRY_AFTER = 5  # seconds a client is told to wait when the queue is full
 
 
 def _loads(text: str | None) -> Any:
@@ -46,12 +52,14 @@ def _loads(text: str | None) -> Any:
 
 class KickoffService:
     def __init__(self, db: Database, supervisor: Supervisor,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 limits: KickoffLimits | None = None,
+                 client: RunnerClient | None = None) -> None:
         self.db = db
         self.supervisor = supervisor
-        self.client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
-        self._busy: dict[str, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.limits = limits or KickoffLimits()
+        self.client = client or RunnerClient()
+        self.dispatcher = Dispatcher(db, supervisor, self.client, self.limits, self._finish,
+                                     self._relay)
         self._inputs_cache: dict[tuple[str, int | None], dict[str, Any]] = {}
         self.on_event: EventSink = ignore   # the daemon wires telemetry here
 
@@ -87,225 +95,216 @@ class KickoffService:
             "error": row["error"], "execution_time": row["execution_time"],
             "current_task": None, "progress": None, "last_step": None,
             "release": row["release"], "instance": row["instance"],
-            "inputs": _loads(row["inputs_json"]), "meta": _loads(row["meta_json"]),
+            "inputs": _public_inputs(row["inputs_json"]), "meta": _loads(row["meta_json"]),
             "created_at": row["created_at"], "started_at": row["started_at"],
             "finished_at": row["finished_at"],
         }
 
     async def _progress(self, app: App, instance: str, kickoff_id: str) -> dict[str, Any]:
-        endpoint = next((e for e in self.supervisor.endpoints(app.name)
-                         if e.instance_id == instance), None)
+        endpoint = self.supervisor.endpoint(app.name, instance)
         if endpoint is None:
             return {}
         try:
-            resp = await self.client.get(f"{_base(endpoint)}/runs/{kickoff_id}", timeout=2.0)
-            data = resp.json() if resp.status_code == 200 else {}
-        except (httpx.HTTPError, ValueError):
+            reply = await self.client.call(endpoint.peer, "GET", f"/runs/{kickoff_id}",
+                                           timeout=2.0)
+        except ChannelError:
             return {}
+        data = reply.body if reply.status == 200 else {}
         return {k: data.get(k) for k in ("current_task", "progress", "last_step")}
 
     # ----------------------------------------------------------------- kickoffs
-    def _endpoints(self, app: App) -> list[Endpoint]:
-        endpoints = self.supervisor.endpoints(app.name)
-        if not endpoints and app.scale == 0:
-            raise UnavailableError(
-                f"{app.name} is scaled to 0 (stopped): start it with 'ps:scale {app.name} 1'")
-        if not endpoints:
-            raise UnavailableError(
-                f"{app.name} has no running instance: push a release, or scale it up with "
-                f"'ps:scale {app.name} 1'")
-        return endpoints
+    def refusal(self, app: App) -> str | None:
+        """Why ``app`` takes no kickoffs now (503), or None: it queues them."""
+        if app.live_release is None:
+            return (f"{app.name} has no live release: push one "
+                    f"(git push crewship main), then kick it off")
+        crashed = self.supervisor.crash_reason(app.name)
+        if crashed:
+            return crashed
+        if app.scale == 0 and self.supervisor.status(app.name).state != "deploying":
+            return f"{app.name} is scaled to 0 (stopped): start it with 'ps:scale {app.name} 1'"
+        return None
+
+    def queue_length(self, app: App) -> int:
+        row = self.db.one("SELECT COUNT(*) AS n FROM kickoffs WHERE app_id = ? "
+                          "AND state = 'PENDING'", app.id)
+        return int(row["n"]) if row else 0
+
+    def running(self, app: App) -> int:
+        return self.dispatcher.running(app.name)
 
     async def described(self, app: App) -> dict[str, Any]:
         """The live release's ``{"inputs": [required], "optional_inputs": {name: default},
-        "flow": bool}``, as its runner reports them (cached per release)."""
-        key = (app.name, app.live_release)
-        if key not in self._inputs_cache:
-            endpoint = self._endpoints(app)[0]
-            try:
-                resp = await self.client.get(f"{_base(endpoint)}/inputs", timeout=10.0)
-                resp.raise_for_status()
-                body = resp.json()
-            except (httpx.HTTPError, ValueError) as exc:
-                raise UnavailableError(f"{app.name} did not answer: {exc}") from exc
-            optional = body.get("optional_inputs")
-            self._inputs_cache[key] = {
-                "inputs": [str(i) for i in body.get("inputs", [])],
-                "optional_inputs": optional if isinstance(optional, dict) else {},
-                "flow": bool(body.get("flow"))}
-        return self._inputs_cache[key]
+        "flow": bool}``, as its runner reports them (cached per release); 503 while no
+        instance can say."""
+        known = await self._known(app)
+        if known is None:
+            problem = self.refusal(app) or (f"{app.name} has no healthy instance right now "
+                                            "(starting or restarting): try again in a moment")
+            raise UnavailableError(problem)
+        return known
 
     async def inputs(self, app: App) -> list[str]:
         """The inputs a kickoff must carry: those without a default (C.2)."""
         required: list[str] = (await self.described(app))["inputs"]
         return required
 
+    async def _known(self, app: App) -> dict[str, Any] | None:
+        """What the crew takes (cached per release), or None while no instance can say."""
+        key = (app.name, app.live_release)
+        if key not in self._inputs_cache:
+            endpoints = [e for e in self.supervisor.endpoints(app.name) if e.secret]
+            if not endpoints:
+                return None
+            try:
+                reply = await self.client.call(endpoints[0].peer, "GET", "/inputs", timeout=10.0)
+            except ChannelError:
+                return None
+            if reply.status != 200:
+                return None
+            optional = reply.body.get("optional_inputs")
+            self._inputs_cache[key] = {
+                "inputs": [str(i) for i in reply.body.get("inputs", [])],
+                "optional_inputs": optional if isinstance(optional, dict) else {},
+                "flow": bool(reply.body.get("flow"))}
+        return self._inputs_cache[key]
+
     async def kickoff(self, app: App, inputs: Any, meta: Any = None,
-                      webhooks: dict[str, str] | None = None,
-                      restore_from: Any = None) -> str:
-        """Record and start a run; ``webhooks``: {"task"|"step"|"crew": url} (C.3);
-        ``restore_from``: a ``@persist`` flow's state id (a past kickoff id) to fork from."""
+                      webhooks: dict[str, str] | None = None, restore_from: Any = None) -> str:
+        """Record a kickoff (PENDING) and queue it; ``webhooks``: {"task"|"step"|"crew": url}
+        (C.3); ``restore_from``: a ``@persist`` flow's state id (a past kickoff id) to fork from."""
         encoded = _checked_inputs(inputs)
-        self._endpoints(app)  # nothing running: 503 now, not a kickoff that fails later
-        described = await self.described(app)
-        missing = [name for name in described["inputs"] if name not in inputs]
+        problem = self.refusal(app)
+        if problem:
+            raise UnavailableError(problem)
+        known = await self._known(app)
+        missing = [name for name in (known or {}).get("inputs", []) if name not in inputs]
         if missing:
             raise MissingInputsError(missing)
-        if described["flow"] and "id" in inputs:
+        if known is not None and known["flow"] and "id" in inputs:
             _check_uuid(inputs["id"], "inputs.id")
         if restore_from is not None:
             _check_uuid(restore_from, "restoreFromStateId")
+            encoded = json.dumps({**inputs, RESTORE_KEY: str(restore_from)})  # the runner forks
+        if self.queue_length(app) >= self.limits.queue:
+            raise QueueFullError(
+                f"{app.name} has {self.limits.queue} kickoffs waiting (the queue is full): "
+                f"retry after {RETRY_AFTER} s", retry_after=RETRY_AFTER)
         kickoff_id = str(uuid.uuid4())
         self.db.execute("INSERT INTO kickoffs (id, app_id, release, state, inputs_json, meta_json,"
                         " webhooks_json, created_at) VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?)",
                         kickoff_id, app.id, app.live_release, encoded,
                         json.dumps(meta) if meta else None, _dump(webhooks or None), now())
-        run = {"kickoff_id": kickoff_id, "inputs": inputs}
-        if restore_from is not None and described["flow"]:  # the runner forks the state (C.3)
-            run["inputs"] = {**inputs, RESTORE_KEY: str(restore_from)}
-        relayed = {k: v for k, v in (webhooks or {}).items() if k in ("task", "step")}
-        if relayed:  # the runner records them; this service relays them to telemetry (C.7)
-            run["webhooks"] = {k: True for k in relayed}
-            run["meta"] = meta
-        task = asyncio.create_task(self._run(app, kickoff_id, run, relayed))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.dispatcher.wake(app.name)
         logger.info("kickoff_received", app=app.name, kickoff_id=kickoff_id)
         return kickoff_id
 
-    def _least_busy(self, app: App) -> Endpoint:
-        endpoints = self._endpoints(app)
-        return min(endpoints, key=lambda e: self._busy.get(e.instance_id, 0))
+    def _relay(self, due: WebhookDue) -> None:
+        """A task/step webhook the runner recorded: telemetry delivers it (checked, pinned)."""
+        self.on_event(due)
 
-    async def _run(self, app: App, kickoff_id: str, run: dict[str, Any],
-                   webhooks: dict[str, str]) -> None:
-        try:
-            endpoint = self._least_busy(app)
-        except UnavailableError as exc:
-            self._finish(kickoff_id, {"state": "FAILURE", "error": str(exc)})
-            return
-        name = endpoint.instance_id
-        match = _RELEASE_IN_ID.search(name)
-        release = int(match.group(1)) if match else app.live_release
-        self.db.execute("UPDATE kickoffs SET state = 'RUNNING', instance = ?, release = ?, "
-                        "started_at = ? WHERE id = ? AND state = 'PENDING'",
-                        name, release, now(), kickoff_id)
-        self._busy[name] = self._busy.get(name, 0) + 1
-        relay = WebhookRelay(app.name, kickoff_id, webhooks, self.on_event)
-        polling = asyncio.create_task(self._poll_webhooks(endpoint, relay)) if webhooks else None
-        try:
-            resp = await self.client.post(f"{_base(endpoint)}/runs", json=run)
-            result = resp.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            result = {"state": "FAILURE",
-                      "error": f"instance {name} stopped during the run ({type(exc).__name__})"}
-        finally:
-            self._busy[name] -= 1
-            if polling is not None:
-                polling.cancel()
-                await asyncio.gather(polling, return_exceptions=True)
-        relay.take(result.get("webhook_events"), start=0)
-        self._finish(kickoff_id, result)
-        logger.info("kickoff_finished", app=app.name, kickoff_id=kickoff_id,
-                    state=result.get("state"), duration_s=result.get("execution_time"))
-
-    async def _poll_webhooks(self, endpoint: Endpoint, relay: WebhookRelay) -> None:
-        """While the run goes on: fetch the task/step webhooks it recorded since the last look."""
-        url = f"{_base(endpoint)}/runs/{relay.kickoff_id}"
-        while True:
-            await asyncio.sleep(WEBHOOK_POLL_INTERVAL)
-            try:
-                resp = await self.client.get(url, params={"after": relay.seen}, timeout=5.0)
-                events = resp.json().get("webhook_events") if resp.status_code == 200 else None
-            except (httpx.HTTPError, ValueError, AttributeError):
-                continue
-            relay.take(events, start=relay.seen)
-
-    def _finish(self, kickoff_id: str, result: dict[str, Any]) -> None:
-        row = self.db.one("SELECT kickoffs.*, apps.name AS app_name FROM kickoffs JOIN apps "
-                          "ON apps.id = app_id WHERE kickoffs.id = ?", kickoff_id)
-        if row is None or row["state"] not in ("PENDING", "RUNNING"):
-            return
+    def _finish(self, kickoff_id: str, result: dict[str, Any]) -> bool:
+        """Settle a kickoff once: True if this call did (then its event fires, once)."""
         state = result.get("state") if result.get("state") in TERMINAL else "FAILURE"
         error = result.get("error") or (None if state == "SUCCESS" else "the crew gave no result")
-        self.db.execute(
-            "UPDATE kickoffs SET state = ?, result = ?, result_json = ?, tasks_json = ?, "
-            "token_usage_json = ?, error = ?, execution_time = ?, finished_at = ? "
-            "WHERE id = ? AND state IN ('PENDING', 'RUNNING')",
-            state, _text(result.get("result")), _dump(result.get("result_json")),
-            _dump(result.get("tasks")), _dump(result.get("token_usage")),
-            error if state != "SUCCESS" else None, result.get("execution_time"), now(),
-            kickoff_id)
+        with self.db.tx() as conn:
+            row = conn.execute("SELECT kickoffs.*, apps.name AS app_name FROM kickoffs JOIN apps"
+                               " ON apps.id = app_id WHERE kickoffs.id = ?",
+                               (kickoff_id,)).fetchone()
+            if row is None or row["state"] in TERMINAL:
+                return False
+            conn.execute(
+                "UPDATE kickoffs SET state = ?, result = ?, result_json = ?, tasks_json = ?, "
+                "token_usage_json = ?, error = ?, execution_time = ?, finished_at = ? "
+                "WHERE id = ?",
+                (state, _text(result.get("result")), _dump(result.get("result_json")),
+                 _dump(result.get("tasks")), _dump(result.get("token_usage")),
+                 error if state != "SUCCESS" else None, result.get("execution_time"), now(),
+                 kickoff_id))
+        logger.info("kickoff_finished", app=row["app_name"], kickoff_id=kickoff_id,
+                    state=state, duration_s=result.get("execution_time"))
         self.on_event(_finished(row, str(state), error if state != "SUCCESS" else None, result))
+        return True
 
     async def stop(self, app: App, kickoff_id: str) -> dict[str, Any]:
         row = self._row(app, kickoff_id)
         if row["state"] in TERMINAL:
             raise InvalidInputError(f"Cannot stop execution. Current state: {row['state']}")
-        endpoint = next((e for e in self.supervisor.endpoints(app.name)
-                         if e.instance_id == row["instance"]), None)
-        if endpoint is not None:
-            with contextlib.suppress(httpx.HTTPError):
-                await self.client.post(f"{_base(endpoint)}/runs/{kickoff_id}/stop", timeout=5.0)
-        self._finish(kickoff_id, {"state": "REVOKED", "error": "stopped by request"})
+        if not self._finish(kickoff_id, {"state": "REVOKED", "error": "stopped by request"}):
+            state = self._row(app, kickoff_id)["state"]
+            raise InvalidInputError(f"Cannot stop execution. Current state: {state}")
+        endpoint = self.supervisor.endpoint(app.name, row["instance"] or "")
+        if endpoint is not None:  # RUNNING: the runner stops it; the dispatcher acknowledges
+            try:
+                await self.client.call(endpoint.peer, "POST", f"/runs/{kickoff_id}/stop",
+                                       timeout=5.0)
+            except ChannelError as exc:
+                logger.warning("kickoff_stop_unsent", app=app.name, kickoff_id=kickoff_id,
+                               error=str(exc))
         return {"status": "stopped", "kickoffId": kickoff_id}
 
     # ---------------------------------------------------------------- failures
     def instance_exited(self, app: str, instance: str, status: int) -> int:
-        """Mark the kickoffs a dead instance was running as failed."""
-        reason = (f"instance {instance} exited with status {status} during the run"
-                  if status >= 0 else f"instance {instance} was killed by signal {-status} "
-                  "during the run")
+        """A dead instance's kickoffs fail with the reason; the ones a driver follows are
+        settled by it (a kickoff that never reached the instance goes back to the queue)."""
+        if status == STATUS_UNKNOWN:
+            gone = f"instance {instance} exited"
+        elif status >= 0:
+            gone = f"instance {instance} exited with status {status}"
+        else:
+            gone = f"instance {instance} was killed by signal {-status}"
+        self.dispatcher.instance_gone(instance, gone)
         rows = self.db.all("SELECT kickoffs.id FROM kickoffs JOIN apps ON apps.id = app_id "
                            "WHERE apps.name = ? AND instance = ? AND state = 'RUNNING'",
                            app, instance)
-        for row in rows:
-            self._finish(row["id"], {"state": "FAILURE", "error": reason})
-        return len(rows)
+        return sum(self._finish(row["id"], {"state": "FAILURE", "error": f"{gone} during the run"})
+                   for row in rows if not self.dispatcher.following(row["id"]))
 
-    def fail_orphans(self) -> int:
-        """At start: runs a previous daemon left unfinished can no longer be followed."""
-        rows = self.db.all("SELECT id FROM kickoffs WHERE state IN ('PENDING', 'RUNNING')")
+    def app_crashed(self, app: str) -> int:
+        """A crash loop: the app's queued kickoffs fail with the reason."""
+        reason = self.supervisor.crash_reason(app) or f"{app} crashed"
+        rows = self.db.all("SELECT kickoffs.id FROM kickoffs JOIN apps ON apps.id = app_id "
+                           "WHERE apps.name = ? AND state = 'PENDING'", app)
+        return sum(self._finish(row["id"], {"state": "FAILURE", "error": reason})
+                   for row in rows)
+
+    def resume(self) -> dict[str, int]:
+        """At start, after adoption: follow the runs of adopted instances again, fail the
+        ones whose instance is gone, and dispatch what is still queued."""
+        followed = failed = 0
+        loop = asyncio.get_running_loop()
+        rows = self.db.all("SELECT kickoffs.*, apps.name AS app_name FROM kickoffs JOIN apps "
+                           "ON apps.id = app_id WHERE state = 'RUNNING'")
         for row in rows:
-            self._finish(row["id"], {"state": "FAILURE",
-                                     "error": "the server restarted during the run"})
-        return len(rows)
+            endpoint = self.supervisor.endpoint(row["app_name"], row["instance"] or "")
+            if endpoint is None or not endpoint.secret:
+                failed += self._finish(row["id"], {"state": "FAILURE", "error": (
+                    f"instance {row['instance']} stopped while the server was down")})
+                continue
+            deadline = loop.time() + self.limits.timeout - _age(row["started_at"])
+            self.dispatcher.follow(row["app_name"], row["id"], endpoint, run_body(row), deadline,
+                                   hook_urls(row))
+            followed += 1
+        for row in self.db.all("SELECT DISTINCT apps.name FROM kickoffs JOIN apps "
+                               "ON apps.id = app_id WHERE state = 'PENDING'"):
+            self.dispatcher.wake(row["name"])
+        logger.info("kickoffs_resumed", followed=followed, failed=failed)
+        return {"followed": followed, "failed": failed}
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        await self.dispatcher.aclose()
         await self.client.aclose()
 
 
-_RELEASE_IN_ID = re.compile(r"-v(\d+)\.\d+-")
-WEBHOOK_POLL_INTERVAL = 1.0
-
-
-class WebhookRelay:
-    """Turns the webhook bodies a runner recorded into ``WebhookDue`` events, each once.
-
-    The runner numbers them from 0; ``seen`` counts those already relayed, so the polls
-    (``start=seen``) and the final reply (``start=0``: all of them) never repeat one.
-    The URLs stay here: the runner (the crew's own process) never sees them.
-    """
-
-    def __init__(self, app: str, kickoff_id: str, urls: dict[str, str], sink: EventSink) -> None:
-        self.app, self.kickoff_id, self.urls, self.sink = app, kickoff_id, urls, sink
-        self.seen = 0
-
-    def take(self, events: Any, *, start: int) -> None:
-        if not self.urls or not isinstance(events, list):
-            return
-        for event in events[max(0, self.seen - start):]:
-            self.seen += 1
-            kind = event.get("kind") if isinstance(event, dict) else None
-            body = event.get("body") if isinstance(event, dict) else None
-            if isinstance(kind, str) and kind in self.urls and isinstance(body, dict):
-                self.sink(WebhookDue(self.app, self.kickoff_id, kind, self.urls[kind], body))
-
-
-def _base(endpoint: Endpoint) -> str:
-    return f"http://{endpoint.host}:{endpoint.port}"
+def _age(started_at: str | None) -> float:
+    """Seconds since a ``state.now()`` stamp (0 if unknown)."""
+    if not started_at:
+        return 0.0
+    try:
+        moment = dt.datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return max(0.0, (dt.datetime.now(dt.UTC) - moment).total_seconds())
 
 
 def _checked_inputs(inputs: Any) -> str:
@@ -330,6 +329,14 @@ def _check_uuid(value: Any, field: str) -> None:
             valid = False
     if not valid:
         raise UnprocessableInputError(f"'{field}' must be a valid UUID when provided; got {value!r}.")
+
+
+def _public_inputs(text: str | None) -> Any:
+    """Stored inputs as the user sent them (without the restore id crewship adds)."""
+    inputs = _loads(text)
+    if isinstance(inputs, dict):
+        inputs.pop(RESTORE_KEY, None)
+    return inputs
 
 
 def _dump(value: Any) -> str | None:

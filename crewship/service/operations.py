@@ -82,7 +82,14 @@ class Operations:
                            "restarts": i.restarts, **self._usage(i.id)}
                           for i in runtime.instances],
             "memory_exceeded": self._memory_exits(app.name),
+            "kickoffs": self._kickoff_counts(fresh),
         }
+
+    def _kickoff_counts(self, app: App) -> dict[str, int]:
+        kickoffs = self.engine.kickoffs
+        if kickoffs is None:
+            return {"queued": 0, "running": 0}
+        return {"queued": kickoffs.queue_length(app), "running": kickoffs.running(app)}
 
     def _usage(self, instance_id: str) -> dict[str, Any]:
         monitor = self.engine.usage
@@ -223,14 +230,21 @@ class Operations:
         return await self.engine.require_kickoffs().stop(app, kickoff_id)
 
     def serving_error(self, app: App) -> str | None:
-        """Why the app cannot take kickoffs right now, or None when an instance is up."""
-        deployer = self.engine.deployer
-        if deployer is not None and deployer.supervisor.endpoints(app.name):
-            return None
+        """Why the app refuses kickoffs right now (503), or None: it accepts (queues) them."""
         fresh = self.apps_store.get(app.name) or app
-        if fresh.scale == 0:
-            return f"{app.name} is scaled to 0 (stopped): start it with 'ps:scale {app.name} 1'"
-        return f"{app.name} has no running instance"
+        kickoffs = self.engine.kickoffs
+        if kickoffs is None:
+            return "this server runs without a runtime"
+        return kickoffs.refusal(fresh)
+
+    def serving(self, app: App) -> dict[str, Any]:
+        """``GET /apps/NAME/``: healthy instances, kickoffs queued and running."""
+        fresh = self.apps_store.get(app.name) or app
+        kickoffs = self.engine.require_kickoffs()
+        healthy = len(kickoffs.supervisor.endpoints(app.name))
+        return {"status": "healthy" if healthy else "degraded", "healthy_instances": healthy,
+                "scale": fresh.scale, "queued": kickoffs.queue_length(fresh),
+                "running": kickoffs.running(fresh)}
 
     async def crew_inputs_described(self, app: App) -> dict[str, Any]:
         """Required ``inputs`` and ``optional_inputs`` with their defaults."""

@@ -174,7 +174,7 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX sessions_token ON sessions (api_token_id);
     ALTER TABLE users ADD COLUMN last_seen_at TEXT;
     """,
-    # 10 (branch resources; renumber on merge): quotas per user (NULL: the server's default,
+    # 10: quotas per user (NULL: the server's default,
     # -1: unlimited) and the audit trail of state-changing actions
     """
     CREATE TABLE quotas (

@@ -173,7 +173,8 @@ def test_automatic_backups_keep_the_newest_and_a_failure_raises_one_alert(
     password.write_text("schedule password\n")
     srv = server_factory(env={"CREWSHIP_BACKUP_INTERVAL": "1s", "CREWSHIP_BACKUP_KEEP": "2",
                               "CREWSHIP_BACKUP_RESTIC_REPO": str(tmp_path / "restic"),
-                              "CREWSHIP_BACKUP_RESTIC_PASSWORD_FILE": str(password)})
+                              "CREWSHIP_BACKUP_RESTIC_PASSWORD_FILE": str(password),
+                              "CREWSHIP_ALLOW_PRIVATE_URLS": "1"})  # the receiver is on 127.0.0.1
     with Receiver() as rx:
         srv.ssh(srv.admin_key, "apps:create", "ops", check=True)
         srv.ssh(srv.admin_key, "alerts:add", "ops", rx.url("/alerts"), "--events",

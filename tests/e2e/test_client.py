@@ -20,9 +20,16 @@ from typing import Any
 
 import pytest
 
-from tests.support.crewenv import FIXTURES, cache_root, locked_copy
+from tests.support.crewenv import FIXTURES, locked_copy
 from tests.support.fakellm import FakeLLM
-from tests.support.server import GIT_IDENTITY, REPO_ROOT, CrewshipServer, free_port, key_fingerprint
+from tests.support.server import (
+    GIT_IDENTITY,
+    REPO_ROOT,
+    CrewshipServer,
+    free_port,
+    key_fingerprint,
+    shared_envs_server,
+)
 
 pytestmark = [pytest.mark.e2e]
 
@@ -79,12 +86,8 @@ def skeleton(root: Path, name: str = "demo_crew") -> Path:
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
-    # Environments are shared across test servers, as across apps of one server.
-    server = CrewshipServer(tmp_path_factory.mktemp("client"),
-                            env={"CREWSHIP_ENVS_DIR": str(cache_root() / "server-envs")})
-    server.start()
-    yield server
-    server.close()
+    with shared_envs_server(tmp_path_factory.mktemp("client")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 from tests.support.crewapi import CrewAPI
 from tests.support.crewenv import cache_root, locked_copy, uv_binary
 from tests.support.fakellm import FakeLLM
-from tests.support.server import GIT_IDENTITY, REPO_ROOT, CrewshipServer
+from tests.support.server import GIT_IDENTITY, REPO_ROOT, CrewshipServer, shared_envs_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CLI_VERSION = "1.15.30"
@@ -50,19 +50,9 @@ def crewai_bin() -> Path:
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
-    envs = cache_root() / "server-envs"
-    server = CrewshipServer(tmp_path_factory.mktemp("crewai-cli"),
-                            env={"CREWSHIP_ENVS_DIR": str(envs)})
-    server.start()
-    yield server
-    server.close()
+    with shared_envs_server(tmp_path_factory.mktemp("crewai-cli")) as server:
+        yield server
 
 
 class CrewAI:

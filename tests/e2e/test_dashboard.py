@@ -38,12 +38,6 @@ HOSTILE = "<b id='injected'>kelp</b>"   # crew inputs: must show as text, never 
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
     env = {"CREWSHIP_ENVS_DIR": str(cache_root() / "server-envs"),
            "CREWSHIP_RESTART_DELAY": "0.2"}

@@ -16,26 +16,15 @@ import pytest
 from tests.support.crewapi import CrewAPI
 from tests.support.crewenv import cache_root, locked_copy
 from tests.support.fakellm import FakeLLM
-from tests.support.server import CrewshipServer
+from tests.support.server import CrewshipServer, shared_envs_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
-    # Environments are shared across test servers, as across apps of one server.
-    envs = cache_root() / "server-envs"
-    server = CrewshipServer(tmp_path_factory.mktemp("deploy"),
-                            env={"CREWSHIP_ENVS_DIR": str(envs)})
-    server.start()
-    yield server
-    server.close()
+    with shared_envs_server(tmp_path_factory.mktemp("deploy")) as server:
+        yield server
 
 
 def configure(srv: CrewshipServer, app: str, llm: FakeLLM) -> CrewAPI:

@@ -60,12 +60,6 @@ def dock() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, dock: Any) -> Iterator[CrewshipServer]:
     server = CrewshipServer(tmp_path_factory.mktemp("docker"), args=["--runtime", "docker"],
                             env={"CREWSHIP_BASE_IMAGE": DOCKER_BASE_IMAGE,
@@ -111,7 +105,7 @@ def test_docker_push_to_live_code_push_broken_push_kill_and_daemon_restart(
     project = new_project(srv, "classic_crew", tmp_path)
 
     # 1. push: validated, image built, container started, health-checked, live.
-    out, full = timed(lambda: push(srv, project, APP))
+    out, _ = timed(lambda: push(srv, project, APP))
     for line in ("-----> Validating", "-----> Building image crewship/dock-demo:v1",
                  "-----> Starting v1", "-----> Health check passed",
                  "=====> dock-demo v1 is live at"):
@@ -138,11 +132,11 @@ def test_docker_push_to_live_code_push_broken_push_kill_and_daemon_restart(
     tasks = project / "src/demo_crew/config/tasks.yaml"
     tasks.write_text(tasks.read_text().replace("short briefing", "crisp briefing"))
     second = commit_all(srv, project, "reword the task")
-    out, code_only = timed(lambda: push(srv, project, APP))
+    out, _ = timed(lambda: push(srv, project, APP))
     assert "dependency layer cached" in out, out
     assert "Installed" not in out
     assert "=====> dock-demo v2 is live" in out
-    assert code_only < full
+    # (its speed is measured in bench/image.py, never asserted: tests do not fail on timings)
     v2 = only_container(dock, 2)
     assert "crisp briefing" in api.run({"topic": "a", "audience": "b"})["result"]
 

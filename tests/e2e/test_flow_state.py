@@ -17,9 +17,8 @@ import pytest
 
 from tests.e2e.test_deploy import configure, new_project, push
 from tests.support.crewapi import CrewAPI
-from tests.support.crewenv import cache_root
 from tests.support.fakellm import FakeLLM
-from tests.support.server import CrewshipServer
+from tests.support.server import CrewshipServer, shared_envs_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -28,18 +27,9 @@ UNKNOWN = "11111111-1111-4111-8111-111111111111"
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
-    server = CrewshipServer(tmp_path_factory.mktemp("flowstate"),
-                            env={"CREWSHIP_ENVS_DIR": str(cache_root() / "server-envs")})
-    server.start()
-    yield server
-    server.close()
+    with shared_envs_server(tmp_path_factory.mktemp("flowstate")) as server:
+        yield server
 
 
 def counted(api: CrewAPI, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:

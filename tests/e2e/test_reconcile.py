@@ -24,12 +24,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SLOW = "import os as _os, time as _time\n_time.sleep(float(_os.environ.get('SLOW_IMPORT', '0')))\n"
 
 
-@pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
 @pytest.fixture
 def srv(tmp_path: Path) -> Iterator[CrewshipServer]:
     env = {"CREWSHIP_ENVS_DIR": str(cache_root() / "server-envs"),

@@ -26,7 +26,7 @@ from tests.e2e.test_deploy import commit_all, configure
 from tests.support import crewenv
 from tests.support.crewapi import CrewAPI
 from tests.support.fakellm import ANSWER_PREFIX, FakeLLM
-from tests.support.server import CrewshipServer
+from tests.support.server import CrewshipServer, shared_envs_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -87,19 +87,9 @@ def main_py_inputs(project: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
-    envs = crewenv.cache_root() / "server-envs"
-    server = CrewshipServer(tmp_path_factory.mktemp("scaffolds"),
-                            env={"CREWSHIP_ENVS_DIR": str(envs)})
-    server.start()
-    yield server
-    server.close()
+    with shared_envs_server(tmp_path_factory.mktemp("scaffolds")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,8 @@ import httpx
 import pytest
 
 from tests.e2e.test_deploy import commit_all, configure, new_project, push
-from tests.support.crewenv import cache_root
 from tests.support.fakellm import FakeLLM
-from tests.support.server import CrewshipServer
+from tests.support.server import CrewshipServer, shared_envs_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -29,18 +28,9 @@ _os.write(1, b"2026-01-01T00:00:00.000Z [system] deploy finished (no newline)")
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
-    server = CrewshipServer(tmp_path_factory.mktemp("logsec"),
-                            env={"CREWSHIP_ENVS_DIR": str(cache_root() / "server-envs")})
-    server.start()
-    yield server
-    server.close()
+    with shared_envs_server(tmp_path_factory.mktemp("logsec")) as server:
+        yield server
 
 
 def system_lines(lines: list[str]) -> list[str]:

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from tests.support.crewapi import CrewAPI
-from tests.support.crewenv import cache_root, locked_copy
+from tests.support.crewenv import locked_copy
 from tests.support.fakellm import FakeLLM
-from tests.support.server import REPO_ROOT, CrewshipServer
+from tests.support.server import REPO_ROOT, CrewshipServer, shared_envs_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -93,19 +93,9 @@ run.inputs = ["targets", "topic"]
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
-    envs = cache_root() / "server-envs"  # shared with the other e2e tests: a cache hit
-    server = CrewshipServer(tmp_path_factory.mktemp("sandbox"),
-                            env={"CREWSHIP_ENVS_DIR": str(envs)})
-    server.start()
-    yield server
-    server.close()
+    with shared_envs_server(tmp_path_factory.mktemp("sandbox")) as server:
+        yield server
 
 
 def probe_project(srv: CrewshipServer, tmp_path: Path) -> Path:

@@ -48,12 +48,6 @@ def dock() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, dock: Any) -> Iterator[CrewshipServer]:
     server = CrewshipServer(tmp_path_factory.mktemp("docker-sandbox"), args=["--runtime", "docker"],
                             env={"CREWSHIP_BASE_IMAGE": DOCKER_BASE_IMAGE})
@@ -94,7 +88,8 @@ def test_a_crew_container_finds_everything_outside_its_release_refused(
         host = container.attrs["HostConfig"]
         assert host["ReadonlyRootfs"] is True
         assert host["CapDrop"] == ["ALL"]
-        assert not host.get("Binds")
+        # the one host path a crew container sees: its runner secret, one file, read-only
+        assert all(b.endswith(":/run/crewship/secret:ro") for b in host.get("Binds") or []), host
     assert Path(f"/proc/{before['instances'][0]['pid']}").exists()  # the other crew lives
     status = srv.ssh_json(srv.admin_key, "status", APPS[0])
     assert status["sandbox"] is True

@@ -28,12 +28,6 @@ SCRAPE = "telemetry-scrape-token"  # CREWSHIP_METRICS_TOKEN: /metrics needs a to
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def rx() -> Iterator[Receiver]:
     with Receiver() as receiver:
         yield receiver

@@ -16,13 +16,14 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from crewship.config import Layout
 from crewship.errors import DeployError
 from runtime.backend import InstanceSpec
+from runtime.channel import RunnerClient
 from runtime.events import (
+    Endpoint,
     InstanceExited,
     InstanceFailedError,
     InstanceRetired,
@@ -50,7 +51,8 @@ class Rig:
             argv = [sys.executable, str(FAKERUNNER), "--port", str(port),
                     "--instance", f"v{release}.{index}", *extra]
             env = {"PATH": os.environ.get("PATH", ""), "CREWSHIP_SECRET": "s3cret-value"}
-            return InstanceSpec(APP, release, index, argv, env, self.root, port)
+            return InstanceSpec(APP, release, index, argv, env, self.root, port,
+                                secret="0123456789abcdef" * 2)  # the supervisor sets its own
         return make
 
     def supervisor(self, backend: ProcessBackend, **options: Any) -> Supervisor:
@@ -108,9 +110,13 @@ async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def healthz(host: str, port: int) -> int:
-    async with httpx.AsyncClient(trust_env=False, timeout=2) as client:
-        return (await client.get(f"http://{host}:{port}/healthz")).status_code
+async def healthz(endpoint: Endpoint) -> int:
+    """A signed health check, as the supervisor makes it (runtime/channel.py)."""
+    client = RunnerClient(timeout=2)
+    try:
+        return (await client.call(endpoint.peer, "GET", "/healthz")).status
+    finally:
+        await client.aclose()
 
 
 def test_kill_9_is_restarted_and_healthy_again(rig: Rig) -> None:
@@ -123,7 +129,7 @@ def test_kill_9_is_restarted_and_healthy_again(rig: Rig) -> None:
             first = sup.endpoints(APP)[0]
             pid = sup.status(APP).instances[0].pid
             assert pid is not None
-            assert await healthz(first.host, first.port) == 200
+            assert await healthz(first) == 200
             killed = time.monotonic()
             os.kill(pid, signal.SIGKILL)
             await eventually(lambda: bool(sup.endpoints(APP))
@@ -131,7 +137,7 @@ def test_kill_9_is_restarted_and_healthy_again(rig: Rig) -> None:
             elapsed = time.monotonic() - killed
             rig.remember(sup)
             again = sup.endpoints(APP)[0]
-            assert await healthz(again.host, again.port) == 200
+            assert await healthz(again) == 200
             print(f"crash-to-healthy: {elapsed:.3f} s")
             assert elapsed < 5.0
             assert InstanceExited(APP, first.instance_id, 1, -9) in rig.events
@@ -153,14 +159,16 @@ def test_retiring_drains_in_flight_work_then_exits_0(rig: Rig) -> None:
             await sup.deploy(APP, 1, rig.spec(1))
             rig.remember(sup)
             old = sup.endpoints(APP)[0]
-            async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
-                work = asyncio.create_task(
-                    client.get(f"http://{old.host}:{old.port}/work?seconds=1"))
+            client = RunnerClient(timeout=10)
+            try:
+                work = asyncio.create_task(client.call(old.peer, "GET", "/work?seconds=1"))
                 await eventually(lambda: "work started" in rig.log.path.read_text())
                 await sup.deploy(APP, 2, rig.spec(2))
                 rig.remember(sup)
                 response = await work
-            assert response.status_code == 200
+            finally:
+                await client.aclose()
+            assert response.status == 200
             await eventually(lambda: any(isinstance(e, InstanceRetired) for e in rig.events))
             assert InstanceRetired(APP, old.instance_id, 1, 0) in rig.events
             text = rig.log.path.read_text()
@@ -187,7 +195,7 @@ def test_failed_health_check_stops_new_and_keeps_old(rig: Rig) -> None:
             assert "[v2.1] listening on" in caught.value.output
             assert "[v1.1]" not in caught.value.output
             assert sup.endpoints(APP) == [old]
-            assert await healthz(old.host, old.port) == 200
+            assert await healthz(old) == 200
             assert [r["release"] for r in rig.records()] == [1]
             with pytest.raises(DeployError, match=r"v3\.1 exited with status 4$") as early:
                 await sup.deploy(APP, 3, rig.spec(3, "--crash-after", "0", "--exit-status", "4"))

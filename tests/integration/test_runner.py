@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from runtime.runner import SIGNATURE_HEADER, sign
 from tests.support import crewenv
 from tests.support.fakellm import ANSWER_PREFIX, FakeLLM
 
@@ -33,6 +34,8 @@ RUNNER = Path(__file__).resolve().parents[2] / "runtime" / "runner.py"
 INSTANCE = "v1.1"
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[v1\.1\] ")
 HEALTH_TIMEOUT = 90.0
+SECRET = b"a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"  # each runner's channel secret, on its stdin
+TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
 
 FIXTURES: dict[str, dict[str, Any]] = {
     "classic_crew": {
@@ -81,10 +84,20 @@ def free_port() -> int:
 
 
 def call(
-    port: int, method: str, path: str, body: Any = None, raw: bytes | None = None, timeout: float = 60.0
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    raw: bytes | None = None,
+    timeout: float = 60.0,
+    secret: bytes | None = SECRET,
 ) -> tuple[int, dict[str, Any]]:
+    """A request signed as the daemon signs it (``secret=None``: unsigned)."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    headers = {} if secret is None else {SIGNATURE_HEADER: sign(secret, method, path, data or b"")}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, method=method, headers=headers
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -128,10 +141,13 @@ class RunnerProcess:
         fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             self.proc = subprocess.Popen(
-                argv, cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd
+                argv, cwd=project, env=env, stdin=subprocess.PIPE, stdout=fd, stderr=fd
             )
         finally:
             os.close(fd)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(SECRET + b"\n")
+        self.proc.stdin.close()
         self.started = time.monotonic()
 
     def output(self) -> str:
@@ -156,6 +172,16 @@ class RunnerProcess:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
+
+
+def run_to_end(port: int, kickoff_id: str, inputs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """POST /runs (202 at once), long-poll the run to its end, acknowledge it."""
+    status, body = call(port, "POST", "/runs", {"kickoff_id": kickoff_id, "inputs": inputs})
+    assert status == 202, body
+    while body.get("state") not in TERMINAL:
+        status, body = call(port, "GET", f"/runs/{kickoff_id}?wait=20")
+    assert call(port, "POST", f"/runs/{kickoff_id}/ack")[0] == 200
+    return status, body
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +232,7 @@ def test_runner_serves_kickoffs(name: str, start_runner: Any, llm: FakeLLM) -> N
     described = {"inputs": spec["inputs"], "optional_inputs": spec["optional"], "flow": "flow" in name}
     assert call(runner.port, "GET", "/inputs") == (200, described)
 
-    status, body = call(runner.port, "POST", "/runs", {"kickoff_id": "k-ok", "inputs": spec["kickoff"]})
+    status, body = run_to_end(runner.port, "k-ok", spec["kickoff"])
     assert status == 200
     assert body["state"] == "SUCCESS", body
     assert ANSWER_PREFIX in body["result"]
@@ -217,11 +243,11 @@ def test_runner_serves_kickoffs(name: str, start_runner: Any, llm: FakeLLM) -> N
     if "crew" in name or name == "entrypoint":
         assert [t["task_id"] for t in body["tasks"]] == ["research_task"]
         assert ANSWER_PREFIX in body["tasks"][0]["output"]
-    assert call(runner.port, "GET", "/runs/k-ok")[1]["state"] == "SUCCESS"
+    assert call(runner.port, "GET", "/runs/k-ok")[0] == 404  # acknowledged: forgotten
     assert any(spec["kickoff"]["topic"] in json.dumps(r) for r in llm.chat_requests())
 
     if spec["missing"] is not None:
-        status, body = call(runner.port, "POST", "/runs", {"kickoff_id": "k-bad", "inputs": spec["missing"]})
+        status, body = run_to_end(runner.port, "k-bad", spec["missing"])
         assert status == 200
         assert body["state"] == "FAILURE"
         assert body["error"].startswith("ValueError: ")
@@ -258,7 +284,7 @@ def _kickoff_in_thread(port: int, kickoff_id: str, inputs: dict[str, Any]) -> di
 
     def post() -> None:
         try:
-            result["reply"] = call(port, "POST", "/runs", {"kickoff_id": kickoff_id, "inputs": inputs})
+            result["reply"] = run_to_end(port, kickoff_id, inputs)
         except OSError as exc:  # the runner died: the test's own assertions report it
             result["reply"] = (0, {"error": repr(exc)})
 
@@ -296,9 +322,32 @@ def test_stop_revokes_a_running_kickoff(start_runner: Any, llm: FakeLLM) -> None
         pending["thread"].join(timeout=10)
         assert time.monotonic() - stopped_at < 3
         assert pending["reply"][1]["state"] == "REVOKED"
-        assert call(runner.port, "POST", "/runs/k-stop/stop")[0] == 409
+        assert call(runner.port, "POST", "/runs/k-stop/stop")[0] == 404  # acknowledged: forgotten
     finally:
         llm.delay = 0.0
+
+
+def test_stop_revokes_a_running_flow(start_runner: Any, llm: FakeLLM) -> None:
+    """A flow has no task callbacks to stop at: it is REVOKED at once, its late result is
+    discarded, and the runner can still be acknowledged and serve the next run."""
+    runner = start_runner("flow")
+    runner.wait_healthy()
+    asked = len(llm.chat_requests())
+    llm.delay = 5.0
+    try:
+        pending = _kickoff_in_thread(runner.port, "k-flow", FIXTURES["flow"]["kickoff"])
+        deadline = time.monotonic() + 30
+        while len(llm.chat_requests()) == asked and time.monotonic() < deadline:
+            time.sleep(0.1)  # the flow's first LLM call is under way
+        assert call(runner.port, "POST", "/runs/k-flow/stop") == (
+            200,
+            {"kickoff_id": "k-flow", "state": "REVOKED"},
+        )
+        pending["thread"].join(timeout=10)
+        assert pending["reply"][1]["state"] == "REVOKED"
+    finally:
+        llm.delay = 0.0
+    assert run_to_end(runner.port, "k-after", FIXTURES["flow"]["kickoff"])[1]["state"] == "SUCCESS"
 
 
 def test_sigterm_lets_running_kickoffs_finish(start_runner: Any, llm: FakeLLM) -> None:
@@ -337,7 +386,9 @@ def test_runner_records_task_and_step_webhooks_for_the_daemon(start_runner: Any)
     status, body = call(runner.port, "POST", "/runs", {
         "kickoff_id": "k-hooks", "inputs": spec["kickoff"], "meta": {"requestId": "r-1"},
         "webhooks": {"task": True, "step": True}})
-    assert status == 200
+    assert status == 202, body
+    while body.get("state") not in TERMINAL:
+        status, body = call(runner.port, "GET", "/runs/k-hooks?wait=20&after=0")
     assert body["state"] == "SUCCESS", body
     events = body["webhook_events"]
     assert {e["kind"] for e in events} == {"task", "step"}
@@ -352,7 +403,7 @@ def test_runner_records_task_and_step_webhooks_for_the_daemon(start_runner: Any)
 def test_flow_whose_fields_all_have_defaults_runs_with_no_inputs(start_runner: Any) -> None:
     runner = start_runner("declarative_flow")
     runner.wait_healthy()
-    status, body = call(runner.port, "POST", "/runs", {"kickoff_id": "k-empty", "inputs": {}})
+    status, body = run_to_end(runner.port, "k-empty", {})
     assert (status, body["state"]) == (200, "SUCCESS"), body
     assert "AI agents" in body["result"]  # the default from flow.yaml reached the LLM
 
@@ -361,7 +412,7 @@ PERSIST_ARGS = ["--kind", "flow", "--package", "persist_flow"]
 
 
 def _count(port: int, kickoff_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
-    status, body = call(port, "POST", "/runs", {"kickoff_id": kickoff_id, "inputs": inputs})
+    status, body = run_to_end(port, kickoff_id, inputs)
     assert (status, body["state"]) == (200, "SUCCESS"), body
     return dict(body["result_json"])
 
@@ -395,7 +446,7 @@ def test_crew_gets_the_trigger_payload_in_its_first_task(start_runner: Any, llm:
     runner = start_runner("classic_crew")
     runner.wait_healthy()
     inputs = {**FIXTURES["classic_crew"]["kickoff"], "crewai_trigger_payload": {"ticket": "T-4242"}}
-    status, body = call(runner.port, "POST", "/runs", {"kickoff_id": "k-trig", "inputs": inputs})
+    status, body = run_to_end(runner.port, "k-trig", inputs)
     assert (status, body["state"]) == (200, "SUCCESS"), body
     prompts = [json.dumps(r) for r in llm.chat_requests()]
     assert any("Trigger Payload: {'ticket': 'T-4242'}" in p for p in prompts)

@@ -102,8 +102,10 @@ def test_a_crew_container_is_locked_down_and_never_sees_the_data_dir(tmp_path: P
         assert host["CapDrop"] == ["ALL"]
         assert "no-new-privileges" in host["SecurityOpt"]
         assert host["PidsLimit"] == PIDS_LIMIT
-        assert not host.get("Binds")
-        assert not attrs["Mounts"] or all(m["Type"] != "bind" for m in attrs["Mounts"])
+        # the one host path a crew container sees: its runner secret, one file, read-only
+        assert all(b.endswith(":/run/crewship/secret:ro") for b in host.get("Binds") or []), host
+        assert all(m["Type"] != "bind" or (m["Destination"] == "/run/crewship/secret"
+                                           and m["RW"] is False) for m in attrs["Mounts"] or [])
         assert set(host["Tmpfs"]) == {"/tmp", CONTAINER_HOME}
 
         for probe in ("write_root", "write_usr", "write_etc"):

@@ -17,18 +17,24 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from crewship.config import Layout
 from runtime.backend import InstanceRef, InstanceSpec, free_port
+from runtime.channel import ChannelError, Peer, RunnerClient
 from runtime.process import ProcessBackend, is_running, proc_stat
 from runtime.sandbox import Sandbox, SandboxUnavailableError, first_child
 
 APP = "sandboxed"
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 VENV = Path(sys.prefix)
+# fakerunner imports runtime.runner from the checkout (Python must list the dir: 0711 parents
+# made by bwrap are not listable), so the test crew sees the checkout read-only.
+REPO = Path(__file__).resolve().parents[2]
 UID = 200_999
+
+
+SECRET = "0123456789abcdef" * 2  # the channel secret these instances get on stdin
 
 
 class Rig:
@@ -43,8 +49,8 @@ class Rig:
         argv = [sys.executable, str(SUPPORT / "fakerunner.py"), "--port", str(port),
                 "--instance", "v1.1", *extra]
         return InstanceSpec(APP, 1, 1, argv, {"PATH": "/usr/bin:/bin"}, SUPPORT, port,
-                            readonly=(SUPPORT, VENV), home=self.layout.app_home(APP),
-                            uid=UID)
+                            readonly=(REPO, VENV), home=self.layout.app_home(APP),
+                            uid=UID, secret=SECRET)  # on stdin, through bwrap
 
     def tree(self, ref: InstanceRef) -> tuple[int, int, int]:
         """(outer bwrap, init, crew) host pids of a started instance."""
@@ -75,15 +81,20 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 
 async def healthy(ref: InstanceRef, timeout: float = 20.0) -> None:
+    """A signed /healthz answered with a valid proof: the secret crossed bwrap on stdin."""
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(trust_env=False, timeout=2) as client:
+    client = RunnerClient(timeout=2)
+    try:
         while time.monotonic() < deadline:
             try:
-                if (await client.get(f"http://{ref.host}:{ref.port}/healthz")).status_code == 200:
+                reply = await client.call(Peer(ref.host, ref.port, SECRET), "GET", "/healthz")
+                if reply.status == 200:
                     return
-            except httpx.TransportError:
+            except ChannelError:
                 pass
             await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
     raise AssertionError("the sandboxed runner never became healthy")
 
 

@@ -22,7 +22,7 @@ from crewship.config import Layout, Settings, from_env
 from crewship.errors import InvalidInputError
 from crewship.model import AccessLevel
 from crewship.service import sources
-from crewship.service.kickoffs import WebhookRelay
+from crewship.service.dispatch import WebhookRelay
 from crewship.service.notify import Deliverer
 from crewship.service.platform import Platform
 from crewship.store.state import Database

@@ -9,7 +9,9 @@
         [--max-life S]       exit anyway after S seconds: a test that leaks us is bounded
 
 ``GET /healthz`` -> 200 ``{"status": "ok"}``; ``GET /work?seconds=S`` sleeps S and
-answers 200. SIGTERM: refuse new work (503), finish what is running, exit 0.
+answers 200. Like the real runner it reads its channel secret from stdin, refuses
+unsigned requests (401) and proves every reply (runtime/runner.py's MAC functions).
+SIGTERM: refuse new work (503), finish what is running, exit 0.
 Every line printed is ``<ISO ts>Z [<instance>] text``, like the real runner's.
 """
 
@@ -24,11 +26,22 @@ import threading
 import time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from runtime.runner import (
+    PROOF_HEADER,
+    SIGNATURE_HEADER,
+    read_secret,
+    response_mac,
+    signature_valid,
+)
+
 INSTANCE = "runner"
 STATE: dict[str, Any] = {"draining": False, "in_flight": 0, "healthy": True}
+SECRET = b""
 LOCK = threading.Lock()
 
 
@@ -48,11 +61,18 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        signature = self.headers.get(SIGNATURE_HEADER) or ""
+        if status != 401:
+            self.send_header(PROOF_HEADER, response_mac(SECRET, signature, status, data))
         self.end_headers()
         self.wfile.write(data)
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
+        signature = self.headers.get(SIGNATURE_HEADER) or ""
+        if not signature_valid(SECRET, signature, "GET", self.path, b""):
+            self.reply(401, {"error": "unsigned"})
+            return
         if url.path == "/healthz":
             ok = STATE["healthy"] and not STATE["draining"]
             self.reply(200 if ok else 503, {"status": "ok" if ok else "unhealthy",
@@ -109,8 +129,9 @@ def exit_later(seconds: float, status: int, text: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    global INSTANCE
+    global INSTANCE, SECRET
     args = parse(argv)
+    SECRET = read_secret("-")
     INSTANCE = args.instance
     STATE["healthy"] = not args.never_healthy
     say(f"starting (pid {os.getpid()})")

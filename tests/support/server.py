@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -339,3 +339,18 @@ class CrewshipServer:
         found = re.search(r"host key (SHA256:\S+)", text)
         assert found, f"no host key in the start banner:\n{text}"
         return found.group(1)
+
+
+@contextlib.contextmanager
+def shared_envs_server(root: Path, env: dict[str, str] | None = None) -> Iterator[CrewshipServer]:
+    """A started server whose crew environments live in the cache every test server shares
+    (as the apps of one server share them); closed, with the crews it started, afterwards."""
+    from tests.support.crewenv import cache_root
+
+    server = CrewshipServer(root, env={"CREWSHIP_ENVS_DIR": str(cache_root() / "server-envs"),
+                                       **(env or {})})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -1,0 +1,347 @@
+"""The kickoff dispatcher: PENDING kickoffs to healthy instances, and their results back.
+
+One loop per app claims the oldest PENDING kickoffs (SQLite is the queue) for free
+slots: at most ``concurrency`` runs per healthy instance. A claimed kickoff is
+``RUNNING`` on its instance *before* it is sent, and a driver task per kickoff sends it
+(``POST /runs``: idempotent per kickoff id), long-polls its result, stores it, then
+acknowledges it so the runner may forget it. Every call to a runner is retried while the
+instance lives, so no accepted kickoff fails because a connection did; only an instance
+that really died fails its kickoffs (the supervisor's ``InstanceExited``).
+
+After a daemon restart ``follow`` picks the RUNNING kickoffs of adopted instances up
+again: re-sending is harmless (the runner answers with the run it has), and the runner
+kept any result that finished while no daemon was there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from crewship import log
+from crewship.events import WebhookDue
+from crewship.store.state import Database, now
+from runtime.channel import ChannelError, Reply, RunnerClient
+from runtime.events import Endpoint
+from runtime.supervisor import Supervisor
+
+logger = log.get("crewship.service.dispatch")
+
+TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
+RECHECK = 0.25       # seconds between looks while kickoffs wait for a free slot
+RETRY_MAX = 1.0      # the longest pause between two tries of one call
+
+
+@dataclass(frozen=True)
+class KickoffLimits:
+    concurrency: int = 4          # runs at once per instance
+    queue: int = 100              # PENDING kickoffs per app before 429
+    timeout: float = 3600.0       # seconds one run may take
+    poll: float = 20.0            # seconds of one long poll
+
+
+class _InstanceGoneError(Exception):
+    """The instance a kickoff ran on is no longer live or draining."""
+
+    def __init__(self, delivered: bool) -> None:
+        super().__init__("instance gone")
+        self.delivered = delivered
+
+
+class _SettledError(Exception):
+    """Someone else settled the kickoff (stopped, failed) while we were calling."""
+
+
+class _TimedOutError(Exception):
+    """The run's deadline passed while its instance did not answer."""
+
+
+Finish = Callable[[str, dict[str, Any]], bool]
+Relay = Callable[[WebhookDue], None]
+WEBHOOK_POLL = 1.0   # seconds of one long poll while a run has task/step webhooks
+
+
+def run_body(row: sqlite3.Row) -> dict[str, Any]:
+    """What ``POST /runs`` gets for a kickoff row. For task/step webhooks the runner only
+    records the bodies (it never sees a URL); the driver fetches and relays them."""
+    body: dict[str, Any] = {"kickoff_id": row["id"], "inputs": json.loads(row["inputs_json"])}
+    hooks = hook_urls(row)
+    if hooks:
+        body["webhooks"] = {kind: True for kind in hooks}
+        body["meta"] = json.loads(row["meta_json"]) if row["meta_json"] else None
+    return body
+
+
+def hook_urls(row: sqlite3.Row) -> dict[str, str]:
+    """The task/step webhook URLs of a kickoff row (checked when it was accepted)."""
+    hooks = json.loads(row["webhooks_json"]) if row["webhooks_json"] else {}
+    return {k: str(v) for k, v in hooks.items() if k in ("task", "step") and v}
+
+
+class WebhookRelay:
+    """Turns the webhook bodies a runner recorded into ``WebhookDue`` events, each once.
+
+    The runner numbers them from 0; ``seen`` counts those already relayed, so a poll
+    (``start``: the number it asked from) never repeats one, even when polls overlap.
+    The URLs stay here: the runner (the crew's own process) never sees them.
+    """
+
+    def __init__(self, app: str, kickoff_id: str, urls: dict[str, str], sink: Relay) -> None:
+        self.app, self.kickoff_id, self.urls, self.sink = app, kickoff_id, urls, sink
+        self.seen = 0
+
+    def take(self, events: Any, *, start: int) -> None:
+        if not self.urls or not isinstance(events, list):
+            return
+        for event in events[max(0, self.seen - start):]:
+            self.seen += 1
+            kind = event.get("kind") if isinstance(event, dict) else None
+            body = event.get("body") if isinstance(event, dict) else None
+            if isinstance(kind, str) and kind in self.urls and isinstance(body, dict):
+                self.sink(WebhookDue(self.app, self.kickoff_id, kind, self.urls[kind], body))
+
+
+class Dispatcher:
+    def __init__(self, db: Database, supervisor: Supervisor, client: RunnerClient,
+                 limits: KickoffLimits, finish: Finish, relay: Relay | None = None) -> None:
+        self.db = db
+        self.supervisor = supervisor
+        self.client = client
+        self.limits = limits
+        self._finish = finish
+        self._relay = relay or (lambda due: None)
+        self._busy: dict[str, int] = {}
+        self._wakes: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._gone: dict[str, str] = {}  # instance id -> why it died (recent ones)
+        self._closing = False
+
+    def following(self, kickoff_id: str) -> bool:
+        """A driver settles this kickoff (also when its instance dies)."""
+        return kickoff_id in self._drivers
+
+    def instance_gone(self, instance_id: str, reason: str) -> None:
+        self._gone[instance_id] = reason
+        while len(self._gone) > 256:
+            del self._gone[next(iter(self._gone))]
+
+    def running(self, app: str) -> int:
+        ids = {e.instance_id for e in self.supervisor.endpoints(app)}
+        return sum(n for name, n in self._busy.items() if name in ids)
+
+    def wake(self, app: str) -> None:
+        """New work or a free slot: the app's loop looks at its queue now."""
+        if self._closing:
+            return
+        event = self._wakes.get(app)
+        if event is None:
+            event = self._wakes[app] = asyncio.Event()
+            self._spawn(self._loop(app, event))
+        event.set()
+
+    async def _loop(self, app: str, event: asyncio.Event) -> None:
+        while True:
+            event.clear()
+            try:
+                more = self._dispatch(app)
+            except sqlite3.Error as exc:
+                logger.warning("kickoff_dispatch_failed", app=app, error=str(exc))
+                more = True
+            if more:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), RECHECK)
+            else:
+                await event.wait()
+
+    def _dispatch(self, app: str) -> bool:
+        """Claim the oldest PENDING kickoffs for free slots; True if some still wait."""
+        endpoints = [e for e in self.supervisor.endpoints(app) if e.secret]
+        free = {e.instance_id: self.limits.concurrency - self._busy.get(e.instance_id, 0)
+                for e in endpoints}
+        slots = sum(max(0, n) for n in free.values())
+        rows = self.db.all(
+            "SELECT kickoffs.* FROM kickoffs JOIN apps ON apps.id = app_id WHERE apps.name = ? "
+            "AND state = 'PENDING' ORDER BY kickoffs.created_at, kickoffs.rowid LIMIT ?",
+            app, slots + 1)
+        loop = asyncio.get_running_loop()
+        for row in rows[:slots]:
+            endpoint = max(endpoints, key=lambda e: free[e.instance_id])
+            if not self._claim(row["id"], endpoint):
+                continue
+            free[endpoint.instance_id] -= 1
+            self.follow(app, row["id"], endpoint, run_body(row),
+                        loop.time() + self.limits.timeout, hook_urls(row))
+        return len(rows) > slots
+
+    def _claim(self, kickoff_id: str, endpoint: Endpoint) -> bool:
+        release = _release_of(endpoint.instance_id)
+        with self.db.tx() as conn:
+            cur = conn.execute(
+                "UPDATE kickoffs SET state = 'RUNNING', instance = ?, "
+                "release = COALESCE(?, release), started_at = ? "
+                "WHERE id = ? AND state = 'PENDING'",
+                (endpoint.instance_id, release, now(), kickoff_id))
+            return cur.rowcount == 1
+
+    def follow(self, app: str, kickoff_id: str, endpoint: Endpoint, body: dict[str, Any],
+               deadline: float, hooks: dict[str, str] | None = None) -> None:
+        """Send (or re-send) a RUNNING kickoff and settle it with its result."""
+        if kickoff_id in self._drivers:
+            return
+        self._busy[endpoint.instance_id] = self._busy.get(endpoint.instance_id, 0) + 1
+        self._drivers[kickoff_id] = self._spawn(
+            self._drive(app, kickoff_id, endpoint, body, deadline,
+                        WebhookRelay(app, kickoff_id, hooks or {}, self._relay)))
+
+    async def _drive(self, app: str, kickoff_id: str, endpoint: Endpoint,
+                     body: dict[str, Any], deadline: float, relay: WebhookRelay) -> None:
+        sent = False
+        try:
+            reply = await self._call(app, kickoff_id, endpoint, "POST", "/runs", body,
+                                     deadline=deadline)
+            sent = True
+            result = await self._run(app, kickoff_id, endpoint, reply, deadline, relay)
+            if result is not None:
+                self._finish(kickoff_id, result)
+            if result is not None or self._settled(kickoff_id):
+                await self._ack(app, kickoff_id, endpoint)
+        except _InstanceGoneError as exc:
+            if not sent and not exc.delivered:  # it never reached the runner: queue it again
+                self._requeue(kickoff_id)
+            else:
+                reason = self._gone.get(endpoint.instance_id,
+                                        f"instance {endpoint.instance_id} stopped")
+                self._finish(kickoff_id, {"state": "FAILURE",
+                                          "error": f"{reason} during the run"})
+        except _SettledError:
+            await self._ack(app, kickoff_id, endpoint)
+        except _TimedOutError:
+            await self._stop_quietly(endpoint, kickoff_id)
+            self._finish(kickoff_id, {"state": "FAILURE",
+                                      "error": f"timed out after {self.limits.timeout:g} s"})
+        except Exception:  # a bug: say so on the kickoff rather than leave it RUNNING
+            logger.exception("kickoff_follow_failed", app=app, kickoff_id=kickoff_id)
+            self._finish(kickoff_id, {"state": "FAILURE",
+                                      "error": "internal error while following the run "
+                                               "(see the server log)"})
+        finally:
+            self._busy[endpoint.instance_id] -= 1
+            if not self._busy[endpoint.instance_id]:
+                del self._busy[endpoint.instance_id]
+            self._drivers.pop(kickoff_id, None)
+            self.wake(app)
+
+    async def _run(self, app: str, kickoff_id: str, endpoint: Endpoint, reply: Reply,
+                   deadline: float, relay: WebhookRelay) -> dict[str, Any] | None:
+        """The run's final status from ``POST /runs``'s reply on, or None when it went back
+        to the queue."""
+        if reply.status == 503:  # the instance is draining (a deploy swap): another takes it
+            await asyncio.sleep(RECHECK)  # not at once: it may be the only instance left
+            self._requeue(kickoff_id)
+            return None
+        if reply.status >= 300:
+            return {"state": "FAILURE", "error": str(reply.body.get("message") or reply.body)}
+        loop = asyncio.get_running_loop()
+        while reply.body.get("state") not in TERMINAL:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                await self._stop_quietly(endpoint, kickoff_id)
+                return {"state": "FAILURE",
+                        "error": f"timed out after {self.limits.timeout:g} s"}
+            wait = min(WEBHOOK_POLL if relay.urls else self.limits.poll, remaining)
+            reply = await self._poll(app, kickoff_id, endpoint, wait, deadline, relay)
+            if reply.status == 404:
+                return {"state": "FAILURE",
+                        "error": f"instance {endpoint.instance_id} lost the run"}
+        if relay.urls:  # the webhooks recorded since the last look, up to the end
+            final = await self._poll(app, kickoff_id, endpoint, 0.0, deadline, relay)
+            if final.status == 200:
+                reply = final
+        return reply.body
+
+    async def _poll(self, app: str, kickoff_id: str, endpoint: Endpoint, wait: float,
+                    deadline: float, relay: WebhookRelay) -> Reply:
+        """One long poll of the run; the task/step webhooks it recorded are relayed."""
+        start = relay.seen
+        after = f"&after={start}" if relay.urls else ""
+        reply = await self._call(app, kickoff_id, endpoint, "GET",
+                                 f"/runs/{kickoff_id}?wait={wait:.1f}{after}",
+                                 timeout=wait + 10, deadline=deadline)
+        if reply.status == 200:
+            relay.take(reply.body.pop("webhook_events", None), start=start)
+        return reply
+
+    async def _call(self, app: str, kickoff_id: str, endpoint: Endpoint, method: str,
+                    path: str, body: Any = None, timeout: float = 10.0,
+                    deadline: float | None = None) -> Reply:
+        """One call, tried again while the instance lives, the kickoff is unsettled and its
+        deadline has not passed."""
+        delay = 0.05
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return await self.client.call(endpoint.peer, method, path, body, timeout)
+            except ChannelError as exc:
+                if self.supervisor.endpoint(app, endpoint.instance_id) is None:
+                    raise _InstanceGoneError(exc.delivered) from exc
+                if self._settled(kickoff_id):
+                    raise _SettledError from exc
+                if deadline is not None and loop.time() > deadline:
+                    raise _TimedOutError from exc
+                logger.info("runner_call_retried", app=app, kickoff_id=kickoff_id,
+                            instance=endpoint.instance_id, error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    async def _ack(self, app: str, kickoff_id: str, endpoint: Endpoint) -> None:
+        """Let the runner forget a settled run (a stopped run may take a moment to end)."""
+        for _ in range(20):
+            try:
+                reply = await self.client.call(endpoint.peer, "POST", f"/runs/{kickoff_id}/ack")
+                if reply.status != 409:
+                    return
+            except ChannelError:
+                if self.supervisor.endpoint(app, endpoint.instance_id) is None:
+                    return
+            await asyncio.sleep(0.5)
+
+    async def _stop_quietly(self, endpoint: Endpoint, kickoff_id: str) -> None:
+        with contextlib.suppress(ChannelError):
+            await self.client.call(endpoint.peer, "POST", f"/runs/{kickoff_id}/stop",
+                                   timeout=5.0)
+
+    def _settled(self, kickoff_id: str) -> bool:
+        row = self.db.one("SELECT state FROM kickoffs WHERE id = ?", kickoff_id)
+        return row is None or row["state"] in TERMINAL
+
+    def _requeue(self, kickoff_id: str) -> None:
+        self.db.execute("UPDATE kickoffs SET state = 'PENDING', instance = NULL, "
+                        "started_at = NULL WHERE id = ? AND state = 'RUNNING'", kickoff_id)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def aclose(self) -> None:
+        """Stop dispatching; runs go on in their instances, a next daemon collects them."""
+        self._closing = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _release_of(instance_id: str) -> int | None:
+    """``app-v3.1-abc123`` -> 3."""
+    head, _, _ = instance_id.rpartition("-")
+    _, _, name = head.rpartition("-v")
+    version = name.partition(".")[0]
+    return int(version) if version.isdigit() else None
