@@ -155,6 +155,18 @@ def format_memory(value: int | None) -> str:
     return str(value)
 
 
+def human_bytes(value: float | None) -> str:
+    """``512 B``, ``12.3 KB``, ``312.4 MB``, ``1.2 GB``; ``-`` when not known."""
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
 def access_level(user: User, app: App | None, grant: AccessLevel | None) -> AccessLevel:
     """A user's level on an app: admin users and owners get admin, else their grant.
 

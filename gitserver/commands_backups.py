@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from crewship.errors import UnavailableError
+from crewship.model import human_bytes
 from crewship.service.backups import BackupInfo, BackupService
 from gitserver.command import ArgumentParser, Context, command, when
 
@@ -15,16 +16,6 @@ def _service(ctx: Context) -> BackupService:
     return ctx.platform.backups
 
 
-def size(value: int) -> str:
-    """``512 B``, ``12.3 KB``, ``4.5 MB``, ``1.2 GB``."""
-    amount = float(value)
-    for unit in ("B", "KB", "MB", "GB"):
-        if amount < 1024 or unit == "GB":
-            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    return f"{amount:.1f} GB"
-
-
 def _verified(info: BackupInfo) -> str:
     if info.verify_error:
         return "FAILED"
@@ -33,7 +24,7 @@ def _verified(info: BackupInfo) -> str:
 
 def _row(info: BackupInfo) -> list[str]:
     restic = info.restic_snapshot[:8] if info.restic_snapshot else "-"
-    return [info.id, when(info.created_at), size(info.size), str(len(info.apps)),
+    return [info.id, when(info.created_at), human_bytes(info.size), str(len(info.apps)),
             _verified(info), "local" + (f", restic {restic}" if info.restic_snapshot else "")]
 
 
@@ -57,7 +48,7 @@ async def backups_create(ctx: Context, args: argparse.Namespace) -> int:
     report = ctx.reporter()
     report.step("Backing up state.db, repositories and keys")
     info = await _service(ctx).create(ctx.user)
-    report.info(f"{size(info.size)}, {len(info.apps)} app(s), {info.duration_s:.2f} s")
+    report.info(f"{human_bytes(info.size)}, {len(info.apps)} app(s), {info.duration_s:.2f} s")
     if info.restic_snapshot:
         report.info(f"stored in restic:{info.restic_repo} as snapshot {info.restic_snapshot[:8]}")
     report.done(f"backup {info.id} made")
@@ -71,6 +62,6 @@ def _verify_args(p: ArgumentParser) -> None:
 @command("backups:verify", "re-read a backup and check every checksum (admins)", _verify_args)
 async def backups_verify(ctx: Context, args: argparse.Namespace) -> int:
     info = await _service(ctx).verify(ctx.user, args.id)
-    ctx.out(f"backup {info.id} is intact: every checksum matches ({size(info.size)}, "
+    ctx.out(f"backup {info.id} is intact: every checksum matches ({human_bytes(info.size)}, "
             f"{len(info.apps)} app(s))")
     return 0

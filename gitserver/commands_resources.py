@@ -5,19 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from crewship.model import human_bytes
 from gitserver.command import Context, app_arg, command
-
-
-def human_bytes(value: int | None) -> str:
-    """``312.4 MB``; ``-`` when not known."""
-    if value is None:
-        return "-"
-    size = float(value)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
 
 
 def usage_text(row: dict[str, Any]) -> str:

@@ -8,9 +8,10 @@ import asyncio
 import json
 
 from crewship.errors import CrewshipError, InvalidInputError
+from crewship.model import human_bytes
 from crewship.service.operations import parse_assignments
 from gitserver.command import ArgumentParser, Context, app_arg, command
-from gitserver.commands_resources import human_bytes, usage_text
+from gitserver.commands_resources import usage_text
 
 
 def _duration(seconds: int | None) -> str:

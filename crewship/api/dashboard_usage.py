@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from crewship.api.dashboard_html import badge, esc, table
+from crewship.model import human_bytes
 
 DAY = 86_400.0
 WIDTH, HEIGHT, PAD = 720, 170, 36   # PAD: room for the axis labels on the left and below
@@ -22,17 +23,6 @@ CSS = """  # served with the dashboard's stylesheet (the CSP allows no inline st
 .usage .grid{stroke:#e4e7ec}.usage text{font:11px system-ui,sans-serif;fill:#667085}
 .usage .legend{display:flex;gap:1.2rem;font-size:.85rem;color:#667085}
 """
-
-
-def human_bytes(value: Any) -> str:
-    if value is None:
-        return "-"
-    size = float(value)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
 
 
 def _percent(value: Any) -> str:

@@ -8,10 +8,10 @@ import pytest
 from crewship.api.dashboard_html import backups_card
 from crewship.config import from_env, parse_duration
 from crewship.errors import InvalidInputError
+from crewship.model import human_bytes as size
 from crewship.service.backups import BackupInfo, to_keep
 from crewship.store.archive import new_backup_id
 from crewship.store.restic import is_snapshot_id
-from gitserver.commands_backups import size
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
