@@ -205,4 +205,5 @@ def test_limits_are_refused_with_bad_values(srv: CrewshipServer) -> None:
         assert result.returncode != 0
         assert message in result.stderr + result.stdout
     shown = srv.ssh_json(srv.admin_key, "ps:limits", "dock-limits")
-    assert shown == {"app": "dock-limits", "memory": None, "cpus": None, "runtime": "docker"}
+    assert shown == {"app": "dock-limits", "memory": None, "cpus": None, "runtime": "docker",
+                     "enforced_by": "docker (memory and cpus per container)"}
