@@ -273,8 +273,14 @@ def kill_instances(srv: CrewshipServer) -> None:
     """Every instance a server (or its predecessors) started: adopted ones are no longer
     its descendants, so they are found through the backend's records."""
     for record in (srv.data_dir / "instances").glob("*.json"):
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            os.kill(int(json.loads(record.read_text())["pid"]), signal.SIGKILL)
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads(record.read_text())
+            # sandboxed: killing the namespace's init ends everything inside; the outer bwrap
+            # alone would leave the crew running
+            for pid in (*(data.get("sandbox_init") or [None])[:1], data["pid"]):
+                if pid:
+                    with contextlib.suppress(OSError):
+                        os.kill(int(pid), signal.SIGKILL)
 
 
 def remove_containers() -> None:

@@ -459,7 +459,7 @@ def test_a_crew_writes_beside_its_read_only_project_into_its_home(start_runner: 
     project, _ = env_for("persist_flow")
     home = project.parent / "home"
     home.mkdir(exist_ok=True)
-    read_only = ["bwrap", "--ro-bind", "/", "/", "--bind", str(home), str(home)]
+    read_only = ["bwrap", "--die-with-parent", "--ro-bind", "/", "/", "--bind", str(home), str(home)]
     runner = start_runner("persist_flow", PERSIST_ARGS, [*read_only, "--dev", "/dev", "--proc", "/proc"])
     runner.wait_healthy()
     assert _count(runner.port, "k-ro", {"note": "ro"})["count"] == 1
