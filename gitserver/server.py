@@ -134,7 +134,7 @@ class _Connection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         assert self._candidate is not None
         self.user, self.key_fp = self._candidate
-        self.gateway.platform.accounts.seen(self.user)
+        self.gateway.platform.signed_in(self.user)
         logger.info("auth_succeeded", conn_id=self.conn_id, user=self.user.name,
                     key_fp=self.key_fp)
 

@@ -81,6 +81,10 @@ class Platform:
         self.backups: BackupService | None = None  # the daemon attaches its backup service
 
     # ----------------------------------------------------------------- identity
+    def signed_in(self, user: User) -> None:
+        """An SSH connection of ``user`` was authenticated: ``users`` shows it as last seen."""
+        self.accounts.seen(user)
+
     def authenticate(self, fingerprint: str) -> User | None:
         user = self.accounts.user_by_fingerprint(fingerprint)
         if user is None:
