@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable, Mapping
@@ -78,6 +80,13 @@ class Settings:
     kickoff_concurrency: int = 4
     kickoff_queue: int = 100
     kickoff_timeout: float = 3600.0
+    # The swarm runtime (runtime/swarm.py): the registry every node pulls release images
+    # from (host:port; empty: crewship runs Debian's docker-registry on the manager, at
+    # host:registry_port), and the address each task's runner binds on its node
+    # (0.0.0.0 once other machines joined: the daemon reaches tasks at their node's address).
+    registry: str = ""
+    registry_port: int = 5000
+    swarm_bind: str = "127.0.0.1"
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -150,6 +159,33 @@ def _at_least(value: float, low: float) -> Any:
     return value
 
 
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{value} is not a TCP port")
+    return value
+
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+
+
+def check_registry(value: str) -> str:
+    """``CREWSHIP_REGISTRY``: ``host:port`` (a name or IPv4 address), nothing else."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not _HOST_RE.fullmatch(host) or not port.isdigit():
+        raise ValueError(f"{value!r} is not host:port")
+    _port(int(port))
+    return value
+
+
+def check_address(value: str) -> str:
+    """An IPv4 address to bind (``CREWSHIP_SWARM_BIND``)."""
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address") from None
+    return value
+
+
 _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_DATA_DIR": ("data_dir", Path),
     "CREWSHIP_HOST": ("host", str),
@@ -195,6 +231,9 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_KICKOFF_CONCURRENCY": ("kickoff_concurrency", int),
     "CREWSHIP_KICKOFF_QUEUE": ("kickoff_queue", int),
     "CREWSHIP_KICKOFF_TIMEOUT": ("kickoff_timeout", float),
+    "CREWSHIP_REGISTRY": ("registry", lambda v: check_registry(v.strip())),
+    "CREWSHIP_REGISTRY_PORT": ("registry_port", lambda v: _port(int(v))),
+    "CREWSHIP_SWARM_BIND": ("swarm_bind", lambda v: check_address(v.strip())),
 }
 
 

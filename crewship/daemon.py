@@ -34,6 +34,7 @@ from runtime.events import (
     AppCrashed,
     InstanceExited,
     InstanceRetired,
+    Orchestrator,
     SupervisorEvent,
 )
 from runtime.process import ProcessBackend
@@ -70,13 +71,16 @@ class Daemon:
         self.host_key = load_host_key(self.layout.host_keys)
         self.ssh = SSHGateway(self.platform, self.hooks, self.host_key)
         self.backend = make_backend(settings, self.layout)
-        self.supervisor = Supervisor(self.backend, self.layout,
-                                     health_timeout=settings.health_timeout,
-                                     drain_timeout=settings.drain_timeout,
-                                     on_event=self._on_event,
-                                     backoff=BackoffPolicy(base=settings.restart_delay,
-                                                           max_crashes=settings.crash_limit,
-                                                           window=settings.crash_window))
+        backoff = BackoffPolicy(base=settings.restart_delay, max_crashes=settings.crash_limit,
+                                window=settings.crash_window)
+        self.supervisor: Orchestrator
+        if settings.runtime == "swarm":
+            self.supervisor = make_swarm(settings, self.layout, backoff, self._on_event)
+        else:
+            self.supervisor = Supervisor(self.backend, self.layout,
+                                         health_timeout=settings.health_timeout,
+                                         drain_timeout=settings.drain_timeout,
+                                         on_event=self._on_event, backoff=backoff)
         envs_dir = settings.envs_dir.resolve() if settings.envs_dir else self.layout.envs
         self.builder = make_builder(settings, self.layout, EnvBuilder(envs_dir, settings.python))
         builder = self.builder
@@ -114,6 +118,7 @@ class Daemon:
             self._watchdog = LoopWatchdog(asyncio.get_running_loop(), self.settings.loop_watchdog)
             self._watchdog.start()
         register_admin_keys(self.platform, self.settings.admin_keys)
+        await self.supervisor.start()  # swarm: a manager? the registry running
         for name in self.platform.repos.names():
             self.platform.repos.install_hooks(name)
         assert self.platform.engine.deployer is not None
@@ -209,7 +214,7 @@ class Daemon:
         print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def make_usage(settings: Settings, backend: Backend, supervisor: Supervisor,
+def make_usage(settings: Settings, backend: Backend, supervisor: Orchestrator,
                platform: Platform) -> UsageMonitor:
     """The usage sampler for the backend; it enforces memory limits where nothing else does."""
     sampler: Sampler
@@ -224,7 +229,9 @@ def make_usage(settings: Settings, backend: Backend, supervisor: Supervisor,
         from runtime.docker import DockerBackend
 
         assert isinstance(backend, DockerBackend)
-        sampler = DockerSampler(backend.client)
+        sampler = DockerSampler(backend.client, getattr(supervisor, "container_of", None))
+        if settings.runtime == "swarm":
+            enforcement = "swarm (memory and cpus per task)"
     return UsageMonitor(supervisor, sampler, platform.apps_store,
                         interval=settings.usage_interval,
                         point_interval=settings.usage_point_interval, kill_for_memory=kill,
@@ -242,17 +249,36 @@ def make_backend(settings: Settings, layout: Layout) -> Backend:
         sandbox = Sandbox()
         sandbox.check()  # fails now, with the reason and the fix
         return ProcessBackend(layout, sandbox=sandbox, cgroups=usable)
-    if settings.runtime == "docker":
+    if settings.runtime in ("docker", "swarm"):  # swarm: the connection the sampler uses
         from runtime.docker import DockerBackend, connect
 
         return DockerBackend(layout, connect())  # fails now, saying what to start
-    raise InvalidInputError(f"the {settings.runtime} runtime is not available yet: "
-                            "use --runtime process or --runtime docker")
+    raise InvalidInputError(f"unknown runtime {settings.runtime!r}: use --runtime process, "
+                            "docker or swarm")
+
+
+def make_swarm(settings: Settings, layout: Layout, backoff: BackoffPolicy,
+               on_event: Callable[[SupervisorEvent], None]) -> Orchestrator:
+    """Apps as Swarm services; images through CREWSHIP_REGISTRY or a local docker-registry."""
+    from runtime.registry import Registry
+    from runtime.swarm import SwarmSupervisor
+
+    if settings.registry:
+        registry = Registry(settings.registry)
+    else:
+        port = settings.registry_port  # nodes pull from the address the public sees
+        registry = Registry(f"{settings.url_host}:{port}", layout.root / "registry",
+                            listen=f"{settings.host}:{port}")
+    return SwarmSupervisor(layout, registry, bind=settings.swarm_bind,
+                           health_timeout=settings.health_timeout,
+                           drain_timeout=settings.drain_timeout,
+                           restart_delay=settings.restart_delay, backoff=backoff,
+                           on_event=on_event)
 
 
 def make_builder(settings: Settings, layout: Layout, envs: EnvBuilder) -> ReleaseBuilder:
-    """Venv releases for the process runtime, images for the docker runtime."""
-    if settings.runtime == "docker":
+    """Venv releases for the process runtime, images for the docker and swarm runtimes."""
+    if settings.runtime in ("docker", "swarm"):
         from builder.image import ImageBuilder
 
         return ImageBuilder(layout, envs, settings.base_image)

@@ -110,6 +110,7 @@ class App:
     memory_limit: int | None = None   # bytes (the docker runtime's ps:limits)
     cpu_limit: float | None = None
     crashed_at: str | None = None      # set when a crash loop stopped restarts
+    placement: tuple[str, ...] = ()    # Swarm constraints (the swarm runtime's ps:placement)
 
 
 _MEMORY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([kmgKMG]?)[bB]?$")

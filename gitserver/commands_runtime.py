@@ -40,7 +40,9 @@ async def status(ctx: Context, args: argparse.Namespace) -> int:
     for key, value in rows:
         ctx.out(f"{key + ':':<10} {value}")
     for inst in info["instances"]:
-        ctx.out(f"  {inst['id']:<8} {inst['state']:<10} pid {inst['pid']}  port {inst['port']}"
+        where = (f"node {inst['node']}  restarts {inst['restarts']}" if inst.get("node")
+                 else f"pid {inst['pid']}")
+        ctx.out(f"  {inst['id']:<8} {inst['state']:<10} {where}  port {inst['port']}"
                 f"  {usage_text(inst)}")
     for event in info.get("memory_exceeded", [])[:3]:
         ctx.out(f"  {event['instance']} memory_exceeded: stopped for using "

@@ -26,6 +26,7 @@ from gitserver import (  # noqa: F401 (importing registers the commands)
     commands_accounts,
     commands_apps,
     commands_backups,
+    commands_cluster,
     commands_history,
     commands_releases,
     commands_resources,

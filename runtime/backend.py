@@ -51,6 +51,8 @@ class InstanceSpec:
     image: str | None = None
     memory: int | None = None     # bytes
     cpus: float | None = None
+    # The swarm runtime: placement constraints (``node.labels.pool==crews``).
+    placement: tuple[str, ...] = ()
     # The process runtime's sandbox: what the instance may read (its release and
     # environment), its writable HOME, and its app's own uid (used when the daemon is root).
     readonly: tuple[Path, ...] = ()

@@ -118,6 +118,9 @@ class Supervisor:
         self._recent_ports: deque[int] = deque(maxlen=64)
         self._housekeeper: asyncio.Task[None] | None = None
 
+    async def start(self) -> None:
+        """Nothing to prepare: the backend connects on first use."""
+
     # -- queries -----------------------------------------------------------
 
     def secret_of(self, ref: InstanceRef) -> str | None:
@@ -260,6 +263,9 @@ class Supervisor:
             await self._wait_retired(st)
             st.log.system("stopped")
             del self._apps[app]
+
+    async def purge(self, app: str) -> None:
+        """After ``stop`` on apps:destroy: nothing beyond the builder's own images here."""
 
     async def adopt(self, app: str, release: int, make_spec: MakeSpec, scale: int,
                     *, crashed: bool = False) -> None:

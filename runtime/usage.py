@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -149,9 +149,13 @@ class ProcessSampler:
 class DockerSampler:
     """Usage of docker-runtime instances from the container stats API."""
 
-    def __init__(self, client_source: Any) -> None:
-        """``client_source``: a callable returning the backend's DockerClient (or None)."""
+    def __init__(self, client_source: Any,
+                 container_of: Callable[[str], str | None] | None = None) -> None:
+        """``client_source``: a callable returning the backend's DockerClient (or None);
+        ``container_of``: an instance id -> its container (swarm tasks), by default
+        the docker backend's ``crewship-<id>``."""
         self._client_source = client_source
+        self._container_of = container_of
         self._last: dict[str, tuple[int, int]] = {}   # id -> (container ns, system ns)
 
     def sample(self, refs: Iterable[InstanceRef]) -> dict[str, Usage]:
@@ -161,7 +165,11 @@ class DockerSampler:
         out: dict[str, Usage] = {}
         for ref in refs:
             try:  # one_shot: at once, without dockerd's own second reading (~1 s)
-                stats = client.api.stats(f"crewship-{ref.id}", stream=False, one_shot=True)
+                name = (self._container_of(ref.id) if self._container_of
+                        else f"crewship-{ref.id}")
+                if name is None:
+                    continue
+                stats = client.api.stats(name, stream=False, one_shot=True)
             except Exception as exc:  # gone, or dockerd busy: next time
                 log.debug("usage_sample_failed", instance=ref.id, error=str(exc)[:120])
                 continue

@@ -194,10 +194,14 @@ def _facts(status: dict[str, Any]) -> str:
 
 
 def _restarts(status: dict[str, Any]) -> str:
-    rows = [[f"<code>{esc(i['id'])}</code>", badge(i.get("state")), esc(i.get("pid")),
-             esc(i.get("port")), esc(i.get("restarts"))] for i in status.get("instances", [])]
+    instances = status.get("instances", [])
+    nodes = any(i.get("node") for i in instances)  # the swarm runtime: tasks per node
+    rows = [[f"<code>{esc(i['id'])}</code>", badge(i.get("state")),
+             esc(i.get("node") if nodes else i.get("pid")), esc(i.get("port")),
+             esc(i.get("restarts"))] for i in instances]
     return (f"<p>Crash restarts: <b id='restart-count'>{esc(status.get('restarts', 0))}</b></p>"
-            + table(["Instance", "State", "PID", "Port", "Restarts"], rows, "No instance runs."))
+            + table(["Instance", "State", "Node" if nodes else "PID", "Port", "Restarts"], rows,
+                    "No instance runs."))
 
 
 def _kickoffs(kickoffs: list[dict[str, Any]], stats: dict[str, Any]) -> str:

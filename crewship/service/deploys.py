@@ -39,9 +39,8 @@ from crewship.store.gitobjects import ZERO_SHA
 from crewship.store.releases import ConfigStore, Release, ReleaseStore
 from crewship.store.repos import Repos
 from runtime.backend import InstanceSpec
-from runtime.events import InstanceFailedError
+from runtime.events import InstanceFailedError, Orchestrator
 from runtime.logs import AppLog
-from runtime.supervisor import Supervisor
 
 logger = log.get("crewship.service.deploys")
 
@@ -58,6 +57,7 @@ PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR",
 # In a container the image sets PATH, HOME and SSL_CERT_FILE (the host's CA bundle, copied).
 CONTAINER_PASSTHROUGH = ("LANG", "LC_ALL", "TZ", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
                          "http_proxy", "https_proxy", "no_proxy")
+IMAGE_RUNTIMES = ("docker", "swarm")   # runtimes that run the release's image
 DEPLOY_BRANCHES = ("refs/heads/main", "refs/heads/master")
 SpecFactory = Callable[[int, int], InstanceSpec]
 OUTPUT_LINES = 40  # of a failed instance's output shown to the pusher
@@ -83,7 +83,7 @@ def _seconds(value: float) -> str:
 class Deployer:
     def __init__(self, settings: Settings, layout: Layout, apps: AppStore, repos: Repos,
                  releases: ReleaseStore, config: ConfigStore, builder: ReleaseBuilder,
-                 supervisor: Supervisor) -> None:
+                 supervisor: Orchestrator) -> None:
         self.settings = settings
         self.layout = layout
         self.apps = apps
@@ -333,7 +333,7 @@ class Deployer:
     def spec_factory(self, app: str, version: int, artifact: Path,
                      config: dict[str, str]) -> SpecFactory:
         meta = load_release(artifact)
-        if (meta.image is not None) != (self.settings.runtime == "docker"):
+        if (meta.image is not None) != (self.settings.runtime in IMAGE_RUNTIMES):
             built = "an image" if meta.image else "a venv"
             raise DeployError(f"v{version} of {app} was built as {built}, which the "
                               f"{self.settings.runtime} runtime cannot run: push again to "
@@ -372,6 +372,7 @@ class Deployer:
         fresh = self.apps.get(app)
         memory = fresh.memory_limit if fresh else None
         cpus = fresh.cpu_limit if fresh else None
+        placement = fresh.placement if fresh else ()
         image = meta.image
 
         def make_spec(index: int, port: int) -> InstanceSpec:
@@ -380,7 +381,7 @@ class Deployer:
                                 argv=runner_argv(meta, "127.0.0.1", port, instance,
                                                  root=IMAGE_APP_DIR),
                                 env=dict(env), cwd=Path(IMAGE_APP_DIR), port=port,
-                                image=image, memory=memory, cpus=cpus)
+                                image=image, memory=memory, cpus=cpus, placement=placement)
         return make_spec
 
     # ------------------------------------------------------------------ lifecycle
@@ -432,6 +433,7 @@ class Deployer:
 
     async def forget(self, app: App) -> None:
         await self.supervisor.stop(app.name)
+        await self.supervisor.purge(app.name)  # swarm: the app's images in the registry
 
     def crashed(self, app: str) -> None:
         """The supervisor gave ``app`` up: remembered until a deploy, restart or scale."""

@@ -27,8 +27,7 @@ from crewship import log
 from crewship.events import WebhookDue
 from crewship.store.state import Database, now
 from runtime.channel import ChannelError, Reply, RunnerClient
-from runtime.events import Endpoint
-from runtime.supervisor import Supervisor
+from runtime.events import Endpoint, Orchestrator
 
 logger = log.get("crewship.service.dispatch")
 
@@ -107,7 +106,7 @@ class WebhookRelay:
 
 
 class Dispatcher:
-    def __init__(self, db: Database, supervisor: Supervisor, client: RunnerClient,
+    def __init__(self, db: Database, supervisor: Orchestrator, client: RunnerClient,
                  limits: KickoffLimits, finish: Finish, relay: Relay | None = None) -> None:
         self.db = db
         self.supervisor = supervisor

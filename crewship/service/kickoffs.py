@@ -35,8 +35,8 @@ from crewship.service.dispatch import TERMINAL, Dispatcher, KickoffLimits, hook_
 from crewship.store.state import Database, now
 from runtime.backend import STATUS_UNKNOWN
 from runtime.channel import ChannelError, RunnerClient
+from runtime.events import Orchestrator
 from runtime.runner.flows import RESTORE_KEY
-from runtime.supervisor import Supervisor
 
 logger = log.get("crewship.service.kickoffs")
 
@@ -51,7 +51,7 @@ def _loads(text: str | None) -> Any:
 
 
 class KickoffService:
-    def __init__(self, db: Database, supervisor: Supervisor,
+    def __init__(self, db: Database, supervisor: Orchestrator,
                  limits: KickoffLimits | None = None,
                  client: RunnerClient | None = None) -> None:
         self.db = db

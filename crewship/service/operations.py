@@ -79,7 +79,7 @@ class Operations:
             "url": self.settings.app_url(app.name), "git_url": self.settings.git_url(app.name),
             "sandbox": self.settings.sandboxed, "sandbox_note": self.settings.sandbox_note,
             "instances": [{"id": i.id, "port": i.port, "pid": i.pid, "state": i.state,
-                           "restarts": i.restarts, **self._usage(i.id)}
+                           "restarts": i.restarts, "node": i.node, **self._usage(i.id)}
                           for i in runtime.instances],
             "memory_exceeded": self._memory_exits(app.name),
             "kickoffs": self._kickoff_counts(fresh),

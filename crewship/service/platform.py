@@ -25,6 +25,7 @@ from crewship.model import AccessLevel, App, Key, RefUpdate, User, validate_app_
 from crewship.reporter import NullReporter, Reporter
 from crewship.service.access import AppAccess, Engine
 from crewship.service.audit import Audit
+from crewship.service.cluster import Cluster
 from crewship.service.lifecycle import Lifecycle
 from crewship.service.metrics import Metrics
 from crewship.service.monitoring import Monitoring
@@ -74,6 +75,8 @@ class Platform:
         self.lifecycle = Lifecycle(settings, self.checker, self.engine, self.apps_store,
                                    self.releases, self.config_store, self.quotas,
                                    self.audit)
+        self.cluster = Cluster(settings, self.checker, self.engine, self.apps_store,
+                               self.lifecycle, self.audit)
         self.monitoring = Monitoring(self.checker, self.engine, self.alerts, settings.url_policy())
         self.users = Users(settings, self.accounts, self.api_tokens, SessionStore(db))
         self.users.audit = self.audit

@@ -20,8 +20,7 @@ from crewship.service.notify import Deliverer
 from crewship.store.alerts import AlertGate, AlertStore
 from crewship.store.apps import AppStore
 from crewship.store.state import now
-from runtime.events import AppCrashed, InstanceExited
-from runtime.supervisor import Supervisor
+from runtime.events import AppCrashed, InstanceExited, Orchestrator
 
 logger = log.get("crewship.service.telemetry")
 
@@ -155,7 +154,7 @@ class Telemetry:
         await self.deliverer.aclose()
 
 
-def runtime_states(apps: AppStore, supervisor: Supervisor) -> StateSource:
+def runtime_states(apps: AppStore, supervisor: Orchestrator) -> StateSource:
     """What ``crewship_instances`` and ``crewship_apps`` report, read at scrape time."""
     def states() -> list[tuple[str, str, list[str], int]]:
         found: list[tuple[str, str, list[str], int]] = []

@@ -30,7 +30,7 @@ from runtime.usage import Sampler, Usage
 
 if TYPE_CHECKING:
     from crewship.store.apps import AppStore
-    from runtime.supervisor import Supervisor
+    from runtime.events import Orchestrator
 
 logger = log.get("crewship.service.usage")
 
@@ -54,7 +54,7 @@ class _AppUsage:
 
 
 class UsageMonitor:
-    def __init__(self, supervisor: Supervisor, sampler: Sampler, apps: AppStore, *,
+    def __init__(self, supervisor: Orchestrator, sampler: Sampler, apps: AppStore, *,
                  interval: float = 3.0, point_interval: float = 60.0,
                  kill_for_memory: Callable[[InstanceRef], None] | None = None,
                  enforcement: str = "") -> None:

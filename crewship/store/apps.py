@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 
@@ -20,7 +21,8 @@ def _app(row: sqlite3.Row) -> App:
                created_at=row["created_at"], deploy_branch=row["deploy_branch"],
                scale=row["scale"], live_release=row["live_release"],
                memory_limit=row["memory_limit"], cpu_limit=row["cpu_limit"],
-               crashed_at=row["crashed_at"])
+               crashed_at=row["crashed_at"],
+               placement=tuple(json.loads(row["placement_json"] or "[]")))
 
 
 class AppStore:
@@ -68,6 +70,11 @@ class AppStore:
     def set_limits(self, app: App, memory: int | None, cpus: float | None) -> None:
         self.db.execute("UPDATE apps SET memory_limit = ?, cpu_limit = ? WHERE id = ?",
                         memory, cpus, app.id)
+
+    def set_placement(self, app: App, constraints: tuple[str, ...]) -> None:
+        """Swarm placement constraints (``node.labels.pool==crews``); empty clears them."""
+        self.db.execute("UPDATE apps SET placement_json = ? WHERE id = ?",
+                        json.dumps(list(constraints)) if constraints else None, app.id)
 
     def sandbox_uid(self, app: App) -> int:
         """The app's own uid/gid for its sandboxed crews, allocated on first use.

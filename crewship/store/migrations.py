@@ -199,4 +199,8 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX audit_app ON audit (app, at);
     CREATE INDEX audit_user ON audit (user, at);
     """,
+    # 11: Swarm placement constraints per app (ps:placement; JSON list, NULL: none)
+    """
+    ALTER TABLE apps ADD COLUMN placement_json TEXT;
+    """,
 ]
