@@ -94,7 +94,7 @@ def run(deploy_runs: int = 3) -> list[dict[str, Any]]:
                 srv = servers[runtime] = CrewshipServer(
                     root / runtime, args=["--runtime", runtime],
                     env={"CREWSHIP_BASE_IMAGE": DOCKER_BASE_IMAGE,
-                         "CREWSHIP_DRAIN_TIMEOUT": "20",
+                         "CREWSHIP_DRAIN_TIMEOUT": "20", "CREWSHIP_HEALTH_TIMEOUT": "120",
                          "CREWSHIP_REGISTRY_PORT": str(free_port())}).start(timeout=60)
                 configure(srv, APP, llm)
                 project = new_project(srv, "classic_crew", root / f"{runtime}-project")

@@ -97,6 +97,9 @@ class Settings:
     @property
     def sandbox_note(self) -> str:
         """What confines a crew, in plain words (status, dashboard, start banner)."""
+        if self.runtime == "swarm":  # Swarm on Docker < 23 cannot set no-new-privileges
+            return ("locked-down Swarm task: read-only root, no capabilities (empty bounding "
+                    "set), crew uid, no data dir")
         if self.runtime != "process":
             return ("locked-down container: read-only root, no capabilities, "
                     "no new privileges, no data dir")

@@ -118,8 +118,7 @@ class SwarmSupervisor(SwarmWatch):
         if current is None:
             await self._api("create_service", template, name=st.service, **options)
         else:
-            await self._api("update_service", current["ID"], current["Version"]["Index"],
-                            task_template=template, name=st.service, **options)
+            await self._update(st, task_template=template, **options)
         self._watch(st, since=asked)
         try:
             await self._converge(st, rollout.generation, scale, rolling, asked, rep)
@@ -203,17 +202,33 @@ class SwarmSupervisor(SwarmWatch):
                 return
             if loop.time() > deadline:
                 if rolling:
-                    with contextlib.suppress(CrewshipError, docker.errors.NotFound):
-                        svc = await self._service(st)
-                        if svc is not None:
-                            await self._api("update_service", svc["ID"],
-                                            svc["Version"]["Index"], rollback=True,
-                                            fetch_current_spec=True)
+                    await self._roll_back(st)
                 raise InstanceFailedError(
                     f"health check failed: the rollout did not finish within {allowed:g} s",
                     instance="v?",
                     reason="timed out")
             await asyncio.sleep(CONVERGE_POLL)
+
+    async def _roll_back(self, st: SwarmApp) -> None:
+        """``docker service rollback``: back to the spec before this rollout."""
+        client = await self._docker()
+
+        def roll_back() -> None:  # docker-py has no rollback keyword: the Engine API's own
+            svc = client.api.inspect_service(st.service)
+            url = client.api._url("/services/{0}/update", svc["ID"])
+            reply = client.api._post_json(url, data=svc["Spec"], params={
+                "version": svc["Version"]["Index"], "rollback": "previous"})
+            client.api._raise_for_status(reply)
+
+        for _ in range(10):  # Swarm bumps the version while it rolls out: read again
+            try:
+                await asyncio.to_thread(roll_back)
+                return
+            except docker.errors.DockerException as exc:
+                if "out of sequence" not in str(exc):
+                    log.warning("swarm_rollback_failed", app=st.name, error=str(exc))
+                    return
+            await asyncio.sleep(0.2)
 
     def _failed(self, task: Task | None, scale: int, note: str) -> InstanceFailedError:
         name = task.name if task else "the new task"

@@ -130,12 +130,25 @@ class SwarmWatch:
             return []
         return [t for t in (parse_task(r) for r in raw) if t is not None]
 
+    async def _update(self, st: SwarmApp, **changes: Any) -> None:
+        """``update_service`` at the service's current version: Swarm bumps the version
+        itself while it rolls out, so "update out of sequence" means read and try again."""
+        for attempt in range(10):
+            svc = await self._service(st)
+            if svc is None:
+                raise _NotFound(f"{st.name}'s service {st.service} is gone: push to deploy "
+                                "again")
+            try:
+                await self._api("update_service", svc["ID"], svc["Version"]["Index"],
+                                name=st.service, **changes)
+                return
+            except BackendError as exc:
+                if "out of sequence" not in str(exc) or attempt == 9:
+                    raise
+            await asyncio.sleep(0.2)
+
     async def _set_replicas(self, st: SwarmApp, n: int) -> None:
-        svc = await self._service(st)
-        if svc is None:
-            raise _NotFound(f"{st.name}'s service {st.service} is gone: push to deploy again")
-        await self._api("update_service", svc["ID"], svc["Version"]["Index"],
-                        mode={"Replicated": {"Replicas": n}}, fetch_current_spec=True)
+        await self._update(st, mode={"Replicated": {"Replicas": n}}, fetch_current_spec=True)
 
     # -- queries ---------------------------------------------------------------
 
