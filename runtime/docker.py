@@ -20,7 +20,7 @@
 - The runner channel's secret (``spec.secret``) is a file in ``DATA_DIR/run/secrets``
   (directory 0700) bind-mounted read-only at ``/run/crewship/secret`` and named by
   ``--secret-file``: not in the command, the environment or ``docker inspect``'s Env.
-  (Swarm would use a Docker secret the same way.)
+  (The swarm runtime hands it over as a Docker secret: runtime/swarmspec.py.)
 
 Short SDK calls go through ``asyncio.to_thread``; the calls that block for a
 container's lifetime (waiting, following output) run on the backend's own threads, so

@@ -206,7 +206,7 @@ def test_swarm_push_scale_kill_rolling_update_rollback_adopt_destroy(
     crew_py.write_text(crew_py.read_text() + "\nraise RuntimeError('broken on purpose')\n")
     commit_all(srv, project, "break the crew")
     out = push(srv, project, check=False)
-    assert "health check failed: v3.1" in out, out
+    assert "health check failed: v3." in out, out  # Swarm picks which slot goes first
     assert "Swarm rolled back" in out, out
     assert "RuntimeError: broken on purpose" in out, out
     assert {t["ID"] for t in tasks(dock)} == before
