@@ -11,7 +11,9 @@ reads them. Pure: no Docker calls (runtime/swarm.py makes them).
   never in the command, the environment or ``docker inspect``'s Env.
 - The container health check is the runner's own: a signed ``GET /healthz`` that must
   answer 200 with the runner's proof (``HEALTH_SCRIPT``, using the release's own copy of
-  ``crewship_runner.signing``), so Swarm only counts a task running once it is healthy.
+  ``crewship_runner.signing``), so Swarm only counts a task running once it is healthy;
+  and the port's listening socket must belong to the task's own PID 1 (the runner, exec'd
+  by the launch line), so a task being replaced on the same port cannot answer for it.
 - Hardening as the docker runtime's (runtime/docker.py ``hardening``): the crew's uid,
   read-only root, tmpfs /tmp and HOME, no capabilities, no new privileges, a pids limit,
   no host mounts.
@@ -62,6 +64,22 @@ key = open(sys.argv[2], 'rb').read().strip()
 port = int(os.environ['CREWSHIP_PORT_BASE']) + int(os.environ['CREWSHIP_SLOT'])
 host = os.environ.get('CREWSHIP_BIND', '127.0.0.1')
 host = '127.0.0.1' if host == '0.0.0.0' else host
+# Only our own runner counts: the port's listening socket must be one the task's PID 1
+# holds. Another task of the same rollout (same secret; a replaced task still draining on
+# this slot's port) would otherwise answer for a runner that is still loading.
+want = set()
+for line in open('/proc/net/tcp').read().splitlines()[1:]:
+    f = line.split()
+    if f[3] == '0A' and int(f[1].rsplit(':', 1)[1], 16) == port:
+        want.add('socket:[%s]' % f[9])
+fds = set()
+for fd in os.listdir('/proc/%s/fd' % sys.argv[3]):
+    try:
+        fds.add(os.readlink('/proc/%s/fd/%s' % (sys.argv[3], fd)))
+    except OSError:
+        pass
+if not want & fds:
+    sys.exit(1)
 sig = s.sign(key, 'GET', '/healthz', b'')
 c = http.client.HTTPConnection(host, port, timeout=8)
 c.request('GET', '/healthz', headers={s.SIGNATURE_HEADER: sig})
@@ -119,7 +137,7 @@ def task_template(spec: InstanceSpec, rollout: Rollout, server: str, bind: str,
                     "TmpfsOptions": {"SizeBytes": TMPFS_BYTES, "Mode": 0o1777}}
                    for target in ("/tmp", TASK_HOME)],  # noqa: S108
         "StopSignal": "SIGTERM", "StopGracePeriod": int(timings.drain_timeout * NS),
-        "Healthcheck": {"Test": ["CMD", python, "-c", HEALTH_SCRIPT, runner, SECRET_PATH],
+        "Healthcheck": {"Test": ["CMD", python, "-c", HEALTH_SCRIPT, runner, SECRET_PATH, "1"],
                         "Interval": int(HEALTH_INTERVAL * NS),
                         "Timeout": int(HEALTH_TIMEOUT * NS),
                         "Retries": HEALTH_RETRIES,

@@ -3,7 +3,7 @@ as Swarm runs it (``python -c SCRIPT RUNNER_DIR SECRET_FILE``, the task's env) a
 real runner process speaking the signed channel (tests/support/fakerunner.py, which uses
 the runner package's own MAC functions). Healthy only with the instance's secret and a
 200 proven by the runner; a wrong secret, a draining or unhealthy runner, or nothing
-listening all fail."""
+listening all fail, and so does a runner that is not the task's own process."""
 
 from __future__ import annotations
 
@@ -26,11 +26,12 @@ RUNNER_DIR = ROOT / "runtime" / "runner"
 SECRET = "s" * 64
 
 
-def check(port: int, secret_file: Path) -> int:
+def check(port: int, secret_file: Path, pid: int) -> int:
+    """The check as Swarm runs it; ``pid``: the runner's (PID 1 inside a task)."""
     env = {**os.environ, "CREWSHIP_PORT_BASE": str(port - 1), "CREWSHIP_SLOT": "1",
            "CREWSHIP_BIND": "127.0.0.1"}
-    done = subprocess.run([sys.executable, "-c", HEALTH_SCRIPT, str(RUNNER_DIR), str(secret_file)],
-                          env=env, capture_output=True, timeout=30, check=False)
+    done = subprocess.run([sys.executable, "-c", HEALTH_SCRIPT, str(RUNNER_DIR), str(secret_file),
+                           str(pid)], env=env, capture_output=True, timeout=30, check=False)
     return done.returncode
 
 
@@ -60,9 +61,9 @@ def runner() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     proc.wait(timeout=10)
 
 
-def wait_healthy(port: int, secret_file: Path) -> None:
+def wait_healthy(port: int, secret_file: Path, pid: int) -> None:
     deadline = time.monotonic() + 20
-    while check(port, secret_file) != 0:
+    while check(port, secret_file, pid) != 0:
         assert time.monotonic() < deadline, "the runner never became healthy"
         time.sleep(0.2)
 
@@ -70,24 +71,26 @@ def wait_healthy(port: int, secret_file: Path) -> None:
 def test_healthy_with_the_secret_and_a_proven_200(runner: tuple[int, subprocess.Popen[bytes]],
                                                   secret_file: Path, tmp_path: Path) -> None:
     port, proc = runner
-    wait_healthy(port, secret_file)
+    wait_healthy(port, secret_file, proc.pid)
     wrong = tmp_path / "wrong"
     wrong.write_text("w" * 64)
-    assert check(port, wrong) == 1  # the runner refuses it, and its answer proves nothing
+    assert check(port, wrong, proc.pid) == 1  # refused, and its answer proves nothing
+    # another process (a task being replaced on this port) cannot answer for this one
+    assert check(port, secret_file, os.getpid()) == 1
     proc.send_signal(signal.SIGTERM)  # draining: /healthz answers 503
     deadline = time.monotonic() + 10
-    while check(port, secret_file) == 0:
+    while check(port, secret_file, proc.pid) == 0:
         assert time.monotonic() < deadline, "a draining runner stayed healthy"
         time.sleep(0.2)
 
 
 def test_unhealthy_runner_and_no_listener_fail(secret_file: Path) -> None:
     port = free_port()
-    assert check(port, secret_file) != 0  # nothing listens
+    assert check(port, secret_file, os.getpid()) != 0  # nothing listens
     proc = start_runner(port, "--never-healthy")
     try:
         time.sleep(1.5)
-        assert check(port, secret_file) != 0
+        assert check(port, secret_file, proc.pid) != 0
     finally:
         proc.kill()
         proc.wait(timeout=10)

@@ -72,7 +72,7 @@ def test_each_task_binds_base_plus_slot_and_reads_its_secret_from_a_docker_secre
     assert "sk-secret-value" not in " ".join(command)
     health = container["Healthcheck"]["Test"]
     assert health[:3] == ["CMD", "/app/.venv/bin/python", "-c"]
-    assert health[-2:] == ["/app/crewship_runner", SECRET_PATH]
+    assert health[-3:] == ["/app/crewship_runner", SECRET_PATH, "1"]  # the runner is PID 1
 
 
 def test_rollouts_are_start_first_and_roll_back_on_failure() -> None:
