@@ -91,8 +91,9 @@ def _lenient(fn: Callable[..., str]) -> Callable[..., str]:
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("crewship.api", "templates"),
                              autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    filters = {"when": when, "clip": clip, "pretty": pretty, "duration": duration,
-               "slug": slug, "percent": percent, "bytes": human_bytes}
+    filters: dict[str, Callable[..., str]] = {
+        "when": when, "clip": clip, "pretty": pretty, "duration": duration, "slug": slug,
+        "percent": percent, "bytes": human_bytes}
     env.filters.update({name: _lenient(fn) for name, fn in filters.items()})
     env.globals.update(static=STATIC)
     return env

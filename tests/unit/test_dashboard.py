@@ -6,10 +6,9 @@ import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 
-import pytest
-
 from crewship.api import dashboard_html as html
-from crewship.api.dashboard import kickoff_duration, sse_events, sse_message
+from crewship.api.dashboard import kickoff_duration
+from crewship.api.sse import sse_events, sse_message
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.UTC)
 EVIL = "<script>alert(1)</script>"
