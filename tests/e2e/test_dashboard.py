@@ -208,7 +208,7 @@ def kickoff_from_the_form(page: Page, srv: CrewshipServer) -> str:
     page.click("a[href='/dashboard/apps/board']")
     expect(page.locator("#count-24h")).to_have_text("2")      # the API's and the form's
     expect(page.locator("#kickoffs")).to_contain_text(kickoff_id[:8])
-    hours = page.locator("#kickoffs-chart title").all_inner_texts()
+    hours = page.locator("#kickoffs-chart title").all_text_contents()
     assert sum(int(t.split("UTC: ")[1].split()[0]) for t in hours) == 2, hours
     assert page.locator("#kickoffs-chart rect.bar").count() >= 1
     assert page.locator("#duration-chart polyline, #duration-chart circle").count() >= 2

@@ -163,3 +163,14 @@ def test_the_templates_and_assets_ship_with_the_package() -> None:
     assert b"--accent" in html.static_file("dashboard.css")
     assert b"EventSource" in html.static_file("dashboard.js")
     assert html.TEMPLATES.env.autoescape is True
+
+
+def test_the_deployment_page_escapes_too() -> None:
+    from crewship.api.deployment_page import render_page
+
+    page = render_page(EVIL, {"status": "Online", "error_message": EVIL, "git_url": EVIL},
+                       [{"version": "v1", "kind": "push", "status": "live", "commit": EVIL,
+                         "created_at": "t", "description": EVIL}])
+    assert "<script>alert" not in page
+    assert page.count("&lt;script&gt;") == 7   # title, heading, error, hint, git, commit, text
+    assert "No releases yet" in render_page("demo", {"status": "Online"}, [])
