@@ -53,7 +53,7 @@ def bar_chart(totals: Sequence[int], failed: Sequence[int], labels: Sequence[str
               titles: Sequence[str]) -> dict[str, Any]:
     """Bars of ``totals`` per slot, the ``failed`` part of each drawn on top of it."""
     top = nice_top(max(totals, default=0))
-    frame = _frame(top, lambda v: f"{v:g}")
+    frame = _frame(top, lambda v: f"{v:g}" if v == int(v) else "")   # counts: whole numbers
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_w / max(1, len(totals))
     bars = []

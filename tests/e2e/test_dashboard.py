@@ -13,7 +13,6 @@ Chromium is Debian's ``chromium``: missing, the browser test skips, or fails und
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import signal
@@ -235,8 +234,8 @@ def restart_and_roll_back(page: Page, srv: CrewshipServer) -> None:
     expect(page.locator("#releases")).to_contain_text("Rollback to v1")
     live = srv.ssh_json(srv.admin_key, "status", "board")
     assert live["release"] == "v3", live
-    days = page.locator("#deploys-chart title").all_text_contents()
-    assert days == [f"{dt.datetime.now(dt.UTC).date()}: 3 releases, 0 failed"], days
+    days = page.locator("#deploys-chart title").all_text_contents()   # one per day with some
+    assert sum(int(d.split(": ")[1].split()[0]) for d in days) == 3, days
 
 
 def check_phone_width(browser: Browser, wide: BrowserContext, srv: CrewshipServer,
