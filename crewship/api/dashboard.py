@@ -84,7 +84,7 @@ def kickoff_duration(row: dict[str, Any]) -> float | None:
 
 
 # ------------------------------------------------------------------------ plumbing
-def _platform(request: Request) -> Platform:
+def platform_of(request: Request) -> Platform:
     platform: Platform = request.app.state.platform
     return platform
 
@@ -101,15 +101,15 @@ class Visitor:
         return csrf_token(self.session)
 
 
-def _visitor(request: Request) -> Visitor | None:
+def visitor_of(request: Request) -> Visitor | None:
     session = request.cookies.get(COOKIE, "")
-    user = _platform(request).users.session_user(session) if session else None
+    user = platform_of(request).users.session_user(session) if session else None
     return Visitor(user, session) if user is not None else None
 
 
 def logged_in(request: Request) -> User | None:
     """The user of the browser's live dashboard session, if any."""
-    visitor = _visitor(request)
+    visitor = visitor_of(request)
     return visitor.user if visitor is not None else None
 
 
@@ -133,7 +133,7 @@ def _forget_cookie(response: Response) -> None:
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
 
 
-def _to_login(request: Request) -> Response:
+def to_login(request: Request) -> Response:
     response = RedirectResponse(LOGIN, status_code=303)
     if COOKIE in request.cookies:  # unknown, ended or expired: forget it
         _forget_cookie(response)
@@ -142,7 +142,7 @@ def _to_login(request: Request) -> Response:
 
 def _via_trusted_proxy(request: Request) -> bool:
     client = request.client.host if request.client else ""
-    return client in _platform(request).settings.trusted_proxies
+    return client in platform_of(request).settings.trusted_proxies
 
 
 def came_over_tls(request: Request) -> bool:
@@ -177,9 +177,9 @@ def page_view(handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
     """Log-in required; crewship errors become an HTML page with their status."""
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
-        visitor = _visitor(request)
+        visitor = visitor_of(request)
         if visitor is None:
-            return _to_login(request)
+            return to_login(request)
         try:
             return await handler(request, visitor)
         except CrewshipError as exc:
@@ -208,7 +208,7 @@ def _app_row(platform: Platform, user: User, name: str) -> dict[str, Any]:
 
 @page_view
 async def apps_view(request: Request, visitor: Visitor) -> Response:
-    platform, user = _platform(request), visitor.user
+    platform, user = platform_of(request), visitor.user
     rows = [_app_row(platform, user, app.name) for app in platform.apps(user)]
     backups = None
     if user.is_admin and platform.backups is not None:
@@ -228,7 +228,7 @@ async def _kickoff_form(platform: Platform, user: User, name: str) -> dict[str, 
 
 @page_view
 async def app_view(request: Request, visitor: Visitor) -> Response:
-    platform, user = _platform(request), visitor.user
+    platform, user = platform_of(request), visitor.user
     name = request.path_params["app"]
     status = platform.ops.status(user, name)       # READ access, or "not found"
     releases = platform.lifecycle.release_history(user, name, limit=20)
@@ -247,7 +247,7 @@ async def app_view(request: Request, visitor: Visitor) -> Response:
 
 @page_view
 async def kickoff_view(request: Request, visitor: Visitor) -> Response:
-    platform, user = _platform(request), visitor.user
+    platform, user = platform_of(request), visitor.user
     name, kickoff_id = request.path_params["app"], request.path_params["kickoff_id"]
     kickoff = await platform.monitoring.kickoff(user, name, kickoff_id)
     spans = await platform.monitoring.kickoff_trace(user, name, kickoff_id)
@@ -256,7 +256,7 @@ async def kickoff_view(request: Request, visitor: Visitor) -> Response:
 
 
 async def login_form(request: Request) -> Response:
-    if _visitor(request) is not None:
+    if visitor_of(request) is not None:
         return RedirectResponse("/", status_code=303)
     return page(request, "login.html", {"title": "Log in"})
 
@@ -270,7 +270,7 @@ async def login(request: Request) -> Response:
     async with request.form(max_files=0, max_fields=4) as form:
         token = form.get("token")
     token = token.strip() if isinstance(token, str) else ""
-    opened = _platform(request).users.open_session(token) if 0 < len(token) <= MAX_TOKEN else None
+    opened = platform_of(request).users.open_session(token) if 0 < len(token) <= MAX_TOKEN else None
     if opened is None:
         logger.info("dashboard_login_failed", client=request.client.host if request.client else None)
         return page(request, "login.html", {"title": "Log in", "error": "That token is "
@@ -285,7 +285,7 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     """End the session; the form must carry the session's CSRF token."""
-    visitor = _visitor(request)
+    visitor = visitor_of(request)
     if visitor is not None:
         async with request.form(max_files=0, max_fields=4) as form:
             given = form.get("csrf")
@@ -293,7 +293,7 @@ async def logout(request: Request) -> Response:
         if not same_origin(request):
             csrf = ""
         try:
-            _platform(request).users.close_session(visitor.session, csrf)
+            platform_of(request).users.close_session(visitor.session, csrf)
         except CrewshipError as exc:
             return error_page(request, exc, visitor)
     response = RedirectResponse(LOGIN, status_code=303)
@@ -304,8 +304,8 @@ async def logout(request: Request) -> Response:
 async def log_stream(request: Request) -> Response:
     """The app's log (last 100 lines, then follow) as ``text/event-stream``; it ends
     within ``RECHECK`` seconds of the session ending or the access going."""
-    platform = _platform(request)
-    visitor = _visitor(request)
+    platform = platform_of(request)
+    visitor = visitor_of(request)
     if visitor is None:
         return PlainTextResponse("log in first", status_code=401)
     name, session = request.path_params["app"], visitor.session

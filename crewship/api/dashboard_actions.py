@@ -29,12 +29,12 @@ from starlette.routing import Route
 from crewship import log
 from crewship.api.dashboard import (
     Visitor,
-    _platform,
-    _to_login,
-    _visitor,
     error_page,
     page,
+    platform_of,
     same_origin,
+    to_login,
+    visitor_of,
 )
 from crewship.errors import CrewshipError, InvalidInputError, PermissionDeniedError
 from crewship.reporter import LineReporter
@@ -80,9 +80,9 @@ def form_action(title: str, act: Action) -> Callable[[Request], Awaitable[Respon
     """Log-in, same origin and CSRF first; then ``act`` (whose answer is the outcome
     line), its progress lines and any error shown on ``action.html``."""
     async def endpoint(request: Request) -> Response:
-        visitor = _visitor(request)
+        visitor = visitor_of(request)
         if visitor is None:
-            return _to_login(request)
+            return to_login(request)
         name = request.path_params["app"]
         back = f"/dashboard/apps/{name}"
         report = LineReporter(lambda _line: None)
@@ -91,7 +91,7 @@ def form_action(title: str, act: Action) -> Callable[[Request], Awaitable[Respon
                 if not same_origin(request):
                     raise PermissionDeniedError("that form came from another site")
                 csrf = form.get("csrf")
-                _platform(request).users.check_csrf(visitor.session,
+                platform_of(request).users.check_csrf(visitor.session,
                                                     csrf if isinstance(csrf, str) else "")
                 outcome = await act(request, visitor, form, report)
         except CrewshipError as exc:
@@ -120,7 +120,7 @@ async def _shielded(work: Awaitable[T]) -> T:
 async def _kickoff(request: Request, visitor: Visitor, form: FormData,
                    report: LineReporter) -> str:
     name = request.path_params["app"]
-    kickoff_id = await _platform(request).ops.user_kickoff(visitor.user, name, form_inputs(form))
+    kickoff_id = await platform_of(request).ops.user_kickoff(visitor.user, name, form_inputs(form))
     logger.info("dashboard_kickoff_started", app=name, user=visitor.user.name,
                 kickoff_id=kickoff_id)
     return f"/dashboard/apps/{name}/kickoffs/{kickoff_id}"
@@ -129,7 +129,7 @@ async def _kickoff(request: Request, visitor: Visitor, form: FormData,
 async def _restart(request: Request, visitor: Visitor, form: FormData,
                    report: LineReporter) -> str:
     name = request.path_params["app"]
-    release = await _shielded(_platform(request).lifecycle.restart(visitor.user, name, report))
+    release = await _shielded(platform_of(request).lifecycle.restart(visitor.user, name, report))
     return f"{name} restarted: v{release.version} is live"
 
 
@@ -137,7 +137,7 @@ async def _rollback(request: Request, visitor: Visitor, form: FormData,
                     report: LineReporter) -> str:
     name = request.path_params["app"]
     version = whole_number(form, "version", "the release to roll back to")
-    release = await _shielded(_platform(request).lifecycle.rollback(visitor.user, name, version,
+    release = await _shielded(platform_of(request).lifecycle.rollback(visitor.user, name, version,
                                                                      report))
     return f"{name} rolled back to v{version}: v{release.version} is live"
 
@@ -146,7 +146,7 @@ async def _scale(request: Request, visitor: Visitor, form: FormData,
                  report: LineReporter) -> str:
     name = request.path_params["app"]
     n = whole_number(form, "scale", "the scale")
-    done = await _shielded(_platform(request).lifecycle.scale(visitor.user, name, n, report))
+    done = await _shielded(platform_of(request).lifecycle.scale(visitor.user, name, n, report))
     return f"{name} is scaled to {done}"
 
 
