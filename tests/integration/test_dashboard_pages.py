@@ -140,6 +140,10 @@ def test_the_buttons_need_a_session_the_same_origin_a_csrf_token_and_deploy_acce
         assert resp.status_code == 403
         assert "needs deploy" in resp.text
         assert reader.post(f"{base}/kickoff", data={"csrf": token}).status_code == 403
+    over_ssh = srv.ssh(reader_key, "kickoff", "guarded", "{}")   # the same check over SSH
+    assert over_ssh.returncode != 0
+    assert "needs deploy" in over_ssh.stderr
+    assert "no live release" in srv.ssh(srv.admin_key, "kickoff", "guarded", "{}").stderr
     with session(srv, stranger_key) as stranger:
         token = csrf_of(stranger.get("/").text)
         resp = stranger.post(f"{base}/restart", data={"csrf": token})
