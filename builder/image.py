@@ -10,7 +10,7 @@ runner, ``release.json``), then an image is built from a generated Dockerfile::
                                                    finds it in the cache
     FROM <base>; user crew; CA                     the final stage:
     COPY --from=deps /app/.venv                    the environment, without the build args
-    COPY app/ /app/; COPY crewship_runner.py       the code layer
+    COPY app/ /app/; COPY crewship_runner/        the code layer
     USER crew
 
 The build runs with host networking so uv reaches the package index the host uses; the
@@ -54,7 +54,7 @@ import docker.errors
 from builder.env import EnvBuilder, EnvRef, Interpreter, env_key
 from builder.release import (
     RELEASE_FILE,
-    RUNNER_FILE,
+    RUNNER_DIR,
     BuiltRelease,
     ReleaseBuilder,
     build_dirs,
@@ -200,7 +200,7 @@ def dockerfile(base: str, *, with_ca: bool, args: AbstractSet[str], deps_key: st
         f"WORKDIR {IMAGE_APP_DIR}",
         f"COPY --from=deps {IMAGE_VENV} {IMAGE_VENV}",
         f"COPY app/ {IMAGE_APP_DIR}/",
-        f"COPY {RUNNER_FILE} {IMAGE_APP_DIR}/{RUNNER_FILE}",
+        f"COPY {RUNNER_DIR}/ {IMAGE_APP_DIR}/{RUNNER_DIR}/",
         f"ENV PATH={IMAGE_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
         f"HOME={IMAGE_HOME} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1",
         f"USER {IMAGE_UID}:{IMAGE_UID}",
@@ -230,7 +230,7 @@ def write_context(ctx: Path, release_work: Path, base: str, uv: str,
     for name in ("pyproject.toml", "uv.lock"):
         shutil.copyfile(release_work / "app" / name, ctx / "deps" / name)
     shutil.copytree(release_work / "app", ctx / "app", symlinks=True)
-    shutil.copyfile(release_work / RUNNER_FILE, ctx / RUNNER_FILE)
+    shutil.copytree(release_work / RUNNER_DIR, ctx / RUNNER_DIR)
     shutil.copyfile(uv, ctx / "uv")
     (ctx / "uv").chmod(0o755)
     if ca is not None:

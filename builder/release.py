@@ -2,7 +2,7 @@
 
     releases/<app>/v<N>/
         app/                  the commit's tree (read-only)
-        crewship_runner.py    the stdlib-only runner, copied from runtime/runner.py
+        crewship_runner/      the stdlib-only runner package, copied from runtime/runner/
         release.json          what the runtime needs to start it (``ReleaseMeta``)
 
 Order: validate (layout errors fail within 2 s, before anything is installed), then
@@ -13,6 +13,7 @@ assembled under ``tmp/`` and renamed into place in one step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -33,7 +34,8 @@ from crewship.errors import BuildError, ConflictError, NotFoundError, Validation
 from crewship.reporter import Reporter
 
 RELEASE_FILE = "release.json"
-RUNNER_FILE = "crewship_runner.py"
+RUNNER_DIR = "crewship_runner"
+LEGACY_RUNNER_FILE = "crewship_runner.py"  # releases built before the runner was a package
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class ReleaseMeta:
 
     @property
     def runner(self) -> Path:
-        return self.dir / RUNNER_FILE
+        return self.dir / RUNNER_DIR
 
 
 @dataclass(frozen=True)
@@ -79,15 +81,28 @@ class BuiltRelease:
 
 
 def default_runner_source() -> Path:
-    """``runtime/runner.py`` of this installation, found by this package's own path.
+    """``runtime/runner/`` of this installation, found by this package's own path.
 
     Not ``importlib.util.find_spec("runtime")``: that would take any other installed
-    package named ``runtime``. The runner is a plain file, never imported by the daemon.
+    package named ``runtime``. The daemon imports only its ``signing`` module.
     """
-    runner = Path(__file__).resolve().parent.parent / "runtime" / "runner.py"
-    if not runner.is_file():
+    runner = Path(__file__).resolve().parent.parent / "runtime" / "runner"
+    if not (runner / "__main__.py").is_file():
         raise BuildError(f"the runner is missing at {runner}: reinstall crewship")
     return runner
+
+
+def runner_files(source: Path) -> dict[str, bytes]:
+    """The runner package's modules by name (no bytecode caches)."""
+    return {path.name: path.read_bytes() for path in sorted(source.glob("*.py"))}
+
+
+def copy_runner(source: Path, target: Path) -> None:
+    """Write the runner package at ``target`` (a new directory), its files read-only."""
+    target.mkdir()
+    for name, data in runner_files(source).items():
+        (target / name).write_bytes(data)
+        (target / name).chmod(0o444)
 
 
 def build_dirs(layout: Layout, app: str, version: int) -> tuple[Path, Path]:
@@ -115,18 +130,29 @@ def refresh_runner(target: Path, source: Path | None = None) -> bool:
 
     The runner is platform code, not the app's: a release built by an older crewship has
     an older runner, which would not speak the current daemon channel (signed requests,
-    proven replies). The swap is atomic and the file stays read-only.
+    proven replies). The new package is written beside the old one and renamed into place;
+    the files stay read-only. A release from before the runner was a package (only
+    ``crewship_runner.py``) gets the package.
     """
-    fresh = (source or default_runner_source()).read_bytes()
-    try:
-        if target.read_bytes() == fresh:
-            return False
-    except FileNotFoundError:
+    source = source or default_runner_source()
+    legacy = target.with_name(LEGACY_RUNNER_FILE)
+    if not target.is_dir() and not legacy.is_file():
         return False  # not a release with a runner of its own (an image release)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(fresh)
-    tmp.chmod(0o444)
-    os.replace(tmp, target)
+    with contextlib.suppress(OSError):
+        current = {p.name: p.read_bytes() for p in target.glob("*.py")}
+        if target.is_dir() and current == runner_files(source):
+            return False
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    if tmp.exists():
+        remove_tree(tmp)
+    copy_runner(source, tmp)
+    if target.is_dir():
+        old = target.with_name(f".{target.name}.{os.getpid()}.old")
+        os.rename(target, old)
+        os.rename(tmp, target)
+        remove_tree(old)
+    else:
+        os.rename(tmp, target)
     return True
 
 
@@ -154,7 +180,9 @@ def runner_argv(release: ReleaseMeta | BuiltRelease, host: str, port: int,
     meta = release.meta if isinstance(release, BuiltRelease) else release
     python, runner, app_dir = str(meta.python_path), str(meta.runner), str(meta.app_dir)
     if root is not None:
-        python, runner, app_dir = f"{root}/.venv/bin/python", f"{root}/{RUNNER_FILE}", root
+        # an image built before the runner was a package holds the one-file runner
+        name = LEGACY_RUNNER_FILE if (meta.dir / LEGACY_RUNNER_FILE).is_file() else RUNNER_DIR
+        python, runner, app_dir = f"{root}/.venv/bin/python", f"{root}/{name}", root
     argv = [python, runner, "--app-dir", app_dir, "--kind", meta.kind, "--package", meta.package]
     if meta.definition:
         argv += ["--definition", meta.definition]
@@ -236,9 +264,9 @@ class ReleaseBuilder:
 
     def _place_runner(self, work: Path) -> None:
         runner = self.runner_source or default_runner_source()
-        if not runner.is_file():
+        if not (runner / "__main__.py").is_file():
             raise BuildError(f"the runner is missing at {runner}: reinstall crewship")
-        shutil.copyfile(runner, work / RUNNER_FILE)
+        copy_runner(runner, work / RUNNER_DIR)
 
     def _assemble(self, app: str, version: int, commit: str, work: Path, env: EnvRef,
                   info: ProjectInfo, image: str | None = None) -> None:

@@ -35,7 +35,7 @@ from crewship.service.dispatch import TERMINAL, Dispatcher, KickoffLimits, hook_
 from crewship.store.state import Database, now
 from runtime.backend import STATUS_UNKNOWN
 from runtime.channel import ChannelError, RunnerClient
-from runtime.runner import RESTORE_KEY
+from runtime.runner.flows import RESTORE_KEY
 from runtime.supervisor import Supervisor
 
 logger = log.get("crewship.service.kickoffs")

@@ -1,0 +1,33 @@
+"""crewship's in-crew runner: loads one CrewAI project and serves the daemon's internal API.
+
+The builder copies this package into every release as ``crewship_runner/``; the supervisor
+starts it with the release's own interpreter (which has crewai, the daemon never does)::
+
+    python RELEASE/crewship_runner --app-dir APP --kind crew|json_crew|flow|declarative_flow|entrypoint
+        --package PKG [--definition REL_PATH] [--entrypoint pkg.mod:callable]
+        --host 127.0.0.1 --port N --instance v3.1 [--secret-file PATH]   (secret on stdin)
+
+Standard library only (crewai is imported lazily), Python 3.10+; the modules import each
+other relatively, so the package runs under any name. The crew is loaded before the port
+is bound, so a crew that cannot load exits non-zero with its traceback.
+
+- ``signing``: the daemon channel. The instance's secret comes once on stdin (or a read-only
+  ``--secret-file``), never in argv or env; every request must carry ``X-Crewship-Signature``
+  (an HMAC of time, nonce, method, path and body) or gets 401, and every reply carries
+  ``X-Crewship-Proof`` (an HMAC of that signature, status and body): the secret never crosses
+  the wire and a process that took the port cannot pass for the instance. The daemon
+  imports this module (``runtime.runner.signing``) for its side of the channel.
+- ``output``: one ``<ISO-8601 UTC ms>Z [<instance>] <text>`` line per write on the
+  inherited stdout/stderr.
+- ``project``: finding and loading the crew, flow or entrypoint; ``flows``: inputs, state
+  ids and trigger payloads; ``webhooks``: task/step webhook bodies recorded for the daemon.
+- ``runs``: the runs of one instance; ``server``: the HTTP API and ``main``.
+
+HTTP API (JSON): ``GET /healthz``, ``GET /inputs``, ``POST /runs`` (``{"kickoff_id", "inputs",
+"webhooks": {"task": true, "step": true}, "meta"}``: 202 at once, idempotent per kickoff id;
+the runner records task/step webhook bodies, the daemon delivers them), ``GET
+/runs/{id}?wait=S&after=N`` (long poll; with ``after``: the webhook bodies from number N on),
+``POST /runs/{id}/stop``, ``POST /runs/{id}/ack`` (the daemon stored the result). Finished
+results are kept until acknowledged, so a restarted daemon still collects them.
+SIGTERM/SIGINT: refuse new runs (503), let running ones finish and be collected, exit 0.
+"""
