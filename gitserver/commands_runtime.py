@@ -180,7 +180,7 @@ async def kickoff(ctx: Context, args: argparse.Namespace) -> int:
         inputs = json.loads(args.inputs)
     except ValueError:
         raise InvalidInputError("inputs must be a JSON object, e.g. '{\"topic\": \"AI\"}'") from None
-    kickoff_id = await ctx.platform.ops.kickoff(app, inputs)
+    kickoff_id = await ctx.platform.ops.user_kickoff(ctx.user, args.app, inputs)
     if not args.wait:
         ctx.out(kickoff_id)
         return 0

@@ -211,6 +211,16 @@ class Operations:
         return await self.engine.require_kickoffs().kickoff(fresh, inputs, meta, webhooks,
                                                             restore_from)
 
+    async def user_kickoff(self, caller: User, name: str, inputs: Any) -> str:
+        """A kickoff started by a user (SSH ``kickoff``, the dashboard's form): DEPLOY access."""
+        app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
+        return await self.kickoff(app, inputs)
+
+    async def user_inputs(self, caller: User, name: str) -> dict[str, Any]:
+        """The crew's inputs (as ``GET /inputs`` says them) for a user who may kick it off."""
+        app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
+        return await self.crew_inputs_described(app)
+
     def check_kickoff_size(self, inputs: Any, meta: Any) -> None:
         """Inputs and meta within ``max_kickoff_inputs`` bytes of JSON each, else a 413."""
         limit = self.settings.max_kickoff_inputs
