@@ -34,7 +34,8 @@ async def status(ctx: Context, args: argparse.Namespace) -> int:
             ["commit", (info["commit"] or "-")[:12]], ["uptime", _duration(info["uptime_seconds"])],
             ["restarts", str(info["restarts"])], ["scale", str(info["scale"])],
             ["kickoffs", f"{info['kickoffs']['running']} running, "
-                         f"{info['kickoffs']['queued']} queued"],
+                         f"{info['kickoffs']['queued']} queued, "
+                         f"{info['kickoffs'].get('waiting', 0)} waiting for human input"],
             ["url", info["url"]], ["git", info["git_url"]],
             ["sandbox", info["sandbox_note"]]]
     for key, value in rows:

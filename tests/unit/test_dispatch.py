@@ -37,6 +37,9 @@ def test_the_runner_records_task_and_step_webhooks_but_never_sees_a_url() -> Non
     assert hook_urls(row) == {"task": "https://x/t", "step": "https://x/s"}  # kept by the daemon
     plain = run_body(_row(id="k2", inputs_json="{}", webhooks_json=None, meta_json=None))
     assert plain == {"kickoff_id": "k2", "inputs": {}}
+    waits = run_body(_row(id="k3", inputs_json="{}", webhooks_json=None, meta_json=None,
+                          human_webhook="fernet:sealed"))
+    assert waits["webhooks"] == {"task": True, "step": True}  # a resume may bring URLs
 
 
 def test_kickoff_settings_come_from_the_environment_and_are_checked() -> None:
