@@ -77,7 +77,7 @@ def run_body(row: sqlite3.Row) -> dict[str, Any]:
     records the bodies (it never sees a URL); the driver fetches and relays them."""
     body: dict[str, Any] = {"kickoff_id": row["id"], "inputs": json.loads(row["inputs_json"])}
     hooks = hook_urls(row)
-    human = "human_webhook" in row.keys() and row["human_webhook"]
+    human = row["human_webhook"]
     if hooks or human:  # a resume may bring task/step webhooks of its own
         body["webhooks"] = {kind: True for kind in (("task", "step") if human else hooks)}
         body["meta"] = json.loads(row["meta_json"]) if row["meta_json"] else None
