@@ -187,8 +187,8 @@ async def kickoff(ctx: Context, args: argparse.Namespace) -> int:
         return 0
     while True:
         result = await ctx.platform.ops.kickoff_status(app, kickoff_id)
-        if result["state"] in ("SUCCESS", "FAILURE", "REVOKED"):
-            break
+        if result["state"] in ("SUCCESS", "FAILURE", "REVOKED", "PENDING_HUMAN_INPUT"):
+            break  # a kickoff waiting for a human goes on after POST /resume
         await asyncio.sleep(0.5)
     ctx.out_json(result)
-    return 0 if result["state"] == "SUCCESS" else 1
+    return 0 if result["state"] in ("SUCCESS", "PENDING_HUMAN_INPUT") else 1

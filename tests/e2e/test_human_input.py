@@ -5,13 +5,17 @@ resumed with feedback the fake LLM sees, and the error cases of ``POST /resume``
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e.test_deploy import commit_all, configure, new_project, push
+from tests.integration.test_runner_human import FLOW
 from tests.support.crewapi import TERMINAL, CrewAPI
 from tests.support.fakellm import ANSWER_PREFIX, FakeLLM
 from tests.support.receiver import Receiver
@@ -50,9 +54,10 @@ def api(srv: CrewshipServer, llm: FakeLLM, tmp_path_factory: pytest.TempPathFact
     return crew_api
 
 
-def kickoff(api: CrewAPI, rx: Receiver, topic: str, **extra: Any) -> str:
+def kickoff(api: CrewAPI, rx: Receiver, topic: str, inputs: dict[str, Any] | None = None,
+            **extra: Any) -> str:
     resp = api.post("/kickoff", json={
-        "inputs": {"topic": topic, "audience": "otters"}, "meta": {"requestId": topic},
+        "inputs": inputs or {"topic": topic, "audience": "otters"}, "meta": {"requestId": topic},
         "humanInputWebhook": {"url": rx.url(f"/hitl/{topic}"), "authentication": {
             "strategy": "bearer", "token": HOOK_TOKEN}}, **extra})
     assert resp.status_code == 200, resp.text
@@ -168,9 +173,12 @@ def test_a_waiting_kickoff_survives_a_daemon_restart_but_not_its_instance(
     assert api.wait(kept, timeout=180)["state"] == "SUCCESS"
     assert len(rx.bodies("/hitl/tides")) == 1  # the restart did not ask the human again
 
-    # Stopping a waiting kickoff revokes it.
-    stopped = kickoff(api, rx, "reefs")
-    assert api.wait(stopped, timeout=180, states=(WAITING, *TERMINAL))["state"] == WAITING
+    # Stopping a waiting kickoff revokes it ('kickoff --wait' over SSH stops at the wait).
+    inputs = shlex.quote(json.dumps({"topic": "reefs", "audience": "crabs"}))  # one argument
+    waited = srv.ssh(srv.admin_key, "kickoff", "hitl", inputs, "--wait", check=True, timeout=180)
+    shown = json.loads(waited.stdout)
+    assert (shown["state"], shown["human_input"]["task_id"]) == (WAITING, "research_task")
+    stopped = shown["kickoff_id"]
     assert api.post(f"/stop/{stopped}").status_code == 200
     assert api.wait(stopped)["state"] == "REVOKED"
     assert resume(api, stopped).json() == NOT_WAITING
@@ -197,3 +205,25 @@ def test_the_resume_route_needs_the_apps_own_token(srv: CrewshipServer, api: Cre
     through_other = resume(other, mine)
     assert (through_other.status_code, through_other.json()) == \
         (404, {"error": "Not Found", "message": "Execution ID not found"})
+
+
+def test_a_flow_asks_for_feedback_and_is_resumed(srv: CrewshipServer, llm: FakeLLM,
+                                                 rx: Receiver, tmp_path: Path) -> None:
+    """A flow's ``@human_feedback`` method waits the same way; its task id is the method."""
+    flow_api = configure(srv, "hitl-flow", llm)
+    project = new_project(srv, "flow", tmp_path)
+    (project / "src" / "demo_flow" / "main.py").write_text(FLOW)
+    commit_all(srv, project, "a flow that asks for feedback")
+    push(srv, project, "hitl-flow")
+    kickoff_id = kickoff(flow_api, rx, "sandbars", {"topic": "sandbars"})
+    waiting = flow_api.wait(kickoff_id, timeout=180, states=(WAITING, *TERMINAL))
+    assert waiting["state"] == WAITING, waiting
+    assert waiting["human_input"]["task_id"] == "draft"
+    [note] = rx.wait_for("/hitl/sandbars")
+    assert (note["task_id"], note["task_output"]) == ("draft", "a draft about sandbars")
+    assert resume(flow_api, kickoff_id, task_id="research_task").status_code == 404
+    answer = resume(flow_api, kickoff_id, task_id="draft", human_feedback="ship it")
+    assert answer.json()["status"] == "resumed"
+    done = flow_api.wait(kickoff_id, timeout=120)
+    assert done["state"] == "SUCCESS", done
+    assert done["result"] == "published after feedback: ship it"
