@@ -95,15 +95,19 @@ class WebhookRelay:
 
     The runner numbers them from 0; ``seen`` counts those already relayed, so a poll
     (``start``: the number it asked from) never repeats one, even when polls overlap.
-    The URLs stay here: the runner (the crew's own process) never sees them.
+    The URLs stay here: the runner (the crew's own process) never sees them. ``track``:
+    the runner records bodies (also before any URL is known: a resume may bring URLs, and
+    only what comes after it goes there).
     """
 
-    def __init__(self, app: str, kickoff_id: str, urls: dict[str, str], sink: Relay) -> None:
+    def __init__(self, app: str, kickoff_id: str, urls: dict[str, str], sink: Relay,
+                 track: bool = False) -> None:
         self.app, self.kickoff_id, self.urls, self.sink = app, kickoff_id, urls, sink
+        self.track = track or bool(urls)
         self.seen = 0
 
     def take(self, events: Any, *, start: int) -> None:
-        if not self.urls or not isinstance(events, list):
+        if not self.track or not isinstance(events, list):
             return
         for event in events[max(0, self.seen - start):]:
             self.seen += 1
@@ -212,7 +216,8 @@ class Dispatcher:
         if kickoff_id in self._drivers:
             return
         self._take(endpoint)
-        relay = self._relays[kickoff_id] = WebhookRelay(app, kickoff_id, hooks or {}, self._relay)
+        relay = self._relays[kickoff_id] = WebhookRelay(app, kickoff_id, hooks or {}, self._relay,
+                                                        track="webhooks" in body)
         self._drivers[kickoff_id] = self._spawn(
             self._drive(app, kickoff_id, endpoint, body, deadline, relay))
 
@@ -331,7 +336,7 @@ class Dispatcher:
         """One long poll of the run (it also ends when a wait for a human starts or ends:
         ``human``, the version last seen); the task/step webhooks it recorded are relayed."""
         start = relay.seen
-        after = f"&after={start}" if relay.urls else ""
+        after = f"&after={start}" if relay.track else ""
         if isinstance(human, int):
             after += f"&human={human}"
         reply = await self._call(app, kickoff_id, endpoint, "GET",

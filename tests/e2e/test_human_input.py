@@ -116,7 +116,7 @@ def test_a_task_waits_for_a_human_is_retried_with_feedback_and_approved(
     assert again["human_input"]["round"] == 2
 
     answer = resume(api, kickoff_id, human_feedback="good now", is_approve=True,
-                    crewWebhookUrl=rx.url("/crew/kelp2"))
+                    taskWebhookUrl=rx.url("/task/kelp2"), crewWebhookUrl=rx.url("/crew/kelp2"))
     assert answer.json() == {"status": "resumed", "message": "Execution resumed successfully"}
     done = api.wait(kickoff_id, timeout=180)
     assert done["state"] == "SUCCESS", done
@@ -127,6 +127,12 @@ def test_a_task_waits_for_a_human_is_retried_with_feedback_and_approved(
     assert crew["kickoff_id"] == kickoff_id
     assert "PINEAPPLE" in crew["result"]
     assert rx.bodies("/crew/kelp") == []  # the kickoff's crew webhook was replaced
+    assert len(rx.bodies("/task/kelp")) == 1  # and its task webhook: round 1 only
+    later = rx.wait_for("/task/kelp2", count=2, timeout=30)
+    assert [b.get("round") for b in later if b.get("state") == WAITING] == [2]
+    [finished] = [b for b in later if b.get("state") != WAITING]
+    assert finished["name"] == "research_task"
+    assert "PINEAPPLE" in finished["output"]
 
     # A finished kickoff is not waiting: 400, as the platform answers.
     late = resume(api, kickoff_id)
