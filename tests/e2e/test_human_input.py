@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,11 @@ def test_a_waiting_kickoff_survives_a_daemon_restart_but_not_its_instance(
     # The daemon restarts; the instance (and the paused crew in it) lives on, adopted.
     srv.restart(leave_children=True)
     assert api.wait(kept, states=(WAITING, *TERMINAL))["state"] == WAITING
-    assert resume(api, kept, human_feedback="fine").status_code == 200
+    # Two answers at once: one is taken, the other is told the kickoff no longer waits.
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda text: resume(api, kept, human_feedback=text),
+                                ["fine", "also fine"]))
+    assert sorted(a.status_code for a in answers) == [200, 400], [a.text for a in answers]
     assert api.wait(kept, timeout=180)["state"] == "SUCCESS"
     assert len(rx.bodies("/hitl/tides")) == 1  # the restart did not ask the human again
 
