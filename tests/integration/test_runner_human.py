@@ -93,7 +93,10 @@ def test_a_human_input_task_waits_is_retried_with_feedback_then_approved(
     assert "kelp" in request["output"]
     assert request["output"].startswith(ANSWER_PREFIX)
 
-    # Bad answers change nothing.
+    # Bad answers change nothing; an unsigned or wrongly signed one gets 401.
+    approve = {"task_id": "research_task", "human_feedback": "", "is_approve": True}
+    assert call(port, "POST", "/runs/k-h/resume", approve, secret=None)[0] == 401
+    assert call(port, "POST", "/runs/k-h/resume", approve, secret=b"x" * 32)[0] == 401
     assert call(port, "POST", "/runs/k-h/resume", {"task_id": "research_task"})[0] == 400
     assert call(port, "POST", "/runs/k-h/resume", raw=b"{not json")[0] == 400
     wrong = call(port, "POST", "/runs/k-h/resume",
