@@ -199,7 +199,13 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX audit_app ON audit (app, at);
     CREATE INDEX audit_user ON audit (user, at);
     """,
-    # 11: Swarm placement constraints per app (ps:placement; JSON list, NULL: none)
+    # 11: human in the loop (C.5): a kickoff's humanInputWebhook (sealed JSON: it may carry a
+    # token) and its requests for human input with the answers ({"waiting", "rounds"})
+    """
+    ALTER TABLE kickoffs ADD COLUMN human_webhook TEXT;
+    ALTER TABLE kickoffs ADD COLUMN human_json TEXT;
+    """,
+    # 12: Swarm placement constraints per app (ps:placement; JSON list, NULL: none)
     """
     ALTER TABLE apps ADD COLUMN placement_json TEXT;
     """,
