@@ -65,6 +65,7 @@ class SwarmApp:
     generation: str = ""
     tasks: dict[str, Task] = field(default_factory=dict)
     ended: set[str] = field(default_factory=set)
+    served: set[str] = field(default_factory=set)   # tasks seen running (healthy)
     crashes: deque[float] = field(default_factory=deque)
     crashed: bool = False
     restarts: int = 0
@@ -287,8 +288,11 @@ class SwarmWatch:
     def _observe(self, st: SwarmApp, tasks: list[Task]) -> None:
         """Report the tasks that ended since the last look; apply the crash-loop rule."""
         now = time.time()
+        if not tasks and any(t.state == "running" for t in st.tasks.values()):
+            return  # a read that found nothing while tasks ran: keep what we know
         for task in tasks:
-            before = st.tasks.get(task.id)
+            if task.state == "running" and st.seeded:
+                st.served.add(task.id)
             if task.id in st.ended or task.state in ("running", *STARTING_STATES):
                 continue
             st.ended.add(task.id)
@@ -296,8 +300,9 @@ class SwarmWatch:
             if task.crashed and current and now - task.changed_at <= self._policy.window:
                 st.crashes.append(task.changed_at)
                 st.restarts += st.seeded
-            if not st.seeded or before is None or before.state != "running":
+            if task.id not in st.served:
                 continue  # history, or never served: no kickoff ran there
+            st.served.discard(task.id)
             status = exit_status(task.exit_code) if task.exit_code is not None \
                 else STATUS_UNKNOWN
             if task.crashed:
@@ -306,8 +311,15 @@ class SwarmWatch:
                 self._emit(InstanceExited(st.name, task.instance_id, task.release, status))
             else:
                 self._emit(InstanceRetired(st.name, task.instance_id, task.release, status))
+        if not st.seeded:  # a restarted daemon: what runs now may carry kickoffs
+            st.served.update(t.id for t in tasks if t.state == "running")
         st.tasks = {t.id: t for t in tasks}
         st.seeded = True
+        self._crash_rule(st, now)
+        self._refresh(st)
+
+    def _crash_rule(self, st: SwarmApp, now: float) -> None:
+        """``crash_limit`` crashes of the current rollout in the window: replicas 0, crashed."""
         while st.crashes and now - st.crashes[0] > self._policy.window:
             st.crashes.popleft()
         if not st.crashed and not st.deploying and len(st.crashes) >= self._policy.max_crashes:
@@ -316,7 +328,6 @@ class SwarmWatch:
             log.error("app_crashed", app=st.name, release=st.release, crashes=len(st.crashes))
             self._spawn(self._set_replicas(st, 0))
             self._emit(AppCrashed(st.name, st.release, len(st.crashes)))
-        self._refresh(st)
 
     # -- bookkeeping -------------------------------------------------------------------
 
