@@ -53,6 +53,7 @@ from runtime.swarmspec import (
     LABEL_GENERATION,
     LABEL_RELEASE,
     LABEL_SERVER,
+    SLOT_SPAN,
     UPDATE_FAILED,
     Rollout,
     Task,
@@ -162,15 +163,17 @@ class SwarmSupervisor(SwarmWatch):
                        name, image)
 
     def _port_base(self, scale: int) -> int:
-        """A base whose next ``max(scale, 10)`` ports are free here and used by no task."""
+        """A base whose slots' port spans (``max(scale, 10)`` of them) are free here and
+        used by no task."""
         taken = {t.port for st in self._apps.values() for t in st.tasks.values()}
-        width = max(scale, 10)
+        width = (max(scale, 10) + 1) * SLOT_SPAN
         for _ in range(200):
             base = random.randrange(20000, 60000 - width)  # noqa: S311 (not a secret)
-            ports = range(base + 1, base + width + 1)
+            ports = range(base + SLOT_SPAN, base + width)
             if not taken.intersection(ports) and all(_free(self._bind, p) for p in ports):
                 return base
-        raise BackendError(f"no {width} free ports in a row on {self._bind}")
+        raise BackendError(f"no {width} free ports in a row on {self._bind}: free some, or "
+                           "scale down")
 
     async def _converge(self, st: SwarmApp, generation: str, scale: int, rolling: bool,
                         asked: float, rep: Reporter) -> None:

@@ -22,6 +22,7 @@ reads them. Pure: no Docker calls (runtime/swarm.py makes them).
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -54,15 +55,22 @@ STARTING_STATES = ("new", "pending", "assigned", "accepted", "preparing", "ready
 UPDATE_DONE = "completed"
 UPDATE_FAILED = ("paused", "rollback_started", "rollback_paused", "rollback_completed")
 
-HEALTH_SCRIPT = """\
+# Each task's port: the rollout's base, SLOT_SPAN ports per slot, and a place in its slot's
+# span from the task's own id, so two tasks of one slot (a replacement Swarm starts while
+# the old one still drains) almost never want the same port; the daemon computes the same.
+SLOT_SPAN = 100
+PORT_LINES = ("import zlib\n"
+              "e = os.environ\n"
+              f"port = (int(e['CREWSHIP_PORT_BASE']) + int(e['CREWSHIP_SLOT']) * {SLOT_SPAN}\n"
+              f"        + zlib.crc32(e['CREWSHIP_TASK'].encode()) % {SLOT_SPAN})\n")
+HEALTH_SCRIPT = ("""\
 import hmac, http.client, importlib, os, sys
 runner = sys.argv[1].rstrip('/')
 sys.path.insert(0, os.path.dirname(runner))
 name = os.path.basename(runner)  # the package, or an older image's one-file runner
 s = importlib.import_module(name[:-3] if name.endswith('.py') else name + '.signing')
 key = open(sys.argv[2], 'rb').read().strip()
-port = int(os.environ['CREWSHIP_PORT_BASE']) + int(os.environ['CREWSHIP_SLOT'])
-host = os.environ.get('CREWSHIP_BIND', '127.0.0.1')
+PORT_LINEShost = os.environ.get('CREWSHIP_BIND', '127.0.0.1')
 host = '127.0.0.1' if host == '0.0.0.0' else host
 # Only our own runner counts: the port's listening socket must be one the task's PID 1
 # holds. Another task of the same rollout (same secret; a replaced task still draining on
@@ -88,11 +96,19 @@ body = r.read()
 proof = (r.getheader(s.PROOF_HEADER) or '').encode()
 good = hmac.compare_digest(proof, s.response_mac(key, sig, r.status, body).encode())
 sys.exit(0 if r.status == 200 and good else 1)
-"""
+""").replace("PORT_LINES", PORT_LINES)
 # The runner's own argv, then the task's bind address, port, tag and secret file (argparse
-# keeps the last of a repeated option, so these win over the spec's placeholders).
-LAUNCH = ('exec "$@" --host "$CREWSHIP_BIND" --port "$((CREWSHIP_PORT_BASE + CREWSHIP_SLOT))"'
-          f' --instance "$CREWSHIP_RELEASE.$CREWSHIP_SLOT" --secret-file {SECRET_PATH}')
+# keeps the last of a repeated option, so these win over the spec's placeholders); exec'd,
+# so the runner is the task's PID 1 (the health check relies on it).
+LAUNCH = f"""\
+import os, sys, zlib
+e = os.environ
+port = (int(e['CREWSHIP_PORT_BASE']) + int(e['CREWSHIP_SLOT']) * {SLOT_SPAN}
+        + zlib.crc32(e['CREWSHIP_TASK'].encode()) % {SLOT_SPAN})
+argv = sys.argv[1:] + ['--host', e['CREWSHIP_BIND'], '--port', str(port), '--instance',
+                       e['CREWSHIP_RELEASE'] + '.' + e['CREWSHIP_SLOT'], '--secret-file', {SECRET_PATH!r}]
+os.execv(argv[0], argv)
+"""
 
 
 def service_name(server: str, app: str) -> str:
@@ -124,12 +140,13 @@ def task_template(spec: InstanceSpec, rollout: Rollout, server: str, bind: str,
               LABEL_GENERATION: rollout.generation, LABEL_PORT_BASE: str(rollout.port_base)}
     env = {**spec.env, "CREWSHIP_PORT_BASE": str(rollout.port_base), "CREWSHIP_BIND": bind,
            "CREWSHIP_RELEASE": f"v{spec.release}", "CREWSHIP_SLOT": "{{.Task.Slot}}",
+           "CREWSHIP_TASK": "{{.Task.ID}}",
            "HOME": TASK_HOME}
     python, runner = spec.argv[0], spec.argv[1]
     owner = str(CONTAINER_UID)
     container = {
         "Image": rollout.image, "Labels": labels,
-        "Command": ["/bin/sh", "-c", LAUNCH, "crewship-runner", *spec.argv],
+        "Command": [python, "-c", LAUNCH, *spec.argv],
         "Env": [f"{k}={v}" for k, v in env.items()], "Dir": str(spec.cwd),
         "User": f"{owner}:{owner}", "ReadOnly": True, "CapabilityDrop": ["ALL"],
         "Privileges": {"NoNewPrivileges": True},
@@ -228,11 +245,17 @@ def parse_task(raw: dict[str, Any]) -> Task | None:
     return Task(id=str(raw["ID"]), app=labels[LABEL_APP], slot=int(raw["Slot"]),
                 node_id=str(raw.get("NodeID") or ""), state=str(status.get("State", "")),
                 desired=str(raw.get("DesiredState", "")), release=release,
-                generation=labels.get(LABEL_GENERATION, ""), port=base + int(raw["Slot"]),
+                generation=labels.get(LABEL_GENERATION, ""),
+                port=task_port(base, int(raw["Slot"]), str(raw["ID"])),
                 secret_name=str(secrets[0].get("SecretName", "")),
                 changed_at=epoch(str(status.get("Timestamp") or "")),
                 error=str(status.get("Err") or ""), exit_code=int(code) if code is not None
                 else None, container_id=str(container.get("ContainerID") or ""))
+
+
+def task_port(base: int, slot: int, task_id: str) -> int:
+    """The port a task's runner binds (``LAUNCH`` computes the same inside the task)."""
+    return base + slot * SLOT_SPAN + zlib.crc32(task_id.encode()) % SLOT_SPAN
 
 
 def epoch(stamp: str) -> float:

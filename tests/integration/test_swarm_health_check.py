@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.swarmspec import HEALTH_SCRIPT
+from runtime.swarmspec import HEALTH_SCRIPT, task_port
 from tests.support.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,8 +28,9 @@ SECRET = "s" * 64
 
 def check(port: int, secret_file: Path, pid: int) -> int:
     """The check as Swarm runs it; ``pid``: the runner's (PID 1 inside a task)."""
-    env = {**os.environ, "CREWSHIP_PORT_BASE": str(port - 1), "CREWSHIP_SLOT": "1",
-           "CREWSHIP_BIND": "127.0.0.1"}
+    base = port - task_port(0, 1, "task1")  # so that task1 of slot 1 binds ``port``
+    env = {**os.environ, "CREWSHIP_PORT_BASE": str(base), "CREWSHIP_SLOT": "1",
+           "CREWSHIP_TASK": "task1", "CREWSHIP_BIND": "127.0.0.1"}
     done = subprocess.run([sys.executable, "-c", HEALTH_SCRIPT, str(RUNNER_DIR), str(secret_file),
                            str(pid)], env=env, capture_output=True, timeout=30, check=False)
     return done.returncode

@@ -21,6 +21,7 @@ from runtime.swarmspec import (
     parse_task,
     service_name,
     service_options,
+    task_port,
     task_template,
 )
 
@@ -61,11 +62,12 @@ def test_each_task_binds_base_plus_slot_and_reads_its_secret_from_a_docker_secre
     assert env["CREWSHIP_PORT_BASE"] == "31000"
     assert env["CREWSHIP_SLOT"] == "{{.Task.Slot}}"
     assert env["CREWSHIP_BIND"] == "127.0.0.1"
+    assert env["CREWSHIP_TASK"] == "{{.Task.ID}}"
     command = container["Command"]
-    assert command[:2] == ["/bin/sh", "-c"]
-    assert "$((CREWSHIP_PORT_BASE + CREWSHIP_SLOT))" in command[2]
-    assert f"--secret-file {SECRET_PATH}" in command[2]
-    assert command[4:] == SPEC.argv  # the runner's argv, then the task's own options win
+    assert command[:2] == ["/app/.venv/bin/python", "-c"]  # exec's the runner: PID 1
+    assert "os.execv" in command[2]
+    assert repr(SECRET_PATH) in command[2]
+    assert command[3:] == SPEC.argv  # the runner's argv, then the task's own options win
     (secret,) = container["Secrets"]
     assert secret["SecretID"] == "secretid"
     assert secret["File"] == {"Name": "crewship", "UID": "10001", "GID": "10001", "Mode": 0o400}
@@ -99,7 +101,9 @@ def raw_task(state: str, desired: str = "running", code: int | None = None,
 def test_a_task_is_read_with_its_port_release_and_instance_id() -> None:
     task = parse_task(raw_task("running"))
     assert task is not None
-    assert (task.app, task.release, task.slot, task.port) == ("demo", 3, 2, 31002)
+    assert (task.app, task.release, task.slot) == ("demo", 3, 2)
+    assert task.port == task_port(31000, 2, "abcdefghijklmnopqrstuvwxy")
+    assert 31200 <= task.port < 31300  # slot 2's span
     assert task.name == "v3.2"
     assert task.instance_id == "demo-v3.2-abcdefghij"
     assert _release_of(task.instance_id) == 3  # what the dispatcher records on kickoffs
@@ -167,3 +171,19 @@ def test_the_local_registry_listens_where_asked_and_allows_deletes(tmp_path: Pat
     assert "addr: 127.0.0.1:5123" in text
     assert f"rootdirectory: {tmp_path}" in text
     assert "delete:\n    enabled: true" in text
+
+
+def test_the_task_computes_the_port_the_daemon_expects(tmp_path: Path) -> None:
+    """``LAUNCH`` run as the task runs it (its env, an argv that prints instead of serving)."""
+    import os
+    import subprocess
+    import sys
+
+    show = tmp_path / "show.py"
+    show.write_text("import sys; a = sys.argv; print(a[len(a) - a[::-1].index('--port')])")
+    env = {**os.environ, "CREWSHIP_PORT_BASE": "31000", "CREWSHIP_SLOT": "3",
+           "CREWSHIP_TASK": "taskid123", "CREWSHIP_BIND": "127.0.0.1", "CREWSHIP_RELEASE": "v3"}
+    command = template()["ContainerSpec"]["Command"]
+    done = subprocess.run([sys.executable, "-c", command[2], sys.executable, str(show), "--port",
+                           "0"], env=env, capture_output=True, text=True, timeout=30, check=True)
+    assert int(done.stdout) == task_port(31000, 3, "taskid123")
