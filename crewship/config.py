@@ -44,6 +44,9 @@ class Settings:
     restart_delay: float = 1.0
     # The process runtime runs crews under bubblewrap unless this is set (DESIGN.md 5).
     insecure_no_sandbox: bool = False
+    # The process runtime forks instances from a preloaded parent per app and environment
+    # (runtime/preload.py); off: every instance is a cold start.
+    preload: bool = True
     # Deploys (build + health-checked start) running at once across apps; 0: the core count.
     deploy_concurrency: int = 0
     # Log where the event loop was stuck whenever it answers later than this (0: off).
@@ -171,6 +174,7 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_CRASH_WINDOW": ("crash_window", float),
     "CREWSHIP_RESTART_DELAY": ("restart_delay", float),
     "CREWSHIP_INSECURE_NO_SANDBOX": ("insecure_no_sandbox", parse_flag),
+    "CREWSHIP_PRELOAD": ("preload", parse_flag),
     "CREWSHIP_LOOP_WATCHDOG": ("loop_watchdog", float),
     "CREWSHIP_USAGE_INTERVAL": ("usage_interval", float),
     "CREWSHIP_USAGE_POINT_INTERVAL": ("usage_point_interval", float),

@@ -238,10 +238,10 @@ def make_backend(settings: Settings, layout: Layout) -> Backend:
         logger.info("limits_enforced", by="cgroups v2" if usable else "usage watchdog (RSS)")
         if settings.insecure_no_sandbox:
             logger.warning("sandbox_disabled", reason="--insecure-no-sandbox")
-            return ProcessBackend(layout, cgroups=usable)
+            return ProcessBackend(layout, cgroups=usable, preload=settings.preload)
         sandbox = Sandbox()
         sandbox.check()  # fails now, with the reason and the fix
-        return ProcessBackend(layout, sandbox=sandbox, cgroups=usable)
+        return ProcessBackend(layout, sandbox=sandbox, cgroups=usable, preload=settings.preload)
     if settings.runtime == "docker":
         from runtime.docker import DockerBackend, connect
 

@@ -61,6 +61,7 @@ from runtime.events import (
 from runtime.logs import AppLog
 
 log = get_logger(__name__)
+HEALTH_FIRST_INTERVAL = 0.01
 
 
 
@@ -260,6 +261,9 @@ class Supervisor:
             await self._wait_retired(st)
             st.log.system("stopped")
             del self._apps[app]
+        forget = getattr(self._backend, "stop_app", None)  # a preloaded parent, if any
+        if forget is not None:
+            forget(app)
 
     async def adopt(self, app: str, release: int, make_spec: MakeSpec, scale: int,
                     *, crashed: bool = False) -> None:
@@ -310,6 +314,9 @@ class Supervisor:
         await asyncio.gather(*(self._stop_quietly(ref, self._stop_grace) for ref in orphans))
         for ref in orphans:
             log.info("orphan_stopped", app=ref.app, instance=ref.id, release=ref.release)
+        prune = getattr(self._backend, "prune_apps", None)  # preloaded parents, if any
+        if prune is not None:
+            prune(set(self._apps) | set(spare))
         return [ref.id for ref in orphans]
 
     async def _fill_missing(self, st: _App, make_spec: MakeSpec, scale: int) -> None:
@@ -383,7 +390,10 @@ class Supervisor:
         return _Instance(ref, up_since=self._clock())
 
     async def _await_healthy(self, ref: InstanceRef) -> None:
+        """Probe until healthy: every 10 ms at first (a forked instance is up in tens of
+        milliseconds), backing off to ``health_interval`` (a cold one takes seconds)."""
         exited = asyncio.ensure_future(self._backend.wait(ref))
+        interval = min(HEALTH_FIRST_INTERVAL, self._health_interval)
         try:
             async with asyncio.timeout(self._health_timeout):
                 while True:
@@ -395,7 +405,8 @@ class Supervisor:
                         raise self._unhealthy(ref, f"{why} ({text})" if why else text)
                     if await self._probe(ref):
                         return
-                    await asyncio.wait({exited}, timeout=self._health_interval)
+                    await asyncio.wait({exited}, timeout=interval)
+                    interval = min(interval * 1.5, self._health_interval)
         except TimeoutError:
             raise self._unhealthy(ref, f"timed out after {self._health_timeout:g} s") from None
         finally:

@@ -1,0 +1,162 @@
+"""Preloaded crew runtimes (issue 15): instances forked from a parent that imported crewai
+once, inside the app's sandbox, behave like cold ones and survive kill -9 of either side."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.crewapi import CrewAPI
+from tests.support.crewenv import locked_copy
+from tests.support.fakellm import FakeLLM
+from tests.support.server import CrewshipServer, shared_envs_server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+APP = "forked"
+INPUTS = {"topic": "preloading", "audience": "operators"}
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
+    with shared_envs_server(tmp_path_factory.mktemp("preload")) as server:
+        try:
+            yield server
+        finally:
+            server.close()
+            kill_sandboxes(server.data_dir / "preload")
+
+
+def kill_sandboxes(root: Path) -> None:
+    """The sandboxes of the preloaded parents: a parent killed with -9 leaves its sandbox's
+    init (and the instances in it) outside the server's process tree."""
+    for record in root.glob("*/*.json"):
+        init = json.loads(record.read_text()).get("init")
+        if init and proc_start(init[0]) == init[1]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(init[0], signal.SIGKILL)
+
+
+def proc_start(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except OSError:
+        return None
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 90.0,
+               what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def up_pid(srv: CrewshipServer) -> int | None:
+    status = srv.ssh_json(srv.admin_key, "status", APP)
+    pids = [int(i["pid"]) for i in status["instances"] if i["state"] == "up"]
+    return pids[0] if pids else None
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+def push_code(srv: CrewshipServer, project: Path, marker: str) -> str:
+    tasks = project / "src/demo_crew/config/tasks.yaml"
+    text = tasks.read_text()
+    start = text.index("Write a ")
+    end = text.index(" briefing")
+    tasks.write_text(text[:start] + f"Write a {marker}" + text[end:])
+    srv.git(None, "commit", "-q", "-am", marker, cwd=project)
+    result = srv.git(srv.admin_key, "push", srv.git_url(APP), "main", cwd=project, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "Installing dependencies (cache hit)" in result.stderr, result.stderr
+    return result.stderr
+
+
+def test_forked_instances_serve_pick_up_new_code_and_survive_kill_9(
+        srv: CrewshipServer, llm: FakeLLM, tmp_path: Path) -> None:
+    srv.ssh(srv.admin_key, "apps:create", APP, check=True)
+    srv.ssh(srv.admin_key, "config:set", APP, *[f"{k}={v}" for k, v in llm.env().items()],
+            check=True)
+    api = CrewAPI(srv.http_url, APP, srv.ssh(srv.admin_key, "tokens", APP, check=True).stdout.strip())
+    project = locked_copy("classic_crew", tmp_path)
+    srv.git(None, "init", "-q", "-b", "main", cwd=project)
+    srv.git(None, "add", "-A", cwd=project)
+    srv.git(None, "commit", "-q", "-m", "initial", cwd=project)
+    first = srv.git(srv.admin_key, "push", srv.git_url(APP), "main", cwd=project, check=False)
+    assert first.returncode == 0, first.stderr
+
+    # 1. the instance is a child of the app's preloaded parent, which runs in the sandbox
+    pid = up_pid(srv)
+    assert pid is not None
+    parent = parent_of(pid)
+    assert "preload" in cmdline(parent), cmdline(parent)
+    assert srv.logs("preload_started")
+    logs = srv.ssh(srv.admin_key, "logs", APP, "-n", "200", check=True).stdout
+    assert "preloaded runtime ready" in logs, logs
+    assert "[preload] preload: imported crewai" in logs, logs
+    assert "[v1.1] loading crew" in logs, logs   # its own output, tagged as a cold start's
+    done = api.run(INPUTS)
+    assert done["state"] == "SUCCESS", done
+    assert "Write a short briefing about preloading" in done["result"]
+
+    # 2. a code-only push forks the new release from the same parent and serves its code
+    push_code(srv, project, "NEWCODE-2")
+    pid2 = up_pid(srv)
+    assert pid2 is not None and pid2 != pid
+    assert parent_of(pid2) == parent
+    logs = srv.ssh(srv.admin_key, "logs", APP, "-n", "200", check=True).stdout
+    assert "/v2/app" in next(line for line in logs.splitlines() if "[v2.1] loading" in line)
+    done = api.run(INPUTS)
+    assert done["state"] == "SUCCESS", done
+    assert "Write a NEWCODE-2 briefing" in done["result"], done["result"]
+
+    # 3. kill -9 of the parent: the instance keeps serving, a new parent is started
+    os.kill(parent, signal.SIGKILL)
+    wait_until(lambda: len(srv.logs("preload_started")) >= 2, what="a new preloaded parent")
+    assert up_pid(srv) == pid2
+    done = api.run(INPUTS)
+    assert done["state"] == "SUCCESS", done
+
+    # 4. kill -9 of the instance: the supervisor restarts it, forked from the new parent
+    os.kill(pid2, signal.SIGKILL)
+    wait_until(lambda: up_pid(srv) not in (None, pid2), what="a restarted instance")
+    pid3 = up_pid(srv)
+    assert pid3 is not None
+    new_parent = parent_of(pid3)
+    assert new_parent != parent and "preload" in cmdline(new_parent)
+    done = api.run(INPUTS)
+    assert done["state"] == "SUCCESS", done
+    assert "Write a NEWCODE-2 briefing" in done["result"]
+    logs = system_lines(srv)
+    assert "v2.1 exited (status unknown), restarting" in logs, logs  # its parent was gone
+
+    # 5. a daemon restart adopts the forked instance and its parent; a crash then forks again
+    srv.restart(leave_children=True)
+    wait_until(lambda: up_pid(srv) == pid3, what="the forked instance adopted")
+    assert api.run(INPUTS)["state"] == "SUCCESS"
+    os.kill(pid3, signal.SIGKILL)
+    wait_until(lambda: up_pid(srv) not in (None, pid3), what="a restart after adoption")
+    pid4 = up_pid(srv)
+    assert pid4 is not None and parent_of(pid4) == new_parent
+    assert api.run(INPUTS)["state"] == "SUCCESS"
+    logs = system_lines(srv)
+    assert "v2.1 exited with status -9, restarting" in logs, logs  # its parent's report
+
+
+def system_lines(srv: CrewshipServer) -> str:
+    logs = srv.ssh(srv.admin_key, "logs", APP, "-n", "5000", check=True).stdout
+    return "\n".join(line for line in logs.splitlines() if "[system]" in line)
