@@ -370,12 +370,14 @@ class Supervisor:
         self._recent_ports.append(port)
         spec = dataclasses.replace(make_spec(index, port), secret=new_secret())
         offset = st.log.size()
+        started = time.monotonic()
         try:
             ref = await self._backend.start(spec)
         except CrewshipError as exc:
             raise InstanceFailedError(f"{spec.name} could not start: {exc}",
                                       instance=spec.name, reason=str(exc)) from exc
         self._secrets.put(ref.id, spec.secret)
+        spawned = time.monotonic()
         try:
             await self._await_healthy(ref)
         except InstanceFailedError as exc:
@@ -387,6 +389,10 @@ class Supervisor:
         except BaseException:  # cancelled (a newer deploy or a stop): clean up behind us
             self._spawn(self._stop_quietly(ref, self._stop_grace))
             raise
+        healthy = time.monotonic()
+        log.info("instance_healthy", app=st.name, instance=ref.id,
+                 start_ms=round((spawned - started) * 1000),
+                 health_ms=round((healthy - spawned) * 1000))
         return _Instance(ref, up_since=self._clock())
 
     async def _await_healthy(self, ref: InstanceRef) -> None:

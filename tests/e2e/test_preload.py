@@ -3,8 +3,6 @@ once, inside the app's sandbox, behave like cold ones and survive kill -9 of eit
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 import time
@@ -16,6 +14,7 @@ import pytest
 from tests.support.crewapi import CrewAPI
 from tests.support.crewenv import locked_copy
 from tests.support.fakellm import FakeLLM
+from tests.support.sandboxes import kill_preload_sandboxes
 from tests.support.server import CrewshipServer, shared_envs_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -30,24 +29,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
             yield server
         finally:
             server.close()
-            kill_sandboxes(server.data_dir / "preload")
-
-
-def kill_sandboxes(root: Path) -> None:
-    """The sandboxes of the preloaded parents: a parent killed with -9 leaves its sandbox's
-    init (and the instances in it) outside the server's process tree."""
-    for record in root.glob("*/*.json"):
-        init = json.loads(record.read_text()).get("init")
-        if init and proc_start(init[0]) == init[1]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(init[0], signal.SIGKILL)
-
-
-def proc_start(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except OSError:
-        return None
+            kill_preload_sandboxes(server.data_dir)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 90.0,
@@ -116,7 +98,8 @@ def test_forked_instances_serve_pick_up_new_code_and_survive_kill_9(
     # 2. a code-only push forks the new release from the same parent and serves its code
     push_code(srv, project, "NEWCODE-2")
     pid2 = up_pid(srv)
-    assert pid2 is not None and pid2 != pid
+    assert pid2 is not None
+    assert pid2 != pid
     assert parent_of(pid2) == parent
     logs = srv.ssh(srv.admin_key, "logs", APP, "-n", "200", check=True).stdout
     assert "/v2/app" in next(line for line in logs.splitlines() if "[v2.1] loading" in line)
@@ -137,7 +120,8 @@ def test_forked_instances_serve_pick_up_new_code_and_survive_kill_9(
     pid3 = up_pid(srv)
     assert pid3 is not None
     new_parent = parent_of(pid3)
-    assert new_parent != parent and "preload" in cmdline(new_parent)
+    assert new_parent != parent
+    assert "preload" in cmdline(new_parent)
     done = api.run(INPUTS)
     assert done["state"] == "SUCCESS", done
     assert "Write a NEWCODE-2 briefing" in done["result"]
@@ -151,7 +135,8 @@ def test_forked_instances_serve_pick_up_new_code_and_survive_kill_9(
     os.kill(pid3, signal.SIGKILL)
     wait_until(lambda: up_pid(srv) not in (None, pid3), what="a restart after adoption")
     pid4 = up_pid(srv)
-    assert pid4 is not None and parent_of(pid4) == new_parent
+    assert pid4 is not None
+    assert parent_of(pid4) == new_parent
     assert api.run(INPUTS)["state"] == "SUCCESS"
     logs = system_lines(srv)
     assert "v2.1 exited with status -9, restarting" in logs, logs  # its parent's report
