@@ -434,6 +434,8 @@ class Preloader:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(parent.pid, 15)
             self._retired.append(parent)
+        elif parent.outer is not None:
+            parent.outer.poll()  # reaped if it already exited
         log.info("preload_retired", app=parent.app, parent=parent.name)
 
     # -- watching ------------------------------------------------------------
