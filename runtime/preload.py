@@ -34,11 +34,9 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +44,21 @@ from crewship.config import Layout
 from crewship.errors import CrewshipError
 from crewship.log import get as get_logger
 from runtime.backend import InstanceSpec
+from runtime.forkserver import (
+    EXITS_DIR,
+    STATE_NAME,
+    Forked,
+    Parent,
+    PreloadError,
+    alive,
+    pid_gone,
+    ping,
+    read_small,
+    request_fork,
+    spawn_parent,
+)
 from runtime.logs import AppLog
-from runtime.sandbox import Sandbox, first_child, read_init_pid
+from runtime.sandbox import Sandbox
 
 log = get_logger(__name__)
 
@@ -55,93 +66,7 @@ READY_TIMEOUT = 180.0      # a parent importing crewai on a busy machine
 EXIT_STATUS_WAIT = 1.0     # how long a reaped instance's status may take to appear
 DEATHS_ALLOWED = 3         # parent deaths within DEATH_WINDOW before giving up on its key
 DEATH_WINDOW = 60.0
-SOCKET_NAME, STATE_NAME, EXITS_DIR = "s", "state.json", "exits"
 StartRelay = Callable[[Path, str], tuple["subprocess.Popen[bytes]", int]]
-
-
-class PreloadError(CrewshipError):
-    """A fork from the preloaded parent did not work; the instance starts cold."""
-
-
-def _proc_start(pid: int) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
-def _alive(pid: int, start: int) -> bool:
-    return _proc_start(pid) == start
-
-
-def host_pid(parent: int, ns_pid: int) -> int | None:
-    """The pid, as the daemon sees it, of ``parent``'s child that is ``ns_pid`` in its sandbox."""
-    try:
-        kids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    except OSError:
-        return None
-    for kid in kids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            for line in Path(f"/proc/{kid}/status").read_text().splitlines():
-                if line.startswith("NSpid:") and int(line.split()[-1]) == ns_pid:
-                    return int(kid)
-    return None
-
-
-def _read_small(path: Path) -> dict[str, Any] | None:
-    """A JSON file the sandboxed parent wrote: never followed through a link, bounded."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, 65536)
-    finally:
-        os.close(fd)
-    with contextlib.suppress(ValueError):
-        parsed = json.loads(data)
-        return parsed if isinstance(parsed, dict) else None
-    return None
-
-
-@dataclass(eq=False)
-class _Parent:
-    app: str
-    key: str
-    gen: str
-    control: Path
-    pid: int
-    start: int
-    init: tuple[int, int] | None = None
-    outer: subprocess.Popen[bytes] | None = None
-    retired: bool = False
-    watcher: asyncio.Task[None] | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.app}/{self.gen}"
-
-    def alive(self) -> bool:
-        return _alive(self.pid, self.start)
-
-
-@dataclass
-class Forked:
-    """A child the parent forked; it runs once ``go()`` tells it the daemon recorded it."""
-
-    pid: int
-    control: str            # <app>/<gen>: where its exit status will be written
-    conn: socket.socket = field(repr=False)
-
-    def go(self) -> None:
-        with contextlib.suppress(OSError):
-            self.conn.send(b"g")
-        self.conn.close()
-
-    def abandon(self) -> None:
-        self.conn.close()  # EOF: the child exits without running
 
 
 class Preloader:
@@ -155,8 +80,8 @@ class Preloader:
         self._start_relay = start_relay
         self._ready_timeout = ready_timeout
         self._uid = os.getuid()
-        self._current: dict[str, _Parent] = {}
-        self._retired: list[_Parent] = []
+        self._current: dict[str, Parent] = {}
+        self._retired: list[Parent] = []
         self._refused: dict[str, str] = {}
         self._deaths: dict[str, list[float]] = {}
         self._last: dict[str, InstanceSpec] = {}
@@ -186,7 +111,8 @@ class Preloader:
         if parent is None:
             return None
         try:
-            return await asyncio.to_thread(self._request, parent, spec, ident, log_fd)
+            return await asyncio.to_thread(request_fork, parent, spec, self.child_env(spec),
+                                           ident, log_fd)
         except (OSError, ValueError, PreloadError) as exc:
             if parent.alive():  # it refused (threads) or answered nonsense: not again
                 self._refuse(spec.app, key, f"fork failed: {exc}")
@@ -213,52 +139,6 @@ class Preloader:
             env.update(self.sandbox.setenv(spec))
         return env
 
-    def _request(self, parent: _Parent, spec: InstanceSpec, ident: str, log_fd: int) -> Forked:
-        conn = self._connect(parent)
-        read_end, write_end = os.pipe()
-        try:
-            os.write(write_end, spec.secret.encode() + b"\n")
-            os.close(write_end)
-            write_end = -1
-            request = {"op": "fork", "id": ident, "args": spec.argv[2:],
-                       "env": self.child_env(spec), "cwd": str(spec.cwd),
-                       "path0": str(Path(spec.argv[1]).parent)}
-            socket.send_fds(conn, [json.dumps(request).encode()], [read_end, log_fd])
-            reply = json.loads(conn.recv(65536) or b"{}")
-        except BaseException:
-            conn.close()
-            raise
-        finally:
-            os.close(read_end)
-            if write_end >= 0:
-                os.close(write_end)
-        if "error" in reply or not isinstance(reply.get("pid"), int):
-            conn.close()
-            raise PreloadError(str(reply.get("error") or "the parent did not fork"))
-        pid = host_pid(parent.pid, reply["pid"])
-        if pid is None:
-            conn.close()
-            raise PreloadError("the forked instance vanished before it was recorded")
-        return Forked(pid, parent.name, conn)
-
-    def _connect(self, parent: _Parent, timeout: float = 10.0) -> socket.socket:
-        """The parent's socket, checked to be served by the parent process itself."""
-        dirfd = os.open(parent.control, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(f"/proc/self/fd/{dirfd}/{SOCKET_NAME}")  # any data dir path length
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        except BaseException:
-            sock.close()
-            raise
-        finally:
-            os.close(dirfd)
-        if int.from_bytes(creds[:4], "little", signed=True) != parent.pid:
-            sock.close()
-            raise PreloadError(f"{parent.name}'s socket is not served by its parent")
-        return sock
-
     # -- exit statuses -------------------------------------------------------
 
     async def exit_status(self, control: str, ident: str) -> int | None:
@@ -267,18 +147,18 @@ class Preloader:
         record = self._record(self._root / f"{control}.json")
         deadline = time.monotonic() + EXIT_STATUS_WAIT
         while True:
-            data = await asyncio.to_thread(_read_small, path)
+            data = await asyncio.to_thread(read_small, path)
             if data is not None and isinstance(data.get("status"), int):
                 path.unlink(missing_ok=True)
                 return int(data["status"])
-            parent_alive = record is not None and _alive(int(record["pid"]), int(record["start"]))
+            parent_alive = record is not None and alive(int(record["pid"]), int(record["start"]))
             if not parent_alive or time.monotonic() > deadline:
                 return None
             await asyncio.sleep(0.01)
 
     # -- parents -------------------------------------------------------------
 
-    async def _parent_for(self, spec: InstanceSpec, key: str) -> _Parent | None:
+    async def _parent_for(self, spec: InstanceSpec, key: str) -> Parent | None:
         app = spec.app
         current = self._current.get(app)
         if current is not None and (current.key != key or not current.alive()):
@@ -293,19 +173,19 @@ class Preloader:
             self._watch(current)
         return current
 
-    def _adopt(self, app: str, key: str) -> _Parent | None:
+    def _adopt(self, app: str, key: str) -> Parent | None:
         """A parent a previous daemon started for ``app`` and ``key``; others are retired."""
         found = None
         for path in sorted((self._root / app).glob("*.json")):
             record = self._record(path)
             if record is None:
                 continue
-            parent = _Parent(app, str(record["key"]), path.stem, path.with_suffix(""),
+            parent = Parent(app, str(record["key"]), path.stem, path.with_suffix(""),
                              int(record["pid"]), int(record["start"]),
                              tuple(record["init"]) if record.get("init") else None)
             if not parent.alive():
                 continue
-            if found is None and parent.key == key and self._ping(parent):
+            if found is None and parent.key == key and ping(parent):
                 found = parent
             else:
                 self._retire(parent)
@@ -314,16 +194,7 @@ class Preloader:
             log.info("preload_adopted", app=app, parent=found.name, pid=found.pid)
         return found
 
-    def _ping(self, parent: _Parent) -> bool:
-        try:
-            with self._connect(parent, timeout=5.0) as conn:
-                conn.send(json.dumps({"op": "ping"}).encode())
-                reply = json.loads(conn.recv(65536) or b"{}")
-        except (OSError, ValueError, PreloadError):
-            return False
-        return bool(reply.get("ok"))
-
-    async def _start(self, spec: InstanceSpec, key: str) -> _Parent | None:
+    async def _start(self, spec: InstanceSpec, key: str) -> Parent | None:
         pre = spec.preload
         assert pre is not None
         gen = secrets.token_hex(4)
@@ -331,7 +202,7 @@ class Preloader:
         app_log = self._logs(spec.app)
         started = time.monotonic()
         try:
-            parent = await asyncio.to_thread(self._spawn, spec, key, gen, control)
+            parent = await asyncio.to_thread(self._spawn, spec, key, control)
         except OSError as exc:
             self._refuse(spec.app, key, f"the preloaded parent could not start: {exc}")
             return None
@@ -339,7 +210,7 @@ class Preloader:
         deadline = time.monotonic() + self._ready_timeout
         while state is None and parent.alive() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-            state = await asyncio.to_thread(_read_small, control / STATE_NAME)
+            state = await asyncio.to_thread(read_small, control / STATE_NAME)
         if state is None or not state.get("ok"):
             why = (state or {}).get("reason") or ("it exited while importing" if not parent.alive()
                                                   else "it did not get ready in time")
@@ -353,70 +224,13 @@ class Preloader:
                  env=pre.key, duration_ms=round(took * 1000))
         return parent
 
-    def _spawn(self, spec: InstanceSpec, key: str, gen: str, control: Path) -> _Parent:
-        """Start the parent in the app's sandbox; record it."""
-        pre = spec.preload
-        assert pre is not None
-        control.mkdir(parents=True, mode=0o700)
-        argv = [pre.python, str(pre.runner), "preload", "--control", str(control),
-                "--daemon-uid", str(self._uid)]
-        env = dict(pre.env)
-        pspec = InstanceSpec(app=spec.app, release=spec.release, index=0, argv=argv, env=env,
-                             cwd=control, port=0, readonly=(pre.releases, pre.env_path),
-                             home=spec.home, uid=spec.uid, writable=(control,))
+    def _spawn(self, spec: InstanceSpec, key: str, control: Path) -> Parent:
         relay, fd = self._start_relay(self._layout.app_logs(spec.app), "preload")
         self._relays = [r for r in self._relays if r.poll() is None] + [relay]
         try:
-            if self.sandbox is None:
-                outer = subprocess.Popen(argv, env=env, cwd=control, stdin=subprocess.DEVNULL,
-                                         stdout=fd, stderr=fd, start_new_session=True,
-                                         close_fds=True)
-                pid, init = outer.pid, None
-            else:
-                self.sandbox.prepare(pspec)
-                if self.sandbox.as_root:
-                    uid = self.sandbox.uid_of(pspec)
-                    os.chown(control, uid, uid)
-                outer, pid, init = self._spawn_sandboxed(pspec, fd)
+            return spawn_parent(spec, key, control, self.sandbox, fd)
         finally:
             os.close(fd)
-        start = _proc_start(pid)
-        if start is None:
-            raise OSError("the preloaded parent exited at once")
-        parent = _Parent(spec.app, key, gen, control, pid, start, init, outer)
-        record = {"key": key, "pid": pid, "start": start, "init": list(init) if init else None,
-                  "relay": relay.pid}
-        tmp = control.with_name(f".{gen}.json.tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, control.with_suffix(".json"))
-        return parent
-
-    def _spawn_sandboxed(self, pspec: InstanceSpec, fd: int
-                         ) -> tuple[subprocess.Popen[bytes], int, tuple[int, int] | None]:
-        assert self.sandbox is not None
-        info_r, info_w = os.pipe()
-        try:
-            launch = self.sandbox.launch(pspec, info_w)
-            outer = subprocess.Popen(launch.argv, env=pspec.env, cwd=pspec.cwd,
-                                     stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                     start_new_session=True, close_fds=True,
-                                     pass_fds=launch.pass_fds)
-            os.close(info_w)
-            info_w = -1
-            init_pid = read_init_pid(info_r)
-        finally:
-            os.close(info_r)
-            if info_w >= 0:
-                os.close(info_w)
-        init_start = _proc_start(init_pid) if init_pid is not None else None
-        if init_pid is None or init_start is None:
-            raise OSError("bubblewrap did not start the preloaded parent")
-        for _ in range(200):  # the init forks the parent right after reporting itself
-            pid = first_child(init_pid)
-            if pid is not None:
-                return outer, pid, (init_pid, init_start)
-            time.sleep(0.005)
-        raise OSError("the preloaded parent did not appear in its sandbox")
 
     def _refuse(self, app: str, key: str, reason: str) -> None:
         """Cold starts from now on for ``key``, said once in the app's log."""
@@ -425,7 +239,7 @@ class Preloader:
         self._refused[key] = reason
         log.warning("preload_refused", app=app, key=key, reason=reason)
 
-    def _retire(self, parent: _Parent) -> None:
+    def _retire(self, parent: Parent) -> None:
         """Stop it forking: it exits once its last instance has (its children live on)."""
         parent.retired = True
         if self._current.get(parent.app) is parent:
@@ -440,14 +254,14 @@ class Preloader:
 
     # -- watching ------------------------------------------------------------
 
-    def _watch(self, parent: _Parent) -> None:
+    def _watch(self, parent: Parent) -> None:
         if parent.watcher is None:
             parent.watcher = self._spawn_task(self._watch_parent(parent))
 
-    async def _watch_parent(self, parent: _Parent) -> None:
+    async def _watch_parent(self, parent: Parent) -> None:
         """A parent that dies unretired (``kill -9``) is replaced at once."""
         while parent.alive():
-            await _pid_gone(parent.pid)
+            await pid_gone(parent.pid)
         if parent.outer is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.to_thread(parent.outer.wait, 5.0)
@@ -485,7 +299,7 @@ class Preloader:
             self._retire(current)
         for path in (self._root / app).glob("*.json"):
             record = self._record(path)
-            if record is not None and _alive(int(record["pid"]), int(record["start"])):
+            if record is not None and alive(int(record["pid"]), int(record["start"])):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(record["pid"]), 15)
         self._sweep(app)
@@ -506,8 +320,8 @@ class Preloader:
         for path in folder.glob("*.json"):
             record = self._record(path)
             live = record is not None and (
-                _alive(int(record["pid"]), int(record["start"]))
-                or (record.get("init") and _alive(*map(int, record["init"]))))
+                alive(int(record["pid"]), int(record["start"]))
+                or (record.get("init") and alive(*map(int, record["init"]))))
             if not live:
                 shutil.rmtree(path.with_suffix(""), ignore_errors=True)
                 path.unlink(missing_ok=True)
@@ -527,27 +341,3 @@ class Preloader:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-async def _pid_gone(pid: int) -> None:
-    """Until ``pid`` exits (a pidfd; polling ``/proc`` where there is none)."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    except OSError:
-        await asyncio.sleep(0.5)
-        return
-    loop = asyncio.get_running_loop()
-    gone: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(pidfd, _resolve, gone)
-    try:
-        await gone
-    finally:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

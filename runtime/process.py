@@ -42,8 +42,9 @@ from typing import Any
 from crewship.config import Layout
 from crewship.log import get as get_logger
 from runtime.backend import STATUS_UNKNOWN, BackendError, InstanceRef, InstanceSpec
+from runtime.forkserver import Forked
 from runtime.logs import LOG_NAME, open_append
-from runtime.preload import Forked, Preloader
+from runtime.preload import Preloader
 from runtime.sandbox import Launch, Sandbox, first_child, read_init_pid
 from runtime.usage import Cgroups, process_tree, scan_proc
 

@@ -107,6 +107,15 @@ def test_forked_instances_serve_pick_up_new_code_and_survive_kill_9(
     assert done["state"] == "SUCCESS", done
     assert "Write a NEWCODE-2 briefing" in done["result"], done["result"]
 
+    # ... and so does a config change: config values never reach the parent
+    srv.ssh(srv.admin_key, "config:set", APP, "PRELOAD_TEST=1", check=True)
+    pid2 = up_pid(srv)
+    assert pid2 is not None
+    assert parent_of(pid2) == parent
+    done = api.run(INPUTS)
+    assert done["state"] == "SUCCESS", done
+    assert b"PRELOAD_TEST" not in Path(f"/proc/{parent}/environ").read_bytes()
+
     # 3. kill -9 of the parent: the instance keeps serving, a new parent is started
     os.kill(parent, signal.SIGKILL)
     wait_until(lambda: len(srv.logs("preload_started")) >= 2, what="a new preloaded parent")
@@ -126,7 +135,7 @@ def test_forked_instances_serve_pick_up_new_code_and_survive_kill_9(
     assert done["state"] == "SUCCESS", done
     assert "Write a NEWCODE-2 briefing" in done["result"]
     logs = system_lines(srv)
-    assert "v2.1 exited (status unknown), restarting" in logs, logs  # its parent was gone
+    assert "v3.1 exited (status unknown), restarting" in logs, logs  # its parent was gone
 
     # 5. a daemon restart adopts the forked instance and its parent; a crash then forks again
     srv.restart(leave_children=True)
@@ -139,7 +148,7 @@ def test_forked_instances_serve_pick_up_new_code_and_survive_kill_9(
     assert parent_of(pid4) == new_parent
     assert api.run(INPUTS)["state"] == "SUCCESS"
     logs = system_lines(srv)
-    assert "v2.1 exited with status -9, restarting" in logs, logs  # its parent's report
+    assert "v3.1 exited with status -9, restarting" in logs, logs  # its parent's report
 
 
 def system_lines(srv: CrewshipServer) -> str:
