@@ -75,6 +75,39 @@ def read_small(path: Path) -> dict[str, Any] | None:
     return None
 
 
+def take_exit_status(control: Path, ident: str) -> int | None:
+    """The status the parent wrote for ``ident`` (then removed), or None. The directories
+    are the sandbox's to change: nothing here follows a link out of them."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        top = os.open(control, flags)
+    except OSError:
+        return None
+    try:
+        exits = os.open(EXITS_DIR, flags, dir_fd=top)
+    except OSError:
+        return None
+    finally:
+        os.close(top)
+    try:
+        try:
+            fd = os.open(ident, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=exits)
+        except OSError:
+            return None
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(ident, dir_fd=exits)
+    finally:
+        os.close(exits)
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        status = json.loads(data).get("status")
+        return status if isinstance(status, int) else None
+    return None
+
+
 @dataclass(eq=False)
 class Parent:
     """One preloaded parent: its control dir ``preload/<app>/<gen>/`` and its process."""

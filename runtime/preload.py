@@ -45,7 +45,6 @@ from crewship.errors import CrewshipError
 from crewship.log import get as get_logger
 from runtime.backend import InstanceSpec
 from runtime.forkserver import (
-    EXITS_DIR,
     STATE_NAME,
     Forked,
     Parent,
@@ -56,6 +55,7 @@ from runtime.forkserver import (
     read_small,
     request_fork,
     spawn_parent,
+    take_exit_status,
 )
 from runtime.logs import AppLog
 from runtime.sandbox import Sandbox
@@ -143,14 +143,12 @@ class Preloader:
 
     async def exit_status(self, control: str, ident: str) -> int | None:
         """The status the parent recorded for ``ident``, if it is there to record it."""
-        path = self._root / control / EXITS_DIR / ident
         record = self._record(self._root / f"{control}.json")
         deadline = time.monotonic() + EXIT_STATUS_WAIT
         while True:
-            data = await asyncio.to_thread(read_small, path)
-            if data is not None and isinstance(data.get("status"), int):
-                path.unlink(missing_ok=True)
-                return int(data["status"])
+            status = await asyncio.to_thread(take_exit_status, self._root / control, ident)
+            if status is not None:
+                return status
             parent_alive = record is not None and alive(int(record["pid"]), int(record["start"]))
             if not parent_alive or time.monotonic() > deadline:
                 return None
