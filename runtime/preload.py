@@ -264,6 +264,11 @@ class Preloader:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.to_thread(parent.outer.wait, 5.0)
         if parent.retired or self._current.get(parent.app) is not parent:
+            for _ in range(50):  # its sandbox ends with its last process: then its dir goes
+                if parent.init is None or not alive(*parent.init):
+                    break
+                await asyncio.sleep(0.05)
+            self._sweep(parent.app)
             return
         del self._current[parent.app]
         now = time.monotonic()

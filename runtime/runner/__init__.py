@@ -22,6 +22,9 @@ is bound, so a crew that cannot load exits non-zero with its traceback.
 - ``project``: finding and loading the crew, flow or entrypoint; ``flows``: inputs, state
   ids and trigger payloads; ``webhooks``: task/step webhook bodies recorded for the daemon.
 - ``runs``: the runs of one instance; ``server``: the HTTP API and ``main``.
+- ``preload``: ``python RELEASE/crewship_runner preload --control DIR --daemon-uid N``, an
+  app environment's preloaded parent: imports crewai once and forks instances that each
+  run ``server.main`` as a cold start would (the daemon side is runtime/preload.py).
 
 HTTP API (JSON): ``GET /healthz``, ``GET /inputs``, ``POST /runs`` (``{"kickoff_id", "inputs",
 "webhooks": {"task": true, "step": true}, "meta"}``: 202 at once, idempotent per kickoff id;

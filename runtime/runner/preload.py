@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -187,6 +188,7 @@ class Parent:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        gc.freeze()  # the collector in the child never touches (so never copies) these pages
         pid = os.fork()
         if pid == 0:
             code = 70
@@ -202,6 +204,7 @@ def child(conn: socket.socket, request: dict[str, Any], fds: list[int],
           listener: socket.socket | None) -> int:
     """In the forked child: become a cold start of the requested release, then run it."""
     os.setsid()
+    gc.enable()
     for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_DFL)
     if listener is not None:
@@ -240,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     control = args.control.resolve()
     (control / EXITS_DIR).mkdir(exist_ok=True)
+    gc.disable()  # no holes in the pages the instances share (Python's gc docs on fork)
     for key, value in SINGLE_THREADED.items():
         os.environ.setdefault(key, value)
     from .server import TELEMETRY_ENV
