@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -101,7 +102,7 @@ class Preloader:
         key = self.key(spec)
         if key in self._refused:
             return None
-        self._last[spec.app] = spec
+        self._last[spec.app] = dataclasses.replace(spec, secret="")  # to replace a dead parent
         try:
             async with self._locks.setdefault(spec.app, asyncio.Lock()):
                 parent = await self._parent_for(spec, key)

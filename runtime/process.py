@@ -95,7 +95,9 @@ class ProcessBackend:
         ``cgroups`` (a usable cgroup v2 hierarchy) enforces the spec's memory and CPU limits,
         without it the daemon's usage watchdog kills an instance over its memory limit;
         ``preload`` forks instances from preloaded parents where their spec allows it."""
-        self.preloader = Preloader(layout, sandbox, _start_relay) if preload else None
+        # Also when off: the parents a previous daemon started are retired (prune_apps).
+        self.preloader = Preloader(layout, sandbox, _start_relay)
+        self.preload = preload
         self._layout = layout
         self.sandbox = sandbox
         self.cgroups = cgroups
@@ -146,7 +148,7 @@ class ProcessBackend:
             relay, fd = await asyncio.to_thread(_start_relay, self._layout.app_logs(spec.app),
                                                 spec.name)
             try:
-                if self.preloader is not None:
+                if self.preload:
                     forked = await self.preloader.fork(spec, ident, fd)
                 if forked is None:
                     popen, init = await asyncio.to_thread(self._spawn, spec, fd)
@@ -328,7 +330,7 @@ class ProcessBackend:
         its sandbox, should the outer bwrap have been killed on its own)."""
         if tracked.init is not None:
             _signal_sandbox(tracked.init, signal.SIGKILL, whole=True)
-        if tracked.preload is not None and self.preloader is not None:
+        if tracked.preload is not None:
             status = await self.preloader.exit_status(tracked.preload, tracked.ref.id)
             return STATUS_UNKNOWN if status is None else status
         if tracked.popen is None:
@@ -372,18 +374,15 @@ class ProcessBackend:
 
     def stop_app(self, app: str) -> None:
         """``app`` is stopped: its preloaded parent goes once its instances have."""
-        if self.preloader is not None:
-            self.preloader.stop_app(app)
+        self.preloader.stop_app(app)
 
     def prune_apps(self, keep: set[str]) -> None:
         """After adoption: the preloaded parents of apps nobody runs go."""
-        if self.preloader is not None:
-            self.preloader.prune(keep)
+        self.preloader.prune(keep if self.preload else set())
 
     async def aclose(self) -> None:
         """Stop watching; the instances keep running for the next daemon to adopt."""
-        if self.preloader is not None:
-            await self.preloader.aclose()
+        await self.preloader.aclose()
         tasks = [t.watcher for t in self._tracked.values() if t.watcher is not None]
         for task in tasks:
             task.cancel()
