@@ -370,6 +370,9 @@ async def build_image(client: docker.DockerClient, ctx: Path, tag: str, labels: 
     return progress
 
 
+LOST_PARENT = "unknown parent image ID"  # dockerd: a cached layer went while the build ran
+
+
 def forget_secrets(client: docker.DockerClient, secrets: list[str]) -> int:
     """Remove the dependency-stage images whose history records one of ``secrets``."""
     removed = 0
@@ -458,8 +461,16 @@ class ImageBuilder(ReleaseBuilder):
                                     set(args), ca_bundle(), deps_key)
             labels = {"crewship.app": app, "crewship.release": str(version),
                       "crewship.commit": commit}
-            progress = await build_image(client, ctx, f"crewship/{app}:v{version}", labels,
-                                         args, report, self.no_cache)
+            for attempt in (1, 2):
+                try:
+                    progress = await build_image(client, ctx, f"crewship/{app}:v{version}",
+                                                 labels, args, report, self.no_cache)
+                    break
+                except BuildError as exc:
+                    if attempt == 2 or LOST_PARENT not in str(exc):
+                        raise
+                    report.info("a layer this build stood on was removed meanwhile (another "
+                                "server's image cleanup on this Docker host): building again")
         finally:
             await asyncio.to_thread(shutil.rmtree, ctx, True)
             if secrets := secret_values(args):

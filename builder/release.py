@@ -185,7 +185,9 @@ def runner_argv(release: ReleaseMeta | BuiltRelease, host: str, port: int,
     meta = release.meta if isinstance(release, BuiltRelease) else release
     python, runner, app_dir = str(meta.python_path), str(meta.runner), str(meta.app_dir)
     if root is not None:
-        python, runner, app_dir = f"{root}/.venv/bin/python", f"{root}/{RUNNER_DIR}", root
+        # an image built before the runner was a package holds the one-file runner
+        name = LEGACY_RUNNER_FILE if (meta.dir / LEGACY_RUNNER_FILE).is_file() else RUNNER_DIR
+        python, runner, app_dir = f"{root}/.venv/bin/python", f"{root}/{name}", root
     argv = [python, runner, "--app-dir", app_dir, "--kind", meta.kind, "--package", meta.package]
     if meta.definition:
         argv += ["--definition", meta.definition]
@@ -302,7 +304,8 @@ class ReleaseBuilder:
         runner = self.runner_source or default_runner_source()
         if not (runner / "__main__.py").is_file():
             raise BuildError(f"the runner is missing at {runner}: reinstall crewship")
-        copy_runner(runner, work / RUNNER_DIR)
+        if not (work / RUNNER_DIR).is_dir():  # the image builder placed it for its context
+            copy_runner(runner, work / RUNNER_DIR)
 
     def _assemble(self, app: str, version: int, commit: str, work: Path, env: EnvRef,
                   info: ProjectInfo, image: str | None = None) -> None:
