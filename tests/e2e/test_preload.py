@@ -150,6 +150,23 @@ def test_forked_instances_serve_pick_up_new_code_and_survive_kill_9(
     logs = system_lines(srv)
     assert "v3.1 exited with status -9, restarting" in logs, logs  # its parent's report
 
+    # 6. what the parent was made with changes (here the server's TZ, passed to crews; a new
+    # uv.lock or crewship does the same): the instance is adopted as it is, the next one
+    # comes from a new parent, and the old parent, its last instance gone, exits
+    srv.extra_env["TZ"] = "Etc/UTC"
+    srv.restart(leave_children=True)
+    wait_until(lambda: up_pid(srv) == pid4, what="the instance adopted again")
+    os.kill(pid4, signal.SIGKILL)
+    wait_until(lambda: up_pid(srv) not in (None, pid4), what="an instance of the new parent")
+    pid5 = up_pid(srv)
+    assert pid5 is not None
+    assert parent_of(pid5) != new_parent
+    assert "preload" in cmdline(parent_of(pid5))
+    wait_until(lambda: not Path(f"/proc/{new_parent}").exists()
+               or Path(f"/proc/{new_parent}/stat").read_text().split()[2] == "Z",
+               what="the retired parent to exit")
+    assert api.run(INPUTS)["state"] == "SUCCESS"
+
 
 def system_lines(srv: CrewshipServer) -> str:
     logs = srv.ssh(srv.admin_key, "logs", APP, "-n", "5000", check=True).stdout
