@@ -138,6 +138,7 @@ class Preloader:
         env = dict(spec.env)
         if self.sandbox is not None:
             env.update(self.sandbox.setenv(spec))
+            env["PWD"] = str(spec.cwd)  # bwrap sets it with --chdir
         return env
 
     # -- exit statuses -------------------------------------------------------

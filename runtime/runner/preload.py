@@ -93,9 +93,11 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 class Parent:
-    def __init__(self, control: Path, daemon_uid: int) -> None:
+    def __init__(self, control: Path, daemon_uid: int,
+                 set_by_imports: dict[str, str] | None = None) -> None:
         self.control = control
         self.daemon_uid = daemon_uid
+        self.set_by_imports = set_by_imports or {}  # os.environ entries the imports made
         self.children: dict[int, str] = {}   # pid -> instance id
         self.retiring = False
         self.listener: socket.socket | None = None
@@ -193,7 +195,7 @@ class Parent:
         if pid == 0:
             code = 70
             try:
-                code = child(conn, request, fds, self.listener)
+                code = child(conn, request, fds, self.listener, self.set_by_imports)
             finally:
                 os._exit(code)
         self.children[pid] = str(request["id"])
@@ -201,9 +203,14 @@ class Parent:
 
 
 def child(conn: socket.socket, request: dict[str, Any], fds: list[int],
-          listener: socket.socket | None) -> int:
-    """In the forked child: become a cold start of the requested release, then run it."""
-    os.setsid()
+          listener: socket.socket | None, set_by_imports: dict[str, str]) -> int:
+    """In the forked child: become a cold start of the requested release, then run it.
+
+    Its environment is the request's plus what the parent's imports put in ``os.environ``
+    (e.g. ``TOKENIZERS_PARALLELISM``), as the same imports would in a cold start, unless
+    the request sets those itself. Its own process group (the daemon signals the group);
+    like a cold start it leads no session."""
+    os.setpgid(0, 0)
     gc.enable()
     for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_DFL)
@@ -224,8 +231,11 @@ def child(conn: socket.socket, request: dict[str, Any], fds: list[int],
     conn.close()
     if go != b"g":
         return 0  # the daemon gave up on this instance
+    env = {str(k): str(v) for k, v in request.get("env", {}).items()}
+    for key, value in set_by_imports.items():
+        env.setdefault(key, value)
     os.environ.clear()
-    os.environ.update({str(k): str(v) for k, v in request.get("env", {}).items()})
+    os.environ.update(env)
     os.chdir(str(request["cwd"]))
     sys.path[0] = str(request["path0"])  # where a cold start's runner was run from
     from .server import main
@@ -249,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     from .server import TELEMETRY_ENV
     for key, value in TELEMETRY_ENV.items():
         os.environ.setdefault(key, value)
+    before = dict(os.environ)
     try:
         loaded, took = preload()
     except Exception as exc:
@@ -263,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preload: {reason}", flush=True)
         return 3
     print(f"preload: imported {', '.join(loaded)} in {took:.1f}s; forking instances", flush=True)
-    parent = Parent(control, args.daemon_uid)
+    set_by_imports = {k: v for k, v in os.environ.items() if before.get(k) != v}
+    parent = Parent(control, args.daemon_uid, set_by_imports)
     return parent.serve({"ok": True, "pid": os.getpid(), "modules": loaded,
                          "import_s": round(took, 3)})

@@ -3,11 +3,13 @@ once, inside the app's sandbox, behave like cold ones and survive kill -9 of eit
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,3 +173,69 @@ def test_forked_instances_serve_pick_up_new_code_and_survive_kill_9(
 def system_lines(srv: CrewshipServer) -> str:
     logs = srv.ssh(srv.admin_key, "logs", APP, "-n", "5000", check=True).stdout
     return "\n".join(line for line in logs.splitlines() if "[system]" in line)
+
+
+SELF = '''\
+"""What an instance sees of itself (tests/e2e/test_preload.py)."""
+import getpass
+import json
+import json
+import os
+import sys
+
+
+def run(inputs):
+    from demo_crew.crew import DemoCrew
+
+    output = DemoCrew().crew().kickoff(inputs={"topic": "self", "audience": "tests"})
+    return json.dumps({"env": dict(os.environ), "path": sys.path[:3], "cwd": os.getcwd(),
+                       "user": getpass.getuser(), "stdin": os.readlink("/proc/self/fd/0"),
+                       "session": os.getsid(0) == os.getpid(), "crew": output.raw})
+
+
+run.inputs = []
+'''
+
+
+def seen_from_inside(srv: CrewshipServer, llm: FakeLLM, project: Path) -> dict[str, Any]:
+    """Deploy the self-describing entrypoint as ``self`` and run it once; paths under the
+    server's data dir read ``DATA``."""
+    srv.ssh(srv.admin_key, "apps:create", "self", check=True)
+    srv.ssh(srv.admin_key, "config:set", "self", *[f"{k}={v}" for k, v in llm.env().items()],
+            check=True)
+    token = srv.ssh(srv.admin_key, "tokens", "self", check=True).stdout.strip()
+    out = srv.git(srv.admin_key, "push", srv.git_url("self"), "main", cwd=project, check=False)
+    assert out.returncode == 0, out.stderr
+    done = CrewAPI(srv.http_url, "self", token).run({})
+    assert done["state"] == "SUCCESS", done
+    text = done["result"].replace(str(srv.data_dir), "DATA")
+    return dict(json.loads(text))
+
+
+def test_a_forked_instance_sees_what_a_cold_one_sees(
+        srv: CrewshipServer, llm: FakeLLM, tmp_path: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    project = locked_copy("classic_crew", tmp_path)
+    (project / "src/demo_crew/whoami.py").write_text(SELF)
+    with (project / "pyproject.toml").open("a") as f:
+        f.write('\n[tool.crewship]\nentrypoint = "demo_crew.whoami:run"\n')
+    srv.git(None, "init", "-q", "-b", "main", cwd=project)
+    srv.git(None, "add", "-A", cwd=project)
+    srv.git(None, "commit", "-q", "-m", "whoami", cwd=project)
+
+    forked = seen_from_inside(srv, llm, project)
+    pid = int(srv.ssh_json(srv.admin_key, "status", "self")["instances"][0]["pid"])
+    assert "preload" in cmdline(parent_of(pid))
+    with shared_envs_server(tmp_path_factory.mktemp("cold"),
+                            env={"CREWSHIP_PRELOAD": "0"}) as cold_srv:
+        cold = seen_from_inside(cold_srv, llm, project)
+        pid = int(cold_srv.ssh_json(cold_srv.admin_key, "status", "self")["instances"][0]["pid"])
+        assert "preload" not in cmdline(pid)
+    assert "FAKE-LLM-ANSWER" in str(forked.pop("crew"))
+    assert "FAKE-LLM-ANSWER" in str(cold.pop("crew"))
+    differ = {k: (forked["env"].get(k), cold["env"].get(k))
+              for k in {*forked["env"], *cold["env"]} if forked["env"].get(k) != cold["env"].get(k)}
+    assert not differ, differ
+    assert forked == cold  # environment, sys.path, cwd, user, stdin, session
+    assert forked["env"]["HOME"] == "DATA/homes/self"
+    assert "OPENBLAS_NUM_THREADS" not in forked["env"]  # the parent's own setting stays the parent's
