@@ -226,8 +226,8 @@ def test_a_forked_instance_sees_what_a_cold_one_sees(
     forked = seen_from_inside(srv, llm, project)
     pid = int(srv.ssh_json(srv.admin_key, "status", "self")["instances"][0]["pid"])
     assert "preload" in cmdline(parent_of(pid))
-    with shared_envs_server(tmp_path_factory.mktemp("cold"),
-                            env={"CREWSHIP_PRELOAD": "0"}) as cold_srv:
+    with shared_envs_server(tmp_path_factory.mktemp("cold"),  # the same settings, cold
+                            env={**srv.extra_env, "CREWSHIP_PRELOAD": "0"}) as cold_srv:
         cold = seen_from_inside(cold_srv, llm, project)
         pid = int(cold_srv.ssh_json(cold_srv.admin_key, "status", "self")["instances"][0]["pid"])
         assert "preload" not in cmdline(pid)
