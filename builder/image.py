@@ -370,7 +370,8 @@ async def build_image(client: docker.DockerClient, ctx: Path, tag: str, labels: 
     return progress
 
 
-LOST_PARENT = "unknown parent image ID"  # dockerd: a cached layer went while the build ran
+# dockerd's words when a cached layer went while the build ran (another server's cleanup)
+LOST_LAYER = ("unknown parent image ID", "failed to get digest")
 
 
 def forget_secrets(client: docker.DockerClient, secrets: list[str]) -> int:
@@ -467,7 +468,7 @@ class ImageBuilder(ReleaseBuilder):
                                                  labels, args, report, self.no_cache)
                     break
                 except BuildError as exc:
-                    if attempt == 2 or LOST_PARENT not in str(exc):
+                    if attempt == 2 or not any(words in str(exc) for words in LOST_LAYER):
                         raise
                     report.info("a layer this build stood on was removed meanwhile (another "
                                 "server's image cleanup on this Docker host): building again")

@@ -46,19 +46,20 @@ class Deliverer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def post(self, url: str, body: dict[str, Any], *, what: str,
-             done: Done | None = None) -> None:
-        """Deliver ``body`` to ``url`` in the background; ``done(ok)`` when finished."""
-        task = asyncio.create_task(self._deliver(url, body, what, done))
+             done: Done | None = None, headers: dict[str, str] | None = None) -> None:
+        """Deliver ``body`` to ``url`` in the background; ``done(ok)`` when finished;
+        ``headers``: e.g. the receiver's own ``Authorization`` (never logged)."""
+        task = asyncio.create_task(self._deliver(url, body, what, done, headers))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, url: str, body: dict[str, Any], what: str,
-                       done: Done | None) -> None:
+                       done: Done | None, headers: dict[str, str] | None = None) -> None:
         ok = False
         error = ""
         for attempt, delay in enumerate([*self.delays, None], start=1):
             try:
-                resp = await self.client.post(url, json=body)
+                resp = await self.client.post(url, json=body, headers=headers)
             except URLRefusedError as exc:
                 logger.warning("delivery_refused", what=what, receiver=host_of(url),
                                reason=str(exc))

@@ -22,6 +22,8 @@ is bound, so a crew that cannot load exits non-zero with its traceback.
 - ``project``: finding and loading the crew, flow or entrypoint; ``flows``: inputs, state
   ids and trigger payloads; ``webhooks``: task/step webhook bodies recorded for the daemon.
 - ``runs``: the runs of one instance; ``server``: the HTTP API and ``main``.
+- ``human``: human input (a ``human_input=True`` task, a flow's ``@human_feedback``): the
+  run waits on its gate, reported as ``PENDING_HUMAN_INPUT``, until the daemon resumes it.
 - ``preload``: ``python RELEASE/crewship_runner preload --control DIR --daemon-uid N``, an
   app environment's preloaded parent: imports crewai once and forks instances that each
   run ``server.main`` as a cold start would (the daemon side is runtime/preload.py).
@@ -30,7 +32,10 @@ HTTP API (JSON): ``GET /healthz``, ``GET /inputs``, ``POST /runs`` (``{"kickoff_
 "webhooks": {"task": true, "step": true}, "meta"}``: 202 at once, idempotent per kickoff id;
 the runner records task/step webhook bodies, the daemon delivers them), ``GET
 /runs/{id}?wait=S&after=N`` (long poll; with ``after``: the webhook bodies from number N on),
-``POST /runs/{id}/stop``, ``POST /runs/{id}/ack`` (the daemon stored the result). Finished
+``POST /runs/{id}/stop``, ``POST /runs/{id}/resume`` (``{"task_id", "human_feedback",
+"is_approve", "round"}``: the answer to a run waiting for a human; ``GET /runs/{id}?human=V``
+also ends its long poll when such a wait starts or ends), ``POST /runs/{id}/ack`` (the
+daemon stored the result). Finished
 results are kept until acknowledged, so a restarted daemon still collects them.
 SIGTERM/SIGINT: refuse new runs (503), let running ones finish and be collected, exit 0.
 """

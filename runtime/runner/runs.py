@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .flows import RESTORE_KEY, kickoff_flow
+from .human import HumanGate, bind
 from .output import clip, say
 from .project import Project
 from .webhooks import STEP_RUNS, WebhookLog, flush_final_answers, task_payload, watch_final_answers
@@ -36,6 +37,7 @@ class Run:
         self.finished = threading.Event()
         self.webhooks: WebhookLog | None = None
         self.task_ids: list[str] = []  # watched for step webhooks
+        self.gate = HumanGate()  # human input (human.py)
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 3)
@@ -68,7 +70,8 @@ class Run:
             return {"kickoff_id": self.kickoff_id, **self.outcome}
         progress = {"completed_tasks": self.completed_tasks, "total_tasks": self.total_tasks}
         return {"kickoff_id": self.kickoff_id, "state": "RUNNING", "current_task": self.current_task(),
-                "progress": progress, "last_step": self.last_step, "execution_time": self.elapsed()}
+                "progress": progress, "last_step": self.last_step, "execution_time": self.elapsed(),
+                **self.gate.status()}
 
 
 def _chain(first: Callable[[Any], Any], then: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
@@ -148,6 +151,7 @@ class Runner:
     def _work(self, run: Run, inputs: dict[str, Any]) -> None:
         say(f"kickoff {run.kickoff_id} started")
         try:
+            bind(run)
             outcome = {"state": "SUCCESS", **self._execute(run, inputs)}
         except BaseException as exc:  # a run's failure must never take the runner down
             traceback.print_exc()
@@ -184,6 +188,7 @@ class Runner:
         for task_id in run.task_ids:
             STEP_RUNS.pop(task_id, None)
         run.finished.set()
+        run.gate.finished()
         say(f"kickoff {run.kickoff_id} finished {run.state} in {outcome['execution_time']:.1f}s")
 
     def stop(self, kickoff_id: str) -> tuple[int, dict[str, Any]]:
