@@ -1,5 +1,6 @@
 """The runner's view of crewAI's event bus (runtime/runner/events.py): each run's trace and
 the events a kickoff streams, from real crewAI projects against the fake LLM."""
+# ruff: noqa: F811 - the fixtures come from test_runner.py
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def test_a_failed_run_has_error_spans(start_runner: Any) -> None:
     runner = start_runner("classic_crew")
     runner.wait_healthy()
     inputs = {"topic": "FAKE-LLM-FAIL please", "audience": "nobody"}
-    status, body = run_to_end(runner.port, "k-fail", inputs)
+    _, body = run_to_end(runner.port, "k-fail", inputs)
     assert body["state"] == "FAILURE", body
     spans = body["trace"]
     assert _by_kind(spans, "crew")[0]["status"] == "error"
@@ -80,7 +81,8 @@ def test_a_flow_trace_has_methods_and_streams_flow_events(start_runner: Any) -> 
     spans = body["trace"]
     [flow] = _by_kind(spans, "flow")
     methods = _by_kind(spans, "method")
-    assert methods and all(m["parent"] == flow["id"] for m in methods)
+    assert methods
+    assert all(m["parent"] == flow["id"] for m in methods)
     events = [e["body"] for e in body["webhook_events"]]
     assert {e["type"] for e in events} == set(wanted)
     assert events[0]["type"] == "flow_started"
@@ -113,7 +115,8 @@ def test_streamed_events_come_in_order_as_they_happen(start_runner: Any) -> None
     assert types[1] == "task_started"
     assert types[-2:] == ["task_completed", "crew_kickoff_completed"]
     middle = types[2:-2]
-    assert middle and middle[::2] == ["llm_call_started"] * (len(middle) // 2)
+    assert middle
+    assert middle[::2] == ["llm_call_started"] * (len(middle) // 2)
     assert {e["kind"] for e in seen} == {"event", "step"}
     started = next(e["body"] for e in seen if e["body"].get("type") == "llm_call_started")
     assert started["data"]["model"]
