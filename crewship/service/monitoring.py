@@ -51,6 +51,19 @@ class Monitoring:
         rows = self.engine.require_kickoffs().history(app, parse_limit(limit), parse_state(state))
         return [{k: row.get(k) for k in HISTORY_FIELDS} for row in rows]
 
+    # ------------------------------------------------------------------- traces
+    def kickoff_trace(self, caller: User, name: str, kickoff_id: str) -> list[dict[str, Any]]:
+        """A kickoff's trace, its spans in start order (``kickoffs NAME --trace ID``, the
+        dashboard's timeline; the span format: ``crewship/service/traces.py``)."""
+        app = self.access.app_for(caller, name, AccessLevel.READ)
+        spans: list[dict[str, Any]] = self.app_kickoff_trace(app, kickoff_id)["spans"]
+        return spans
+
+    def app_kickoff_trace(self, app: App, kickoff_id: str) -> dict[str, Any]:
+        """``{"kickoff_id", "state", "spans"}`` for a caller holding the app's token
+        (``GET /apps/NAME/kickoffs/{id}/trace``); an unknown id is a 404."""
+        return self.engine.require_kickoffs().trace(app, kickoff_id)
+
     # -------------------------------------------------------------------- usage
     def processes(self, caller: User, name: str) -> list[dict[str, Any]]:
         """``ps NAME``: each instance with what it uses now (None: not sampled yet)."""

@@ -54,11 +54,18 @@ class Deliverer:
 
     async def _deliver(self, url: str, body: dict[str, Any], what: str,
                        done: Done | None) -> None:
+        ok = await self.deliver(url, body, what=what)
+        if done is not None:
+            done(ok)
+
+    async def deliver(self, url: str, body: dict[str, Any], *, what: str,
+                      headers: dict[str, str] | None = None) -> bool:
+        """POST ``body`` to ``url`` with its retries; True once a receiver took it (2xx)."""
         ok = False
         error = ""
         for attempt, delay in enumerate([*self.delays, None], start=1):
             try:
-                resp = await self.client.post(url, json=body)
+                resp = await self.client.post(url, json=body, headers=headers)
             except URLRefusedError as exc:
                 logger.warning("delivery_refused", what=what, receiver=host_of(url),
                                reason=str(exc))
@@ -81,8 +88,7 @@ class Deliverer:
         else:
             logger.warning("delivery_failed", what=what, receiver=host_of(url),
                            attempts=attempt, error=error)
-        if done is not None:
-            done(ok)
+        return ok
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait up to ``timeout`` for deliveries in flight (tests, shutdown)."""

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from crewship.config import Settings
     from crewship.service.access import AppAccess, Engine
     from crewship.service.audit import Audit
+    from crewship.service.streaming import StreamSpec
     from crewship.store.apps import AppStore
     from crewship.store.releases import ConfigStore, TokenStore
 
@@ -201,15 +202,18 @@ class Operations:
 
     # ------------------------------------------------------------------ kickoffs
     async def kickoff(self, app: App, inputs: Any, meta: Any = None,
-                      webhooks: dict[str, str] | None = None, restore_from: Any = None) -> str:
-        """Start a run; inputs are bounded and each webhook URL is checked first (a refused
-        one is a 400, no run)."""
+                      webhooks: dict[str, str] | None = None, restore_from: Any = None,
+                      stream: StreamSpec | None = None) -> str:
+        """Start a run; inputs are bounded and each webhook URL (and the event stream's,
+        ``stream``) is checked first (a refused one is a 400, no run)."""
         self.check_kickoff_size(inputs, meta)
-        await check_urls([(f"{kind}WebhookUrl", url) for kind, url in (webhooks or {}).items()],
-                         self.settings.url_policy())
+        urls = [(f"{kind}WebhookUrl", url) for kind, url in (webhooks or {}).items()]
+        if stream is not None:
+            urls.append(("webhooks.url", stream.url))
+        await check_urls(urls, self.settings.url_policy())
         fresh = self.apps_store.get(app.name) or app
         return await self.engine.require_kickoffs().kickoff(fresh, inputs, meta, webhooks,
-                                                            restore_from)
+                                                            restore_from, stream)
 
     def check_kickoff_size(self, inputs: Any, meta: Any) -> None:
         """Inputs and meta within ``max_kickoff_inputs`` bytes of JSON each, else a 413."""

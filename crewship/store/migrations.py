@@ -199,4 +199,11 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX audit_app ON audit (app, at);
     CREATE INDEX audit_user ON audit (user, at);
     """,
+    # 11: each kickoff's execution trace (spans from crewAI's event bus), removed with it
+    """
+    CREATE TABLE kickoff_traces (
+        kickoff_id TEXT PRIMARY KEY REFERENCES kickoffs(id) ON DELETE CASCADE,
+        spans_json TEXT NOT NULL
+    );
+    """,
 ]
