@@ -108,7 +108,8 @@ def timeline(spans: list[dict[str, Any]]) -> list[str]:
         label = f"{'  ' * depth}{span['kind']} {span['name']}".replace("\n", " ")
         tokens = f"{span['tokens']['total']} tok" if span.get("tokens") else ""
         error = (span.get("error") or "").replace("\n", " ")[:80]
-        lines.append(f"+{_seconds(span['start'] - origin):>8} {took:>8}  {label[:70]:<70} "
+        offset = "+" + _seconds(span["start"] - origin)
+        lines.append(f"{offset:>9} {took:>8}  {label[:70]:<70} "
                      f"{span['status']:<7} {tokens:>9}  {error}".rstrip())
         for child in sorted(children.get(span["id"], []), key=lambda s: s["start"]):
             if len(lines) < MAX_SPANS and depth < 50:

@@ -6,6 +6,7 @@
         ...
         bodies = rx.wait_for("/alerts", count=1)     # JSON bodies received with a 2xx
         rx.attempts("/flaky")                        # every POST, answered or refused
+        rx.authorizations("/alerts")                 # the Authorization header of each POST
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = {"unparsable": raw.decode(errors="replace")}
         with self.server.lock:
             self.server.hosts.append(self.headers.get("Host", ""))
+            self.server.auth.append((self.path, self.headers.get("Authorization")))
         status = self.server.record(self.path, body)
         self.send_response(status)
         self.send_header("Content-Length", "0")
@@ -47,6 +49,7 @@ class _Server(ThreadingHTTPServer):
         self.tried: list[tuple[str, Any]] = []
         self.failures: dict[str, int] = {}
         self.hosts: list[str] = []   # the Host header of every POST
+        self.auth: list[tuple[str, str | None]] = []   # (path, Authorization) of every POST
 
     def record(self, path: str, body: Any) -> int:
         with self.lock:
@@ -78,6 +81,10 @@ class Receiver:
     def attempts(self, path: str) -> list[Any]:
         with self._server.lock:
             return [body for p, body in self._server.tried if p == path]
+
+    def authorizations(self, path: str) -> list[str | None]:
+        with self._server.lock:
+            return [value for p, value in self._server.auth if p == path]
 
     @property
     def port(self) -> int:
