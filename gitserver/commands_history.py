@@ -37,7 +37,7 @@ def _kickoff_row(k: dict[str, Any]) -> list[str]:
          _kickoffs_args, read=True)
 async def kickoffs(ctx: Context, args: argparse.Namespace) -> int:
     if args.trace:
-        return _trace(ctx, args)
+        return await _trace(ctx, args)
     found = ctx.platform.monitoring.kickoff_history(ctx.user, args.app, limit=args.num, state=args.state)
     which = f" in state {args.state.upper()}" if args.state else ""
     return ctx.listing(args.json, found, empty=f"{args.app} has no kickoffs{which} yet",
@@ -46,17 +46,17 @@ async def kickoffs(ctx: Context, args: argparse.Namespace) -> int:
                                 "ERROR"])
 
 
-def _trace(ctx: Context, args: argparse.Namespace) -> int:
-    spans = ctx.platform.monitoring.kickoff_trace(ctx.user, args.app, args.trace)
+async def _trace(ctx: Context, args: argparse.Namespace) -> int:
+    trace = await ctx.platform.monitoring.kickoff_trace_live(ctx.user, args.app, args.trace)
+    spans = trace["spans"]
     if args.json:
         ctx.out_json(spans)
         return 0
     if not spans:
-        ctx.out(f"kickoff {args.trace} has no trace (yet): a kickoff's trace is kept when "
-                "it finishes")
+        ctx.out(f"kickoff {args.trace} ({trace['state']}) has no trace yet")
         return 0
-    ctx.out(f"{args.app} kickoff {args.trace}: {len(spans)} spans (start, duration, "
-            "what, status, tokens)")
+    ctx.out(f"{args.app} kickoff {args.trace} ({trace['state']}): {len(spans)} spans "
+            "(start, duration, what, status, tokens)")
     for line in timeline(spans):
         ctx.out(line)
     return 0

@@ -113,7 +113,8 @@ async def trace(request: Request) -> Response:
     app = _authorized(request)
     if app is None:
         return _unauthorized()
-    body = _platform(request).monitoring.app_kickoff_trace(app, request.path_params["kickoff_id"])
+    monitoring = _platform(request).monitoring
+    body = await monitoring.app_kickoff_trace(app, request.path_params["kickoff_id"])
     return JSONResponse(body)
 
 

@@ -230,13 +230,29 @@ class KickoffService:
             self.streamer.push(due.kickoff_id, spec, meta, due.body)
 
     def trace(self, app: App, kickoff_id: str) -> dict[str, Any]:
-        """A kickoff's execution trace (``spans``: see ``crewship/service/traces.py``); the
-        runner hands it over with the result, so a kickoff still running has none yet."""
+        """A kickoff's stored execution trace (``spans``: ``crewship/service/traces.py``);
+        the runner hands it over with the result: a kickoff still running has none yet."""
         row = self._row(app, kickoff_id)
         found = self.db.one("SELECT spans_json FROM kickoff_traces WHERE kickoff_id = ?",
                             kickoff_id)
         spans = json.loads(found["spans_json"]) if found else []
-        return {"kickoff_id": kickoff_id, "state": row["state"], "spans": spans}
+        return {"kickoff_id": kickoff_id, "state": row["state"], "spans": spans,
+                "instance": row["instance"]}
+
+    async def live_trace(self, app: App, kickoff_id: str) -> dict[str, Any]:
+        """The trace, and for a RUNNING kickoff the spans so far (asked of its runner)."""
+        body = self.trace(app, kickoff_id)
+        endpoint = self.supervisor.endpoint(app.name, body.pop("instance") or "")
+        if body["state"] != "RUNNING" or endpoint is None:
+            return body
+        try:
+            reply = await self.client.call(endpoint.peer, "GET", f"/runs/{kickoff_id}?trace=1",
+                                           timeout=5.0)
+        except ChannelError:
+            return body
+        if reply.status == 200 and isinstance(reply.body.get("trace"), list):
+            body["spans"] = clean_spans(reply.body["trace"])
+        return body
 
     def _finish(self, kickoff_id: str, result: dict[str, Any]) -> bool:
         """Settle a kickoff once: True if this call did (then its event fires, once)."""

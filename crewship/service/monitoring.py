@@ -53,16 +53,23 @@ class Monitoring:
 
     # ------------------------------------------------------------------- traces
     def kickoff_trace(self, caller: User, name: str, kickoff_id: str) -> list[dict[str, Any]]:
-        """A kickoff's trace, its spans in start order (``kickoffs NAME --trace ID``, the
-        dashboard's timeline; the span format: ``crewship/service/traces.py``)."""
+        """A kickoff's stored trace, its spans in start order (the dashboard's timeline; the
+        span format: ``crewship/service/traces.py``); empty while the kickoff runs (the
+        spans so far: ``kickoff_trace_live``). An unknown id is a NotFoundError."""
         app = self.access.app_for(caller, name, AccessLevel.READ)
-        spans: list[dict[str, Any]] = self.app_kickoff_trace(app, kickoff_id)["spans"]
+        spans: list[dict[str, Any]] = self.engine.require_kickoffs().trace(app, kickoff_id)["spans"]
         return spans
 
-    def app_kickoff_trace(self, app: App, kickoff_id: str) -> dict[str, Any]:
-        """``{"kickoff_id", "state", "spans"}`` for a caller holding the app's token
-        (``GET /apps/NAME/kickoffs/{id}/trace``); an unknown id is a 404."""
-        return self.engine.require_kickoffs().trace(app, kickoff_id)
+    async def kickoff_trace_live(self, caller: User, name: str,
+                                 kickoff_id: str) -> dict[str, Any]:
+        """``{"kickoff_id", "state", "spans"}``, a running kickoff's spans so far included
+        (``kickoffs NAME --trace ID``)."""
+        app = self.access.app_for(caller, name, AccessLevel.READ)
+        return await self.app_kickoff_trace(app, kickoff_id)
+
+    async def app_kickoff_trace(self, app: App, kickoff_id: str) -> dict[str, Any]:
+        """The same for a caller holding the app's token (``GET /apps/NAME/kickoffs/{id}/trace``)."""
+        return await self.engine.require_kickoffs().live_trace(app, kickoff_id)
 
     # -------------------------------------------------------------------- usage
     def processes(self, caller: User, name: str) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ real server, a real classic crew against the fake LLM, a receiver on 127.0.0.1."
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -168,3 +169,28 @@ def test_bad_webhooks_fields_are_refused_and_nothing_runs(srv: CrewshipServer, a
         assert words in resp.json()["message"], (webhooks, resp.text)
     assert len(srv.ssh_json(srv.admin_key, "kickoffs", APP, "-n", "1000")) == before
     assert rx.attempts("/never") == []
+
+
+def test_a_running_kickoffs_trace_has_the_spans_so_far(srv: CrewshipServer, api: CrewAPI,
+                                                       llm: FakeLLM) -> None:
+    llm.delay = 4.0
+    try:
+        kickoff_id = api.kickoff(INPUTS)
+        deadline = time.monotonic() + 60
+        while True:
+            body = api.get(f"/kickoffs/{kickoff_id}/trace").json()
+            running = [s for s in body["spans"] if s["status"] == "running"]
+            if body["state"] == "RUNNING" and any(s["kind"] == "llm" for s in running):
+                break
+            assert time.monotonic() < deadline, body
+            time.sleep(0.2)
+        assert [s["kind"] for s in running] == ["crew", "task", "agent", "llm"]
+        assert all(s["end"] is None for s in running)
+        text = srv.ssh(srv.admin_key, "kickoffs", APP, "--trace", kickoff_id, check=True).stdout
+        assert "(RUNNING)" in text.splitlines()[0]
+        assert "running" in text
+    finally:
+        llm.delay = 0.0
+    assert api.wait(kickoff_id, timeout=180)["state"] == "SUCCESS"
+    spans = api.get(f"/kickoffs/{kickoff_id}/trace").json()["spans"]
+    assert all(s["status"] == "ok" for s in spans)
