@@ -46,11 +46,13 @@ class KickoffFinished:
 
 @dataclass(frozen=True)
 class WebhookDue:
-    """A task or step webhook a running kickoff produced, to deliver to ``url`` (C.7)."""
+    """A task or step webhook a running kickoff produced, to deliver to ``url`` (C.7), or
+    (``kind="event"``) a streamed crewAI event, which the kickoff service hands to its
+    event streamer (with the kickoff's credentials) instead of to telemetry."""
 
     app: str
     kickoff_id: str
-    kind: str                  # task | step
+    kind: str                  # task | step | event
     url: str
     body: dict[str, Any]
 

@@ -1,7 +1,8 @@
-"""Outbound JSON POSTs (alerts, crew webhooks): in background tasks, retried with backoff.
+"""Outbound JSON POSTs (alerts, crew webhooks, event streams): retried with backoff.
 
 A slow or failing receiver never blocks the caller: ``post`` returns at once and the
-delivery runs as a task of the daemon's loop. Network errors, 408, 429 and 5xx are
+delivery runs as a task of the daemon's loop (``deliver`` is the same, awaited: the event
+streamer sends one POST at a time to keep them in order). Network errors, 408, 429 and 5xx are
 retried (``attempts`` in all, waiting ``base_delay`` doubling up to ``max_delay``);
 any other status is final. Only the receiver's host is logged: a URL may carry a
 secret in its path or query.

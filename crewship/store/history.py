@@ -2,7 +2,8 @@
 
 Every kickoff is a row of ``kickoffs`` (crewship/kickoffs.py). Kept per app: the newest
 ``max_per_app`` rows, and of those only the ones younger than ``days``. A kickoff that
-has not finished (``PENDING``, ``RUNNING``) is never removed, however old.
+has not finished (``PENDING``, ``RUNNING``) is never removed, however old. A kickoff's
+trace (``kickoff_traces``) goes with it (ON DELETE CASCADE).
 """
 
 from __future__ import annotations

@@ -20,13 +20,17 @@ is bound, so a crew that cannot load exits non-zero with its traceback.
 - ``output``: one ``<ISO-8601 UTC ms>Z [<instance>] <text>`` line per write on the
   inherited stdout/stderr.
 - ``project``: finding and loading the crew, flow or entrypoint; ``flows``: inputs, state
-  ids and trigger payloads; ``webhooks``: task/step webhook bodies recorded for the daemon.
+  ids and trigger payloads; ``webhooks``: task/step webhook bodies recorded for the daemon;
+  ``events``: crewAI's event bus per run, the execution trace and the streamed events.
 - ``runs``: the runs of one instance; ``server``: the HTTP API and ``main``.
 
 HTTP API (JSON): ``GET /healthz``, ``GET /inputs``, ``POST /runs`` (``{"kickoff_id", "inputs",
-"webhooks": {"task": true, "step": true}, "meta"}``: 202 at once, idempotent per kickoff id;
-the runner records task/step webhook bodies, the daemon delivers them), ``GET
-/runs/{id}?wait=S&after=N`` (long poll; with ``after``: the webhook bodies from number N on),
+"webhooks": {"task": true, "step": true, "events": ["task_completed", ...]}, "meta"}``: 202
+at once, idempotent per kickoff id; the runner records task/step webhook bodies and the
+named crewAI events, the daemon delivers them), ``GET /runs/{id}?wait=S&after=N&trace=1``
+(long poll, answered early on a new webhook body; with ``after``: the webhook bodies from
+number N on; with ``trace=1``: a running run's spans so far; a finished run's ``trace``
+comes with its result),
 ``POST /runs/{id}/stop``, ``POST /runs/{id}/ack`` (the daemon stored the result). Finished
 results are kept until acknowledged, so a restarted daemon still collects them.
 SIGTERM/SIGINT: refuse new runs (503), let running ones finish and be collected, exit 0.
