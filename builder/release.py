@@ -180,7 +180,9 @@ def runner_argv(release: ReleaseMeta | BuiltRelease, host: str, port: int,
     meta = release.meta if isinstance(release, BuiltRelease) else release
     python, runner, app_dir = str(meta.python_path), str(meta.runner), str(meta.app_dir)
     if root is not None:
-        python, runner, app_dir = f"{root}/.venv/bin/python", f"{root}/{RUNNER_DIR}", root
+        # an image built before the runner was a package holds the one-file runner
+        name = LEGACY_RUNNER_FILE if (meta.dir / LEGACY_RUNNER_FILE).is_file() else RUNNER_DIR
+        python, runner, app_dir = f"{root}/.venv/bin/python", f"{root}/{name}", root
     argv = [python, runner, "--app-dir", app_dir, "--kind", meta.kind, "--package", meta.package]
     if meta.definition:
         argv += ["--definition", meta.definition]

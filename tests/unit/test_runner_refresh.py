@@ -7,9 +7,12 @@ from pathlib import Path
 from builder.release import (
     LEGACY_RUNNER_FILE,
     RUNNER_DIR,
+    ReleaseMeta,
     copy_runner,
     default_runner_source,
     refresh_runner,
+    remove_tree,
+    runner_argv,
     runner_files,
 )
 
@@ -40,3 +43,19 @@ def test_a_release_with_the_single_file_runner_gets_the_package(tmp_path: Path) 
 def test_a_release_without_a_runner_is_left_alone(tmp_path: Path) -> None:
     assert refresh_runner(tmp_path / RUNNER_DIR) is False
     assert list(tmp_path.iterdir()) == []
+
+
+def _image_release(tmp_path: Path) -> ReleaseMeta:
+    return ReleaseMeta(app="web", version=3, commit="0" * 40, dir=tmp_path, env_key="k",
+                       env_path=tmp_path / "env", python="3.11", kind="crew", package="web",
+                       definition=None, entrypoint=None, created_at="", image="sha256:abc")
+
+
+def test_an_image_runs_the_runner_it_was_built_with(tmp_path: Path) -> None:
+    meta = _image_release(tmp_path)
+    copy_runner(default_runner_source(), tmp_path / RUNNER_DIR)
+    assert runner_argv(meta, "127.0.0.1", 9000, "v3.1", root="/app")[:2] == [
+        "/app/.venv/bin/python", f"/app/{RUNNER_DIR}"]
+    remove_tree(tmp_path / RUNNER_DIR)
+    (tmp_path / LEGACY_RUNNER_FILE).write_text("# an image built by an older crewship\n")
+    assert runner_argv(meta, "127.0.0.1", 9000, "v3.1", root="/app")[1] == f"/app/{LEGACY_RUNNER_FILE}"
