@@ -21,6 +21,7 @@ from crewship.service.deploys import Deployer
 from crewship.service.dispatch import KickoffLimits
 from crewship.service.kickoffs import KickoffService
 from crewship.service.notify import Deliverer
+from crewship.service.otlp import make_export
 from crewship.service.platform import Platform
 from crewship.service.restore import Rebuilder
 from crewship.service.streaming import EventStreamer
@@ -93,7 +94,9 @@ class Daemon:
                 done=lambda ok, n: metrics.webhooks.labels(
                     "event", "delivered" if ok else "failed").inc()))
         self.platform.engine.kickoffs = self.kickoffs
-        self.telemetry = Telemetry(settings, self.platform.metrics, self.platform.alerts)
+        self.telemetry = Telemetry(settings, self.platform.metrics, self.platform.alerts,
+                                   otlp=make_export(settings.otlp_endpoint,
+                                                    settings.url_policy()))
         self.platform.engine.deployer.on_event = self.kickoffs.on_event = self.telemetry.handle
         self.platform.metrics.states = runtime_states(self.platform.apps_store, self.supervisor)
         self.usage = self.platform.engine.usage = make_usage(settings, self.backend,

@@ -42,6 +42,7 @@ class KickoffFinished:
     token_usage: dict[str, int] | None = None
     meta: Any = None
     webhooks: dict[str, str] = field(default_factory=dict)
+    trace: list[dict[str, Any]] = field(default_factory=list)   # its spans (traces.py)
 
 
 @dataclass(frozen=True)

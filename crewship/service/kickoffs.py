@@ -258,6 +258,7 @@ class KickoffService:
         """Settle a kickoff once: True if this call did (then its event fires, once)."""
         state = result.get("state") if result.get("state") in TERMINAL else "FAILURE"
         error = result.get("error") or (None if state == "SUCCESS" else "the crew gave no result")
+        spans = clean_spans(result.get("trace"))
         with self.db.tx() as conn:
             row = conn.execute("SELECT kickoffs.*, apps.name AS app_name FROM kickoffs JOIN apps"
                                " ON apps.id = app_id WHERE kickoffs.id = ?",
@@ -274,13 +275,14 @@ class KickoffService:
                  kickoff_id))
             if isinstance(result.get("trace"), list):
                 conn.execute("INSERT OR REPLACE INTO kickoff_traces (kickoff_id, spans_json) "
-                             "VALUES (?, ?)", (kickoff_id, json.dumps(clean_spans(result["trace"]))))
+                             "VALUES (?, ?)", (kickoff_id, json.dumps(spans)))
         self._streams.pop(kickoff_id, None)
         if self.streamer is not None:
             self.streamer.close(kickoff_id)  # what the run streamed goes out, then the stream ends
         logger.info("kickoff_finished", app=row["app_name"], kickoff_id=kickoff_id,
                     state=state, duration_s=result.get("execution_time"))
-        self.on_event(_finished(row, str(state), error if state != "SUCCESS" else None, result))
+        self.on_event(_finished(row, str(state), error if state != "SUCCESS" else None, result,
+                                spans))
         return True
 
     async def stop(self, app: App, kickoff_id: str) -> dict[str, Any]:
@@ -407,7 +409,7 @@ def _text(value: Any) -> str | None:
 
 
 def _finished(row: sqlite3.Row, state: str, error: str | None,
-              result: dict[str, Any]) -> KickoffFinished:
+              result: dict[str, Any], spans: list[dict[str, Any]]) -> KickoffFinished:
     usage = result.get("token_usage")
     return KickoffFinished(
         app=row["app_name"], kickoff_id=row["id"], release=row["release"], state=state,
@@ -415,6 +417,7 @@ def _finished(row: sqlite3.Row, state: str, error: str | None,
         result=_text(result.get("result")), result_json=result.get("result_json"),
         token_usage=usage if isinstance(usage, dict) else None, meta=_loads(row["meta_json"]),
         webhooks={k: v for k, v in (_loads(row["webhooks_json"]) or {}).items()
-                  if k != "events"})  # the event stream is not telemetry's (credentials)
+                  if k != "events"},  # the event stream is not telemetry's (credentials)
+        trace=spans)
 
 
