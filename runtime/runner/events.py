@@ -113,21 +113,32 @@ def _last_user_message(messages: Any) -> Any:
     return messages
 
 
-def _name(kind: str, event: Any) -> str:
+def _task_name(event: Any) -> Any:
     task = getattr(event, "task", None)
+    return (getattr(task, "name", None) or getattr(event, "task_name", None)
+            or getattr(task, "description", None))
+
+
+def _agent_name(event: Any) -> Any:
     agent = getattr(event, "agent", None)
-    names = {
-        "crew": getattr(event, "crew_name", None),
-        "flow": getattr(event, "flow_name", None),
-        "method": getattr(event, "method_name", None),
-        "task": getattr(task, "name", None) or getattr(event, "task_name", None)
-        or getattr(task, "description", None),
-        "agent": getattr(agent, "role", None) or getattr(event, "agent_role", None)
-        or (getattr(event, "agent_info", None) or {}).get("role"),
-        "llm": getattr(event, "model", None),
-        "tool": getattr(event, "tool_name", None),
-    }
-    return (clip(str(names.get(kind) or kind).strip(), 200) or kind).strip() or kind
+    info = getattr(event, "agent_info", None)
+    return (getattr(agent, "role", None) or getattr(event, "agent_role", None)
+            or (info.get("role") if isinstance(info, dict) else None))
+
+
+NAMES = {"crew": lambda e: getattr(e, "crew_name", None),
+         "flow": lambda e: getattr(e, "flow_name", None),
+         "method": lambda e: getattr(e, "method_name", None),
+         "task": _task_name, "agent": _agent_name,
+         "llm": lambda e: getattr(e, "model", None),
+         "tool": lambda e: getattr(e, "tool_name", None)}
+OUTPUTS = {"crew": "output", "flow": "result", "method": "result", "task": "output",
+           "agent": "output", "llm": "response", "tool": "output"}
+
+
+def _name(kind: str, event: Any) -> str:
+    name = NAMES[kind](event)
+    return (clip(str(name or kind).strip(), 200) or kind).strip() or kind
 
 
 def _input(kind: str, event: Any) -> str | None:
@@ -149,11 +160,8 @@ def _input(kind: str, event: Any) -> str | None:
 
 
 def _output(kind: str, event: Any) -> str | None:
-    for field in ("output", "response", "result"):
-        value = getattr(event, field, None)
-        if value is not None:
-            return clip(getattr(value, "raw", None) or value)
-    return None
+    value = getattr(event, OUTPUTS[kind], None)
+    return None if value is None else clip(getattr(value, "raw", None) or value)
 
 
 def _tokens(usage: Any) -> dict[str, int] | None:
