@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -141,27 +142,31 @@ def _name(kind: str, event: Any) -> str:
     return (clip(str(name or kind).strip(), 200) or kind).strip() or kind
 
 
+def _text(value: Any) -> str | None:
+    """A span's input or output: text as it is, anything else as (bounded) JSON."""
+    if value is None or isinstance(value, str):
+        return clip(value)
+    with contextlib.suppress(TypeError, ValueError):
+        return clip(json.dumps(plain(value), ensure_ascii=False))
+    return clip(value)
+
+
 def _input(kind: str, event: Any) -> str | None:
     if kind == "task":
         return clip(getattr(getattr(event, "task", None), "description", None))
     if kind == "agent":
-        return clip(getattr(event, "task_prompt", None) or getattr(event, "messages", None))
+        return _text(getattr(event, "task_prompt", None) or getattr(event, "messages", None))
     if kind == "llm":
-        return clip(_last_user_message(getattr(event, "messages", None)))
+        return _text(_last_user_message(getattr(event, "messages", None)))
     if kind == "tool":
-        return clip(getattr(event, "tool_args", None))
-    if kind in ("crew", "flow"):
-        inputs = getattr(event, "inputs", None)
-        return clip(plain(inputs)) if inputs else None
-    if kind == "method":
-        params = getattr(event, "params", None)
-        return clip(plain(params)) if params else None
-    return None
+        return _text(getattr(event, "tool_args", None))
+    field = {"crew": "inputs", "flow": "inputs", "method": "params"}[kind]
+    return _text(getattr(event, field, None) or None)
 
 
 def _output(kind: str, event: Any) -> str | None:
     value = getattr(event, OUTPUTS[kind], None)
-    return None if value is None else clip(getattr(value, "raw", None) or value)
+    return None if value is None else _text(getattr(value, "raw", None) or value)
 
 
 def _tokens(usage: Any) -> dict[str, int] | None:

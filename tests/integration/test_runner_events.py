@@ -4,6 +4,7 @@ the events a kickoff streams, from real crewAI projects against the fake LLM."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -46,6 +47,7 @@ def test_a_crew_run_carries_its_trace(start_runner: Any) -> None:
     assert all(c["parent"] == agent["id"] for c in llms)
     assert task["name"] == "research_task"
     assert "quantum kittens" in (task["input"] or "")
+    assert json.loads(crew["input"]) == FIXTURES["classic_crew"]["kickoff"]
     assert all(s["status"] == "ok" and s["end"] >= s["start"] for s in spans), spans
     assert crew["start"] <= task["start"] <= agent["start"] <= llms[0]["start"]
     assert llms[-1]["end"] <= crew["end"]
