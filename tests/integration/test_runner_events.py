@@ -5,12 +5,16 @@ the events a kickoff streams, from real crewAI projects against the fake LLM."""
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from builder.release import copy_runner
 from tests.integration.test_runner import (  # noqa: F401 - the fixtures of that module
     FIXTURES,
+    RUNNER,
     TERMINAL,
     call,
     env_for,
@@ -125,3 +129,55 @@ def test_streamed_events_come_in_order_as_they_happen(start_runner: Any) -> None
     assert any("quantum kittens" in str(m) for m in started["data"]["messages"])
     done = next(e["body"] for e in seen if e["body"].get("type") == "llm_call_completed")
     assert done["data"]["usage"]["total_tokens"] > 0
+
+
+TOOL_SCRIPT = r"""
+import json, sys
+from datetime import datetime, timezone
+sys.path.insert(0, sys.argv[1])
+from crewship_runner.events import Recorder
+from crewai.events import crewai_event_bus
+from crewai.events.types.crew_events import CrewKickoffCompletedEvent, CrewKickoffStartedEvent
+from crewai.events.types.tool_usage_events import (ToolUsageErrorEvent, ToolUsageFinishedEvent,
+                                                   ToolUsageStartedEvent)
+
+recorder = Recorder("k-tools", None)
+now = datetime.now(timezone.utc)
+with recorder.listening():
+    crewai_event_bus.emit(None, CrewKickoffStartedEvent(crew_name="tools", inputs={"q": "kelp"}))
+    crewai_event_bus.emit(None, ToolUsageStartedEvent(tool_name="search", tool_args={"q": "kelp"}))
+    crewai_event_bus.emit(None, ToolUsageFinishedEvent(
+        tool_name="search", tool_args={"q": "kelp"}, started_at=now, finished_at=now,
+        output="3 results"))
+    crewai_event_bus.emit(None, ToolUsageStartedEvent(tool_name="fetch", tool_args="http://x"))
+    crewai_event_bus.emit(None, ToolUsageErrorEvent(tool_name="fetch", tool_args="http://x",
+                                                    error=ValueError("no route")))
+    crewai_event_bus.emit(None, ToolUsageStartedEvent(tool_name="hang", tool_args={}))
+crewai_event_bus.emit(None, CrewKickoffCompletedEvent(crew_name="other", output="not ours"))
+print("SPANS " + json.dumps(recorder.finish("RuntimeError: stopped")), flush=True)
+"""
+
+
+def test_tool_calls_become_spans_under_their_scope(env_for: Any, tmp_path: Path) -> None:
+    """crewAI's own tool events, emitted through its bus (the fake LLM never calls a tool)."""
+    _, python = env_for("classic_crew")
+    copy_runner(RUNNER, tmp_path / "crewship_runner")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "CREWAI_DISABLE_TELEMETRY": "true", "OTEL_SDK_DISABLED": "true",
+           "CREWAI_TRACING_ENABLED": "false"}
+    out = subprocess.run([str(python), "-c", TOOL_SCRIPT, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300, check=True, cwd=tmp_path, env=env)
+    [line] = [x for x in out.stdout.splitlines() if x.startswith("SPANS ")]
+    spans = json.loads(line.removeprefix("SPANS "))
+    assert [(s["kind"], s["name"]) for s in spans] == [
+        ("crew", "tools"), ("tool", "search"), ("tool", "fetch"), ("tool", "hang")]
+    crew, search, fetch, hang = spans
+    assert all(s["parent"] == crew["id"] for s in (search, fetch, hang))
+    assert (search["status"], json.loads(search["input"]), search["output"]) == (
+        "ok", {"q": "kelp"}, "3 results")
+    assert (fetch["status"], fetch["input"]) == ("error", "http://x")
+    assert "no route" in fetch["error"]
+    # the run ended (failed) with these still open: the events after it are not its own
+    assert (hang["status"], hang["error"]) == ("error", "RuntimeError: stopped")
+    assert (crew["status"], crew["output"]) == ("error", None)
+    assert all(s["end"] is not None for s in spans)
