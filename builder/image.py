@@ -369,6 +369,10 @@ async def build_image(client: docker.DockerClient, ctx: Path, tag: str, labels: 
     return progress
 
 
+# dockerd's words when a cached layer went while the build ran (another server's cleanup)
+LOST_LAYER = ("unknown parent image ID", "failed to get digest")
+
+
 def forget_secrets(client: docker.DockerClient, secrets: list[str]) -> int:
     """Remove the dependency-stage images whose history records one of ``secrets``."""
     removed = 0
@@ -456,8 +460,16 @@ class ImageBuilder(ReleaseBuilder):
                                     set(args), ca_bundle(), deps_key)
             labels = {"crewship.app": app, "crewship.release": str(version),
                       "crewship.commit": commit}
-            progress = await build_image(client, ctx, f"crewship/{app}:v{version}", labels,
-                                         args, report, self.no_cache)
+            for attempt in (1, 2):
+                try:
+                    progress = await build_image(client, ctx, f"crewship/{app}:v{version}",
+                                                 labels, args, report, self.no_cache)
+                    break
+                except BuildError as exc:
+                    if attempt == 2 or not any(words in str(exc) for words in LOST_LAYER):
+                        raise
+                    report.info("a layer this build stood on was removed meanwhile (another "
+                                "server's image cleanup on this Docker host): building again")
         finally:
             await asyncio.to_thread(shutil.rmtree, ctx, True)
             if secrets := secret_values(args):

@@ -266,7 +266,8 @@ class ReleaseBuilder:
         runner = self.runner_source or default_runner_source()
         if not (runner / "__main__.py").is_file():
             raise BuildError(f"the runner is missing at {runner}: reinstall crewship")
-        copy_runner(runner, work / RUNNER_DIR)
+        if not (work / RUNNER_DIR).is_dir():  # the image builder placed it for its context
+            copy_runner(runner, work / RUNNER_DIR)
 
     def _assemble(self, app: str, version: int, commit: str, work: Path, env: EnvRef,
                   info: ProjectInfo, image: str | None = None) -> None:

@@ -19,7 +19,8 @@ def _seconds(value: float | None) -> str:
 def _kickoffs_args(p: ArgumentParser) -> None:
     app_arg(p)
     p.add_argument("-n", "--num", type=int, default=20, help="how many (default 20, max 1000)")
-    p.add_argument("--state", help="only PENDING, RUNNING, SUCCESS, FAILURE or REVOKED")
+    p.add_argument("--state", help="only PENDING, RUNNING, PENDING_HUMAN_INPUT (or WAITING), "
+                                    "SUCCESS, FAILURE or REVOKED")
     p.add_argument("--trace", metavar="ID",
                    help="one kickoff's execution trace as an indented timeline")
 

@@ -1,8 +1,7 @@
 """Outbound JSON POSTs (alerts, crew webhooks, event streams): retried with backoff.
 
 A slow or failing receiver never blocks the caller: ``post`` returns at once and the
-delivery runs as a task of the daemon's loop (``deliver`` is the same, awaited: the event
-streamer sends one POST at a time to keep them in order). Network errors, 408, 429 and 5xx are
+delivery runs as a task of the daemon's loop. Network errors, 408, 429 and 5xx are
 retried (``attempts`` in all, waiting ``base_delay`` doubling up to ``max_delay``);
 any other status is final. Only the receiver's host is logged: a URL may carry a
 secret in its path or query.
@@ -47,15 +46,16 @@ class Deliverer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def post(self, url: str, body: dict[str, Any], *, what: str,
-             done: Done | None = None) -> None:
-        """Deliver ``body`` to ``url`` in the background; ``done(ok)`` when finished."""
-        task = asyncio.create_task(self._deliver(url, body, what, done))
+             done: Done | None = None, headers: dict[str, str] | None = None) -> None:
+        """Deliver ``body`` to ``url`` in the background; ``done(ok)`` when finished;
+        ``headers``: e.g. the receiver's own ``Authorization`` (never logged)."""
+        task = asyncio.create_task(self._deliver(url, body, what, done, headers))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, url: str, body: dict[str, Any], what: str,
-                       done: Done | None) -> None:
-        ok = await self.deliver(url, body, what=what)
+                       done: Done | None, headers: dict[str, str] | None = None) -> None:
+        ok = await self.deliver(url, body, what=what, headers=headers)
         if done is not None:
             done(ok)
 

@@ -15,7 +15,13 @@ from typing import Any
 
 from crewship import log
 from crewship.config import Settings
-from crewship.events import BackupFinished, DeployFinished, KickoffFinished, WebhookDue
+from crewship.events import (
+    BackupFinished,
+    DeployFinished,
+    HumanInputDue,
+    KickoffFinished,
+    WebhookDue,
+)
 from crewship.service.metrics import Metrics, StateSource
 from crewship.service.notify import Deliverer
 from crewship.service.otlp import TraceExport
@@ -58,6 +64,8 @@ class Telemetry:
             self._kickoff(event)
         elif isinstance(event, WebhookDue):
             self._webhook(event.kind, event.url, event.body)
+        elif isinstance(event, HumanInputDue):
+            self._human_input(event)
         elif isinstance(event, BackupFinished):
             self._backup(event)
         elif isinstance(event, InstanceExited):
@@ -109,10 +117,19 @@ class Telemetry:
                         "execution_time": event.execution_time, "meta": event.meta},
                        key=event.kickoff_id)
 
-    def _webhook(self, kind: str, url: str, body: dict[str, Any]) -> None:
+    def _webhook(self, kind: str, url: str, body: dict[str, Any],
+                 headers: dict[str, str] | None = None) -> None:
         def done(ok: bool) -> None:
             self.metrics.webhooks.labels(kind, "delivered" if ok else "failed").inc()
-        self.deliverer.post(url, body, what=f"{kind}_webhook", done=done)
+        self.deliverer.post(url, body, what=f"{kind}_webhook", done=done, headers=headers)
+
+    def _human_input(self, event: HumanInputDue) -> None:
+        """A kickoff waits for a human (C.5): its ``humanInputWebhook`` (with its own
+        authentication) and its task webhook hear of it."""
+        if event.url:
+            self._webhook("human_input", event.url, event.body, event.headers)
+        if event.task_url:
+            self._webhook("task", event.task_url, event.body)
 
     def _backup(self, event: BackupFinished) -> None:
         """A failed backup: one ``backup_failed`` alert per run of failures, server-wide."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from .events import Recorder
 from .flows import RESTORE_KEY, kickoff_flow
+from .human import HumanGate, bind
 from .output import clip, say
 from .project import Project
 from .webhooks import STEP_RUNS, WebhookLog, flush_final_answers, task_payload, watch_final_answers
@@ -38,6 +39,7 @@ class Run:
         self.webhooks: WebhookLog | None = None
         self.task_ids: list[str] = []  # watched for step webhooks
         self.trace: Recorder | None = None  # crewAI's events: the trace, streamed events
+        self.gate = HumanGate()  # human input (human.py)
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 3)
@@ -70,7 +72,8 @@ class Run:
             return {"kickoff_id": self.kickoff_id, **self.outcome}
         progress = {"completed_tasks": self.completed_tasks, "total_tasks": self.total_tasks}
         return {"kickoff_id": self.kickoff_id, "state": "RUNNING", "current_task": self.current_task(),
-                "progress": progress, "last_step": self.last_step, "execution_time": self.elapsed()}
+                "progress": progress, "last_step": self.last_step, "execution_time": self.elapsed(),
+                **self.gate.status()}
 
 
 def _chain(first: Callable[[Any], Any], then: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
@@ -151,6 +154,7 @@ class Runner:
         say(f"kickoff {run.kickoff_id} started")
         run.trace = Recorder(run.kickoff_id, run.webhooks)
         try:
+            bind(run)
             with run.trace.listening():
                 outcome = {"state": "SUCCESS", **self._execute(run, inputs)}
         except BaseException as exc:  # a run's failure must never take the runner down
@@ -189,6 +193,7 @@ class Runner:
         for task_id in run.task_ids:
             STEP_RUNS.pop(task_id, None)
         run.finished.set()
+        run.gate.finished()
         say(f"kickoff {run.kickoff_id} finished {run.state} in {outcome['execution_time']:.1f}s")
 
     def stop(self, kickoff_id: str) -> tuple[int, dict[str, Any]]:

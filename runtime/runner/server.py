@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from .human import abort_waiting
 from .output import LinePrefixer, install_output, say
 from .project import KINDS, load_project
 from .runs import Runner, not_found, with_webhooks
@@ -33,7 +34,7 @@ DRAIN_ACK_WAIT = 30.0  # after the last run ended, how long a draining runner wa
 
 
 
-RUN_PATH = re.compile(r"^/runs/([^/]+)(/stop|/ack)?$")
+RUN_PATH = re.compile(r"^/runs/([^/]+)(/stop|/ack|/resume)?$")
 MAX_BODY = 4 * 1024 * 1024
 
 
@@ -87,16 +88,19 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, runner.project.describe())
         elif match and not match.group(2):
             self._status(match.group(1), _query_number(query, "wait", LONG_POLL_MAX),
-                         _query_number(query, "after", None), "trace=1" in query.split("&"))
+                         _query_number(query, "after", None), _query_number(query, "human", None),
+                         "trace=1" in query.split("&"))
         else:
             self.reply(404, {"error": "Not Found", "message": f"no route GET {path}"})
 
     def _status(self, kickoff_id: str, wait: float | None, after: float | None,
-                trace: bool = False) -> None:
+                human: float | None, trace: bool = False) -> None:
+        """``human``: the ``human_version`` the caller saw (a long poll also ends when a
+        request for human input starts or ends); ``trace``: a running run's spans so far."""
         run = self.server.runner.runs.get(kickoff_id)
         after_n = None if after is None else int(after)
         if run is not None and wait:
-            wait_for_news(run, wait, after_n)
+            wait_for_news(run, wait, after_n, None if human is None else int(human))
         if run is None:
             self.reply(404, not_found(kickoff_id))
         else:
@@ -115,10 +119,25 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(*self.server.runner.stop(match.group(1)))
         elif match and match.group(2) == "/ack":
             self.reply(*self.server.runner.acknowledge(match.group(1)))
+        elif match and match.group(2) == "/resume":
+            self._resume(match.group(1), body)
         elif path == "/runs":
             self._kickoff(body)
         else:
             self.reply(404, {"error": "Not Found", "message": f"no route POST {path}"})
+
+    def _resume(self, kickoff_id: str, raw: bytes) -> None:
+        """The human's answer to a run waiting for human input (human.py)."""
+        run = self.server.runner.runs.get(kickoff_id)
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError as exc:
+            self.reply(400, {"error": "Bad Request", "message": f"invalid JSON: {exc}"})
+            return
+        if run is None:
+            self.reply(404, not_found(kickoff_id))
+        else:
+            self.reply(*run.gate.answer(body))
 
     def _kickoff(self, raw: bytes) -> None:
         runner = self.server.runner
@@ -178,6 +197,9 @@ def install_signals(server: RunnerServer) -> None:
         server.runner.draining = True
         name = signal.Signals(signum).name
         say(f"{name} received: draining {server.runner.running()} running kickoff(s)")
+        abort_waiting(server.runner.runs.values(), (
+            "the instance stopped (a restart or deploy) while the kickoff waited for human "
+            "input: kick it off again"))
         threading.Thread(target=_drain, args=(server,), name="drain", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -122,15 +122,17 @@ def task_payload(output: Any) -> dict[str, Any]:
     return {key: getattr(output, attr, None) for key, attr in names.items()}
 
 
-def wait_for_news(run: Run, wait: float, after: int | None) -> None:
-    """A long poll: until the run ends or, asked ``after``, records a body numbered ``after``
-    or later (streamed events go out as they happen, not at the next poll)."""
+def wait_for_news(run: Run, wait: float, after: int | None, human: int | None = None) -> None:
+    """A long poll: until the run ends, a request for human input starts or ends (``human``:
+    the version the caller saw) or, asked ``after``, the run records a body numbered
+    ``after`` or later (streamed events go out as they happen, not at the next poll)."""
     hooks = run.webhooks
     if after is None or hooks is None:
-        run.finished.wait(wait)
+        run.gate.wait(wait, human)
         return
+    seen = run.gate.version if human is None else human
     deadline = time.monotonic() + wait
-    while not run.finished.is_set():
+    while not run.finished.is_set() and run.gate.version == seen:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or hooks.wait_beyond(after, min(remaining, 0.25)):
             return

@@ -6,7 +6,6 @@
         ...
         bodies = rx.wait_for("/alerts", count=1)     # JSON bodies received with a 2xx
         rx.attempts("/flaky")                        # every POST, answered or refused
-        rx.authorizations("/alerts")                 # the Authorization header of each POST
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ class _Server(ThreadingHTTPServer):
         self.tried: list[tuple[str, Any]] = []
         self.failures: dict[str, int] = {}
         self.hosts: list[str] = []   # the Host header of every POST
-        self.auth: list[tuple[str, str | None]] = []   # (path, Authorization) of every POST
+        self.auth: list[tuple[str, str | None]] = []  # (path, Authorization) of every POST
 
     def record(self, path: str, body: Any) -> int:
         with self.lock:
@@ -82,13 +81,14 @@ class Receiver:
         with self._server.lock:
             return [body for p, body in self._server.tried if p == path]
 
-    def authorizations(self, path: str) -> list[str | None]:
-        with self._server.lock:
-            return [value for p, value in self._server.auth if p == path]
-
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
+
+    def authorizations(self, path: str) -> list[str | None]:
+        """The ``Authorization`` header of every POST to ``path`` (None: none sent)."""
+        with self._server.lock:
+            return [value for p, value in self._server.auth if p == path]
 
     def host_headers(self) -> list[str]:
         with self._server.lock:
