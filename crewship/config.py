@@ -68,6 +68,7 @@ class Settings:
     max_kickoff_inputs: int = 256 * 1024  # a kickoff's inputs as JSON, bytes
     max_requests_per_token: int = 16      # requests in flight per bearer token (then 429)
     metrics_token: str = ""               # the Prometheus scrape token for GET /metrics
+    otlp_endpoint: str = ""               # an OTLP/HTTP collector for kickoff traces (optional)
     trusted_proxies: tuple[str, ...] = ()  # proxies whose X-Forwarded-Proto is believed
     # Backups (crewship/service/backups.py): every backup_interval seconds, the newest
     # backup_keep kept; also stored in a restic repository when both restic settings are set.
@@ -189,6 +190,7 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_MAX_KICKOFF_INPUTS": ("max_kickoff_inputs", int),
     "CREWSHIP_MAX_REQUESTS_PER_TOKEN": ("max_requests_per_token", int),
     "CREWSHIP_METRICS_TOKEN": ("metrics_token", str),
+    "CREWSHIP_OTLP_ENDPOINT": ("otlp_endpoint", str),
     "CREWSHIP_TRUSTED_PROXIES": ("trusted_proxies",
                                  lambda v: tuple(p.strip() for p in v.split(",") if p.strip())),
     "CREWSHIP_BACKUP_INTERVAL": ("backup_interval", parse_duration),

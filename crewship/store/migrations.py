@@ -205,4 +205,11 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE kickoffs ADD COLUMN human_webhook TEXT;
     ALTER TABLE kickoffs ADD COLUMN human_json TEXT;
     """,
+    # 12: each kickoff's execution trace (spans from crewAI's event bus), removed with it
+    """
+    CREATE TABLE kickoff_traces (
+        kickoff_id TEXT PRIMARY KEY REFERENCES kickoffs(id) ON DELETE CASCADE,
+        spans_json TEXT NOT NULL
+    );
+    """,
 ]
