@@ -57,6 +57,7 @@ from builder.release import (
     RUNNER_DIR,
     BuiltRelease,
     ReleaseBuilder,
+    Steps,
     build_dirs,
     load_release,
     publish,
@@ -416,7 +417,8 @@ class ImageBuilder(ReleaseBuilder):
         self._building += 1
         try:
             report.step("Validating")
-            info = await self._validate(repo, commit, work / "app", report, config_keys)
+            info = await self._validate(repo, commit, work / "app", report, config_keys,
+                                        Steps())
             client = await self.client()
             await self._check_base(client)
             key = env_key((work / "app" / "uv.lock").read_bytes(),

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
@@ -31,7 +33,10 @@ from builder.project import Finding, ProjectInfo
 from builder.validate import check_lockfile, validate
 from crewship.config import Layout
 from crewship.errors import BuildError, ConflictError, NotFoundError, ValidationError
+from crewship.log import get as get_logger
 from crewship.reporter import Reporter
+
+log = get_logger(__name__)
 
 RELEASE_FILE = "release.json"
 RUNNER_DIR = "crewship_runner"
@@ -191,6 +196,19 @@ def runner_argv(release: ReleaseMeta | BuiltRelease, host: str, port: int,
     return [*argv, "--host", host, "--port", str(port), "--instance", instance]
 
 
+class Steps:
+    """Milliseconds each step of a build took (``build_steps`` in the daemon's log)."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self.ms: dict[str, int] = {}
+
+    def mark(self, step: str) -> None:
+        now = time.monotonic()
+        self.ms[f"{step}_ms"] = round((now - self._last) * 1000)
+        self._last = now
+
+
 def report_findings(findings: list[Finding] | tuple[Finding, ...], report: Reporter) -> None:
     """Every finding as ``<severity> <code>: <message>`` plus its detail and ``fix:`` lines."""
     for finding in findings:
@@ -229,13 +247,15 @@ class ReleaseBuilder:
         self.layout = layout
         self.envs = envs
         self.runner_source = runner_source
+        self._locks_checked: set[str] = set()   # (pyproject.toml, uv.lock) found consistent
 
     async def build(self, app: str, version: int, repo: Path, commit: str, report: Reporter,
                     config_keys: AbstractSet[str] = frozenset()) -> BuiltRelease:
         dest, work = build_dirs(self.layout, app, version)
+        steps = Steps()
         try:
             report.step("Validating")
-            info = await self._validate(repo, commit, work / "app", report, config_keys)
+            info = await self._validate(repo, commit, work / "app", report, config_keys, steps)
             env = await self.envs.ensure(work / "app", report)
             await asyncio.to_thread(self._assemble, app, version, commit, work, env, info)
             publish(work, dest)
@@ -243,24 +263,42 @@ class ReleaseBuilder:
             if work.exists():
                 await asyncio.to_thread(remove_tree, work)
         meta = await asyncio.to_thread(load_release, dest)
+        steps.mark("release")
+        log.info("build_steps", app=app, release=version, **steps.ms)
         report.info(f"release v{version}: {info.kind} {info.package}, env {env.key[:12]}, "
                     f"Python {env.python_version}")
         return BuiltRelease(app, version, commit, dest, env, info, meta)
 
     async def _validate(self, repo: Path, commit: str, tree: Path, report: Reporter,
-                        config_keys: AbstractSet[str]) -> ProjectInfo:
+                        config_keys: AbstractSet[str], steps: Steps) -> ProjectInfo:
         await export_commit(repo, commit, tree)
+        steps.mark("export")
         result = await asyncio.to_thread(validate, tree, config_keys)
         findings = list(result.findings)
         if result.ok:
-            stale = await check_lockfile(tree, self.envs.uv, self.envs.python)
+            stale = await self._check_lockfile(tree)
             findings += [stale] if stale else []
+        steps.mark("validate")
         report_findings(findings, report)
         if result.errors:
             first = result.errors[0]
             raise ValidationError(first.code, first.message, first.fix)
         assert result.info is not None
         return result.info
+
+    async def _check_lockfile(self, tree: Path) -> Finding | None:
+        """``uv lock --check`` once per (pyproject.toml, uv.lock): a code-only push skips it."""
+        try:
+            digest = hashlib.sha256((tree / "pyproject.toml").read_bytes() + b"\0"
+                                    + (tree / "uv.lock").read_bytes()).hexdigest()
+        except OSError:
+            digest = None
+        if digest is not None and digest in self._locks_checked:
+            return None
+        stale = await check_lockfile(tree, self.envs.uv, self.envs.python)
+        if stale is None and digest is not None:
+            self._locks_checked.add(digest)
+        return stale
 
     def _place_runner(self, work: Path) -> None:
         runner = self.runner_source or default_runner_source()

@@ -43,15 +43,18 @@ class KickoffFinished:
     token_usage: dict[str, int] | None = None
     meta: Any = None
     webhooks: dict[str, str] = field(default_factory=dict)
+    trace: list[dict[str, Any]] = field(default_factory=list)   # its spans (traces.py)
 
 
 @dataclass(frozen=True)
 class WebhookDue:
-    """A task or step webhook a running kickoff produced, to deliver to ``url`` (C.7)."""
+    """A task or step webhook a running kickoff produced, to deliver to ``url`` (C.7), or
+    (``kind="event"``) a streamed crewAI event, which the kickoff service hands to its
+    event streamer (with the kickoff's credentials) instead of to telemetry."""
 
     app: str
     kickoff_id: str
-    kind: str                  # task | step
+    kind: str                  # task | step | event
     url: str
     body: dict[str, Any]
 

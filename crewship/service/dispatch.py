@@ -72,21 +72,35 @@ WEBHOOK_POLL = 1.0   # seconds of one long poll while a run has task/step webhoo
 
 
 def run_body(row: sqlite3.Row) -> dict[str, Any]:
-    """What ``POST /runs`` gets for a kickoff row. For task/step webhooks the runner only
-    records the bodies (it never sees a URL); the driver fetches and relays them."""
+    """What ``POST /runs`` gets for a kickoff row. For task/step webhooks and streamed
+    events the runner only records the bodies (it never sees a URL or a credential); the
+    driver fetches and relays them."""
     body: dict[str, Any] = {"kickoff_id": row["id"], "inputs": json.loads(row["inputs_json"])}
     hooks = hook_urls(row)
     human = row["human_webhook"]
     if hooks or human:  # a resume may bring task/step webhooks of its own
-        body["webhooks"] = {kind: True for kind in (("task", "step") if human else hooks)}
+        kinds = ("task", "step") if human else [kind for kind in hooks if kind != "event"]
+        body["webhooks"] = {kind: True for kind in kinds}
+        if "event" in hooks:
+            body["webhooks"]["events"] = _stored_hooks(row)["events"]["events"]
         body["meta"] = json.loads(row["meta_json"]) if row["meta_json"] else None
     return body
 
 
-def hook_urls(row: sqlite3.Row) -> dict[str, str]:
-    """The task/step webhook URLs of a kickoff row (checked when it was accepted)."""
+def _stored_hooks(row: sqlite3.Row) -> dict[str, Any]:
     hooks = json.loads(row["webhooks_json"]) if row["webhooks_json"] else {}
-    return {k: str(v) for k, v in hooks.items() if k in ("task", "step") and v}
+    return hooks if isinstance(hooks, dict) else {}
+
+
+def hook_urls(row: sqlite3.Row) -> dict[str, str]:
+    """The task/step webhook URLs of a kickoff row and, as ``event``, the URL its streamed
+    events go to (each checked when it was accepted)."""
+    hooks = _stored_hooks(row)
+    urls = {k: str(v) for k, v in hooks.items() if k in ("task", "step") and v}
+    stream = hooks.get("events")
+    if isinstance(stream, dict) and stream.get("url"):
+        urls["event"] = str(stream["url"])
+    return urls
 
 
 class WebhookRelay:
@@ -143,8 +157,9 @@ class Dispatcher:
     def rehook(self, kickoff_id: str, urls: dict[str, str]) -> None:
         """A resume brought new task/step webhook URLs (C.5: not carried over)."""
         relay = self._relays.get(kickoff_id)
-        if relay is not None:
-            relay.urls = urls
+        if relay is not None:  # the event stream (``webhooks``) is the kickoff's: it stays
+            stream = {k: v for k, v in relay.urls.items() if k == "event"}
+            relay.urls = {**urls, **stream}
 
     def instance_gone(self, instance_id: str, reason: str) -> None:
         self._gone[instance_id] = reason

@@ -173,11 +173,14 @@ class HumanLoop:
         human["rounds"] = [r for r in human["rounds"] if r.get("round") != waiting["round"]]
         human["rounds"].append({**answer, "requested_at": waiting.get("requested_at")})
         human["waiting"] = None
+        kept = json.loads(row["webhooks_json"]) if row["webhooks_json"] else {}
+        stream = {k: v for k, v in kept.items() if k == "events"}  # the kickoff's event stream
+        hooks = {**webhooks, **stream}
         with self.db.tx() as conn:
             changed = conn.execute(
                 "UPDATE kickoffs SET state = 'RUNNING', human_json = ?, webhooks_json = ? "
                 "WHERE id = ? AND state = ?",
-                (json.dumps(human), json.dumps(webhooks) if webhooks else None, kickoff_id,
+                (json.dumps(human), json.dumps(hooks) if hooks else None, kickoff_id,
                  WAITING)).rowcount
         if not changed:  # another resume (or a stop) came first
             raise InvalidInputError(NOT_WAITING)

@@ -73,13 +73,24 @@ class Monitoring:
         app = self.access.app_for(caller, name, AccessLevel.READ)
         return await self.engine.require_kickoffs().status(app, kickoff_id)
 
+    # ------------------------------------------------------------------- traces
     async def kickoff_trace(self, caller: User, name: str, kickoff_id: str) -> list[dict[str, Any]]:
-        """The kickoff's spans (tasks, agent steps, tool and LLM calls), oldest first.
+        """The kickoff's spans (crew, flow, method, task, agent, LLM and tool calls) in start
+        order, a running kickoff's so far (the dashboard's timeline; the span format:
+        ``crewship/service/traces.py``). An unknown id is a NotFoundError."""
+        spans: list[dict[str, Any]] = (
+            await self.kickoff_trace_live(caller, name, kickoff_id))["spans"]
+        return spans
 
-        TODO(traces helper, issue 17 item 2): return the recorded spans; until that
-        lands every kickoff has none. The kickoff must exist (else not found)."""
-        await self.kickoff(caller, name, kickoff_id)
-        return []
+    async def kickoff_trace_live(self, caller: User, name: str,
+                                 kickoff_id: str) -> dict[str, Any]:
+        """``{"kickoff_id", "state", "spans"}`` (``kickoffs NAME --trace ID``)."""
+        app = self.access.app_for(caller, name, AccessLevel.READ)
+        return await self.app_kickoff_trace(app, kickoff_id)
+
+    async def app_kickoff_trace(self, app: App, kickoff_id: str) -> dict[str, Any]:
+        """The same for a caller holding the app's token (``GET /apps/NAME/kickoffs/{id}/trace``)."""
+        return await self.engine.require_kickoffs().live_trace(app, kickoff_id)
 
     # -------------------------------------------------------------------- usage
     def processes(self, caller: User, name: str) -> list[dict[str, Any]]:

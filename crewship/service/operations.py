@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from crewship.config import Settings
     from crewship.service.access import AppAccess, Engine
     from crewship.service.audit import Audit
+    from crewship.service.streaming import StreamSpec
     from crewship.store.apps import AppStore
     from crewship.store.releases import ConfigStore, TokenStore
 
@@ -203,17 +204,20 @@ class Operations:
     # ------------------------------------------------------------------ kickoffs
     async def kickoff(self, app: App, inputs: Any, meta: Any = None,
                       webhooks: dict[str, str] | None = None, restore_from: Any = None,
-                      human_webhook: dict[str, Any] | None = None) -> str:
-        """Start a run; inputs are bounded and each webhook URL is checked first (a refused
-        one is a 400, no run)."""
+                      human_webhook: dict[str, Any] | None = None,
+                      stream: StreamSpec | None = None) -> str:
+        """Start a run; inputs are bounded and each webhook URL (the event stream's,
+        ``stream``, too) is checked first (a refused one is a 400, no run)."""
         self.check_kickoff_size(inputs, meta)
         urls = [(f"{kind}WebhookUrl", url) for kind, url in (webhooks or {}).items()]
         if human_webhook:
             urls.append(("humanInputWebhook.url", human_webhook["url"]))
+        if stream is not None:
+            urls.append(("webhooks.url", stream.url))
         await check_urls(urls, self.settings.url_policy())
         fresh = self.apps_store.get(app.name) or app
         return await self.engine.require_kickoffs().kickoff(fresh, inputs, meta, webhooks,
-                                                            restore_from, human_webhook)
+                                                            restore_from, human_webhook, stream)
 
     async def kickoff_resume(self, app: App, body: dict[str, Any],
                              webhooks: dict[str, str]) -> dict[str, Any]:

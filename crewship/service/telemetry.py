@@ -10,6 +10,7 @@ runs in the background (``crewship.service.notify``): nothing here waits on a re
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from crewship import log
@@ -23,6 +24,7 @@ from crewship.events import (
 )
 from crewship.service.metrics import Metrics, StateSource
 from crewship.service.notify import Deliverer
+from crewship.service.otlp import TraceExport
 from crewship.store.alerts import AlertGate, AlertStore
 from crewship.store.apps import AppStore
 from crewship.store.state import now
@@ -45,8 +47,10 @@ def crew_webhook_body(event: KickoffFinished) -> dict[str, Any]:
 
 class Telemetry:
     def __init__(self, settings: Settings, metrics: Metrics, alerts: AlertStore,
-                 deliverer: Deliverer | None = None, gate: AlertGate | None = None) -> None:
+                 deliverer: Deliverer | None = None, gate: AlertGate | None = None,
+                 otlp: TraceExport | None = None) -> None:
         self.settings = settings
+        self.otlp = otlp  # kickoff traces to an OpenTelemetry collector (optional)
         self.metrics = metrics
         self.alerts = alerts
         self.deliverer = deliverer or Deliverer(settings.url_policy())
@@ -102,6 +106,9 @@ class Telemetry:
         url = event.webhooks.get("crew")
         if url:
             self._webhook("crew", url, crew_webhook_body(event))
+        if self.otlp is not None and event.trace:
+            asyncio.get_running_loop().run_in_executor(
+                None, self.otlp.export, event.app, event.kickoff_id, event.state, event.trace)
         if event.state == "FAILURE":
             self.alert("kickoff_failed", event.app, event.release,
                        f"kickoff {event.kickoff_id} of {event.app} failed: {event.error}",
@@ -169,6 +176,8 @@ class Telemetry:
 
     async def aclose(self) -> None:
         await self.deliverer.aclose()
+        if self.otlp is not None:
+            await asyncio.to_thread(self.otlp.close)  # what is batched still goes out
 
 
 def runtime_states(apps: AppStore, supervisor: Orchestrator) -> StateSource:

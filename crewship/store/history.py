@@ -3,7 +3,7 @@
 Every kickoff is a row of ``kickoffs`` (crewship/kickoffs.py). Kept per app: the newest
 ``max_per_app`` rows, and of those only the ones younger than ``days``. A kickoff that
 has not finished (``PENDING``, ``RUNNING``, ``PENDING_HUMAN_INPUT``) is never removed,
-however old.
+however old. A kickoff's trace (``kickoff_traces``) goes with it (ON DELETE CASCADE).
 """
 
 from __future__ import annotations

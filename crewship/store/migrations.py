@@ -205,7 +205,14 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE kickoffs ADD COLUMN human_webhook TEXT;
     ALTER TABLE kickoffs ADD COLUMN human_json TEXT;
     """,
-    # 12: Swarm placement constraints per app (ps:placement; JSON list, NULL: none)
+    # 12: each kickoff's execution trace (spans from crewAI's event bus), removed with it
+    """
+    CREATE TABLE kickoff_traces (
+        kickoff_id TEXT PRIMARY KEY REFERENCES kickoffs(id) ON DELETE CASCADE,
+        spans_json TEXT NOT NULL
+    );
+    """,
+    # 13: Swarm placement constraints per app (ps:placement; JSON list, NULL: none)
     """
     ALTER TABLE apps ADD COLUMN placement_json TEXT;
     """,

@@ -9,6 +9,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .events import Recorder
 from .flows import RESTORE_KEY, kickoff_flow
 from .human import HumanGate, bind
 from .output import clip, say
@@ -37,6 +38,7 @@ class Run:
         self.finished = threading.Event()
         self.webhooks: WebhookLog | None = None
         self.task_ids: list[str] = []  # watched for step webhooks
+        self.trace: Recorder | None = None  # crewAI's events: the trace, streamed events
         self.gate = HumanGate()  # human input (human.py)
 
     def elapsed(self) -> float:
@@ -150,12 +152,15 @@ class Runner:
 
     def _work(self, run: Run, inputs: dict[str, Any]) -> None:
         say(f"kickoff {run.kickoff_id} started")
+        run.trace = Recorder(run.kickoff_id, run.webhooks)
         try:
             bind(run)
-            outcome = {"state": "SUCCESS", **self._execute(run, inputs)}
+            with run.trace.listening():
+                outcome = {"state": "SUCCESS", **self._execute(run, inputs)}
         except BaseException as exc:  # a run's failure must never take the runner down
             traceback.print_exc()
             outcome = {"state": "FAILURE", "error": f"{type(exc).__name__}: {exc}"}
+        outcome["trace"] = run.trace.finish(outcome.get("error"))
         self.finish(run, {**outcome, "execution_time": run.elapsed()})
 
     def _execute(self, run: Run, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from .output import LinePrefixer, install_output, say
 from .project import KINDS, load_project
 from .runs import Runner, not_found, with_webhooks
 from .signing import PROOF_HEADER, SIGNATURE_HEADER, read_secret, response_mac, signature_valid
-from .webhooks import WebhookLog
+from .webhooks import WebhookLog, wait_for_news
 
 TELEMETRY_ENV = {"CREWAI_DISABLE_TELEMETRY": "true", "OTEL_SDK_DISABLED": "true",
                  "CREWAI_TRACING_ENABLED": "false", "CREWAI_DISABLE_VERSION_CHECK": "true"}
@@ -88,21 +88,26 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, runner.project.describe())
         elif match and not match.group(2):
             self._status(match.group(1), _query_number(query, "wait", LONG_POLL_MAX),
-                         _query_number(query, "after", None), _query_number(query, "human", None))
+                         _query_number(query, "after", None), _query_number(query, "human", None),
+                         "trace=1" in query.split("&"))
         else:
             self.reply(404, {"error": "Not Found", "message": f"no route GET {path}"})
 
     def _status(self, kickoff_id: str, wait: float | None, after: float | None,
-                human: float | None) -> None:
+                human: float | None, trace: bool = False) -> None:
         """``human``: the ``human_version`` the caller saw (a long poll also ends when a
-        request for human input starts or ends)."""
+        request for human input starts or ends); ``trace``: a running run's spans so far."""
         run = self.server.runner.runs.get(kickoff_id)
+        after_n = None if after is None else int(after)
         if run is not None and wait:
-            run.gate.wait(wait, None if human is None else int(human))
+            wait_for_news(run, wait, after_n, None if human is None else int(human))
         if run is None:
             self.reply(404, not_found(kickoff_id))
         else:
-            self.reply(200, with_webhooks(run, None if after is None else int(after)))
+            body = with_webhooks(run, after_n)
+            if trace and run.state == "RUNNING" and run.trace is not None:
+                body["trace"] = run.trace.snapshot()  # the spans so far (GET .../trace)
+            self.reply(200, body)
 
     def do_POST(self) -> None:
         body = self._authenticated("POST")

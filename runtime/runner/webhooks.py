@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from .output import clip
@@ -17,31 +18,51 @@ if TYPE_CHECKING:
     from .runs import Run
 
 WEBHOOK_EVENTS_KEPT = 2000  # task/step webhook bodies one run keeps for the daemon
-
+STREAM_EVENTS_KEPT = 10_000  # streamed crewAI events (``webhooks.events``) one run keeps
+EVENT_NAME_LIMIT = 100
 
 
 class WebhookLog:
-    """One run's task/step webhook bodies, in order, for the daemon to deliver."""
+    """One run's task/step webhook bodies and streamed events (kind ``event``, see
+    ``events.py``), in order, for the daemon to deliver."""
 
     def __init__(self, kinds: Any, kickoff_id: str, meta: Any) -> None:
         wanted = kinds if isinstance(kinds, dict) else {}
         self.kinds = {kind for kind in wanted if kind in ("task", "step")}
+        names = wanted.get("events")
+        self.stream = frozenset(str(n)[:EVENT_NAME_LIMIT] for n in names[:EVENT_NAME_LIMIT]
+                                ) if isinstance(names, list) else frozenset()
         self.kickoff_id = kickoff_id
         self.meta = meta
         self.events: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
+        self.hooks = self.streamed = 0
+        self.lock = threading.Condition()
 
     def send(self, kind: str, payload: dict[str, Any]) -> None:
         if kind not in self.kinds:
             return
         body = {**payload, "kickoff_id": self.kickoff_id, "meta": self.meta}
         with self.lock:
-            if len(self.events) < WEBHOOK_EVENTS_KEPT:
+            if self.hooks < WEBHOOK_EVENTS_KEPT:
+                self.hooks += 1
                 self.events.append({"kind": kind, "body": body})
+                self.lock.notify_all()
+
+    def stream_event(self, body: dict[str, Any]) -> None:
+        with self.lock:
+            if self.streamed < STREAM_EVENTS_KEPT:
+                self.streamed += 1
+                self.events.append({"kind": "event", "body": body})
+                self.lock.notify_all()
 
     def since(self, count: int) -> list[dict[str, Any]]:
         with self.lock:
             return self.events[max(0, count):]
+
+    def wait_beyond(self, count: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a body numbered ``count`` or later; True if there is one."""
+        with self.lock:
+            return self.lock.wait_for(lambda: len(self.events) > count, timeout)
 
 
 STEP_RUNS: dict[str, Run] = {}  # crewAI task id -> the run executing it (step webhooks)
@@ -99,3 +120,19 @@ def task_payload(output: Any) -> dict[str, Any]:
     names = {"description": "description", "name": "name", "expected_output": "expected_output",
              "summary": "summary", "agent": "agent", "output": "raw", "output_json": "json_dict"}
     return {key: getattr(output, attr, None) for key, attr in names.items()}
+
+
+def wait_for_news(run: Run, wait: float, after: int | None, human: int | None = None) -> None:
+    """A long poll: until the run ends, a request for human input starts or ends (``human``:
+    the version the caller saw) or, asked ``after``, the run records a body numbered
+    ``after`` or later (streamed events go out as they happen, not at the next poll)."""
+    hooks = run.webhooks
+    if after is None or hooks is None:
+        run.gate.wait(wait, human)
+        return
+    seen = run.gate.version if human is None else human
+    deadline = time.monotonic() + wait
+    while not run.finished.is_set() and run.gate.version == seen:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or hooks.wait_beyond(after, min(remaining, 0.25)):
+            return
