@@ -21,7 +21,7 @@ from typing import Any
 
 DEPS_LABEL = "crewship.deps"
 TAG_REPO = "crewship-test-deps"
-KEEP = 6
+KEEP = 4
 
 
 def keep_dependency_layers(client: Any) -> list[str]:
