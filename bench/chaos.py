@@ -40,6 +40,7 @@ import httpx
 
 from tests.support.crewenv import cache_root, locked_copy
 from tests.support.fakellm import FakeLLM
+from tests.support.sandboxes import kill_preload_sandboxes
 from tests.support.server import CrewshipServer
 
 APP = "chaos"
@@ -281,6 +282,7 @@ def kill_instances(srv: CrewshipServer) -> None:
                 if pid:
                     with contextlib.suppress(OSError):
                         os.kill(int(pid), signal.SIGKILL)
+    kill_preload_sandboxes(srv.data_dir)  # the preloaded parents' namespaces, likewise
 
 
 def remove_containers() -> None:

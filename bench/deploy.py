@@ -45,7 +45,7 @@ from typing import Any
 import httpx
 
 from builder.release import load_release, runner_argv
-from runtime.runner import SIGNATURE_HEADER, sign
+from runtime.runner.signing import SIGNATURE_HEADER, sign
 from tests.support.crewenv import locked_copy, uv_binary
 from tests.support.fakellm import FakeLLM
 from tests.support.server import CrewshipServer, descendants, free_port

@@ -128,6 +128,7 @@ class EnvBuilder:
         self.python = python
         self.uv = uv or default_uv()
         self._interpreter: Interpreter | None = None
+        self._keys: dict[bytes, str] = {}   # sha256 of a uv.lock -> its key (parsing is slow)
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def interpreter(self) -> Interpreter:
@@ -152,7 +153,14 @@ class EnvBuilder:
         finding = lockfile_finding(project_dir)
         if finding is not None:
             raise ValidationError(finding.code, finding.message, finding.fix)
-        return env_key((project_dir / "uv.lock").read_bytes(), await self.interpreter())
+        lock = (project_dir / "uv.lock").read_bytes()
+        interpreter = await self.interpreter()
+        digest = hashlib.sha256(lock).digest()
+        key = self._keys.get(digest)
+        if key is None:  # a crewai lock is ~1 MB of TOML: ~0.3 s to parse, off the loop
+            key = await asyncio.to_thread(env_key, lock, interpreter)
+            self._keys[digest] = key
+        return key
 
     async def ensure(self, project_dir: Path, report: Reporter) -> EnvRef:
         """The environment for ``project_dir``'s uv.lock, built unless it exists."""

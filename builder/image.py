@@ -10,7 +10,7 @@ runner, ``release.json``), then an image is built from a generated Dockerfile::
                                                    finds it in the cache
     FROM <base>; user crew; CA                     the final stage:
     COPY --from=deps /app/.venv                    the environment, without the build args
-    COPY app/ /app/; COPY crewship_runner.py       the code layer
+    COPY app/ /app/; COPY crewship_runner/        the code layer
     USER crew
 
 The build runs with host networking so uv reaches the package index the host uses; the
@@ -54,9 +54,10 @@ import docker.errors
 from builder.env import EnvBuilder, EnvRef, Interpreter, env_key
 from builder.release import (
     RELEASE_FILE,
-    RUNNER_FILE,
+    RUNNER_DIR,
     BuiltRelease,
     ReleaseBuilder,
+    Steps,
     build_dirs,
     load_release,
     publish,
@@ -200,7 +201,7 @@ def dockerfile(base: str, *, with_ca: bool, args: AbstractSet[str], deps_key: st
         f"WORKDIR {IMAGE_APP_DIR}",
         f"COPY --from=deps {IMAGE_VENV} {IMAGE_VENV}",
         f"COPY app/ {IMAGE_APP_DIR}/",
-        f"COPY {RUNNER_FILE} {IMAGE_APP_DIR}/{RUNNER_FILE}",
+        f"COPY {RUNNER_DIR}/ {IMAGE_APP_DIR}/{RUNNER_DIR}/",
         f"ENV PATH={IMAGE_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
         f"HOME={IMAGE_HOME} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1",
         f"USER {IMAGE_UID}:{IMAGE_UID}",
@@ -230,7 +231,7 @@ def write_context(ctx: Path, release_work: Path, base: str, uv: str,
     for name in ("pyproject.toml", "uv.lock"):
         shutil.copyfile(release_work / "app" / name, ctx / "deps" / name)
     shutil.copytree(release_work / "app", ctx / "app", symlinks=True)
-    shutil.copyfile(release_work / RUNNER_FILE, ctx / RUNNER_FILE)
+    shutil.copytree(release_work / RUNNER_DIR, ctx / RUNNER_DIR)
     shutil.copyfile(uv, ctx / "uv")
     (ctx / "uv").chmod(0o755)
     if ca is not None:
@@ -369,6 +370,10 @@ async def build_image(client: docker.DockerClient, ctx: Path, tag: str, labels: 
     return progress
 
 
+# dockerd's words when a cached layer went while the build ran (another server's cleanup)
+LOST_LAYER = ("unknown parent image ID", "failed to get digest")
+
+
 def forget_secrets(client: docker.DockerClient, secrets: list[str]) -> int:
     """Remove the dependency-stage images whose history records one of ``secrets``."""
     removed = 0
@@ -412,7 +417,8 @@ class ImageBuilder(ReleaseBuilder):
         self._building += 1
         try:
             report.step("Validating")
-            info = await self._validate(repo, commit, work / "app", report, config_keys)
+            info = await self._validate(repo, commit, work / "app", report, config_keys,
+                                        Steps())
             client = await self.client()
             await self._check_base(client)
             key = env_key((work / "app" / "uv.lock").read_bytes(),
@@ -456,8 +462,16 @@ class ImageBuilder(ReleaseBuilder):
                                     set(args), ca_bundle(), deps_key)
             labels = {"crewship.app": app, "crewship.release": str(version),
                       "crewship.commit": commit}
-            progress = await build_image(client, ctx, f"crewship/{app}:v{version}", labels,
-                                         args, report, self.no_cache)
+            for attempt in (1, 2):
+                try:
+                    progress = await build_image(client, ctx, f"crewship/{app}:v{version}",
+                                                 labels, args, report, self.no_cache)
+                    break
+                except BuildError as exc:
+                    if attempt == 2 or not any(words in str(exc) for words in LOST_LAYER):
+                        raise
+                    report.info("a layer this build stood on was removed meanwhile (another "
+                                "server's image cleanup on this Docker host): building again")
         finally:
             await asyncio.to_thread(shutil.rmtree, ctx, True)
             if secrets := secret_values(args):

@@ -2,7 +2,7 @@
 
     releases/<app>/v<N>/
         app/                  the commit's tree (read-only)
-        crewship_runner.py    the stdlib-only runner, copied from runtime/runner.py
+        crewship_runner/      the stdlib-only runner package, copied from runtime/runner/
         release.json          what the runtime needs to start it (``ReleaseMeta``)
 
 Order: validate (layout errors fail within 2 s, before anything is installed), then
@@ -13,10 +13,13 @@ assembled under ``tmp/`` and renamed into place in one step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import os
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass
@@ -30,10 +33,14 @@ from builder.project import Finding, ProjectInfo
 from builder.validate import check_lockfile, validate
 from crewship.config import Layout
 from crewship.errors import BuildError, ConflictError, NotFoundError, ValidationError
+from crewship.log import get as get_logger
 from crewship.reporter import Reporter
 
+log = get_logger(__name__)
+
 RELEASE_FILE = "release.json"
-RUNNER_FILE = "crewship_runner.py"
+RUNNER_DIR = "crewship_runner"
+LEGACY_RUNNER_FILE = "crewship_runner.py"  # releases built before the runner was a package
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,7 @@ class ReleaseMeta:
 
     @property
     def runner(self) -> Path:
-        return self.dir / RUNNER_FILE
+        return self.dir / RUNNER_DIR
 
 
 @dataclass(frozen=True)
@@ -79,15 +86,28 @@ class BuiltRelease:
 
 
 def default_runner_source() -> Path:
-    """``runtime/runner.py`` of this installation, found by this package's own path.
+    """``runtime/runner/`` of this installation, found by this package's own path.
 
     Not ``importlib.util.find_spec("runtime")``: that would take any other installed
-    package named ``runtime``. The runner is a plain file, never imported by the daemon.
+    package named ``runtime``. The daemon imports only its ``signing`` module.
     """
-    runner = Path(__file__).resolve().parent.parent / "runtime" / "runner.py"
-    if not runner.is_file():
+    runner = Path(__file__).resolve().parent.parent / "runtime" / "runner"
+    if not (runner / "__main__.py").is_file():
         raise BuildError(f"the runner is missing at {runner}: reinstall crewship")
     return runner
+
+
+def runner_files(source: Path) -> dict[str, bytes]:
+    """The runner package's modules by name (no bytecode caches)."""
+    return {path.name: path.read_bytes() for path in sorted(source.glob("*.py"))}
+
+
+def copy_runner(source: Path, target: Path) -> None:
+    """Write the runner package at ``target`` (a new directory), its files read-only."""
+    target.mkdir()
+    for name, data in runner_files(source).items():
+        (target / name).write_bytes(data)
+        (target / name).chmod(0o444)
 
 
 def build_dirs(layout: Layout, app: str, version: int) -> tuple[Path, Path]:
@@ -115,18 +135,29 @@ def refresh_runner(target: Path, source: Path | None = None) -> bool:
 
     The runner is platform code, not the app's: a release built by an older crewship has
     an older runner, which would not speak the current daemon channel (signed requests,
-    proven replies). The swap is atomic and the file stays read-only.
+    proven replies). The new package is written beside the old one and renamed into place;
+    the files stay read-only. A release from before the runner was a package (only
+    ``crewship_runner.py``) gets the package.
     """
-    fresh = (source or default_runner_source()).read_bytes()
-    try:
-        if target.read_bytes() == fresh:
-            return False
-    except FileNotFoundError:
+    source = source or default_runner_source()
+    legacy = target.with_name(LEGACY_RUNNER_FILE)
+    if not target.is_dir() and not legacy.is_file():
         return False  # not a release with a runner of its own (an image release)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(fresh)
-    tmp.chmod(0o444)
-    os.replace(tmp, target)
+    with contextlib.suppress(OSError):
+        current = {p.name: p.read_bytes() for p in target.glob("*.py")}
+        if target.is_dir() and current == runner_files(source):
+            return False
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    if tmp.exists():
+        remove_tree(tmp)
+    copy_runner(source, tmp)
+    if target.is_dir():
+        old = target.with_name(f".{target.name}.{os.getpid()}.old")
+        os.rename(target, old)
+        os.rename(tmp, target)
+        remove_tree(old)
+    else:
+        os.rename(tmp, target)
     return True
 
 
@@ -154,13 +185,28 @@ def runner_argv(release: ReleaseMeta | BuiltRelease, host: str, port: int,
     meta = release.meta if isinstance(release, BuiltRelease) else release
     python, runner, app_dir = str(meta.python_path), str(meta.runner), str(meta.app_dir)
     if root is not None:
-        python, runner, app_dir = f"{root}/.venv/bin/python", f"{root}/{RUNNER_FILE}", root
+        # an image built before the runner was a package holds the one-file runner
+        name = LEGACY_RUNNER_FILE if (meta.dir / LEGACY_RUNNER_FILE).is_file() else RUNNER_DIR
+        python, runner, app_dir = f"{root}/.venv/bin/python", f"{root}/{name}", root
     argv = [python, runner, "--app-dir", app_dir, "--kind", meta.kind, "--package", meta.package]
     if meta.definition:
         argv += ["--definition", meta.definition]
     if meta.entrypoint:
         argv += ["--entrypoint", meta.entrypoint]
     return [*argv, "--host", host, "--port", str(port), "--instance", instance]
+
+
+class Steps:
+    """Milliseconds each step of a build took (``build_steps`` in the daemon's log)."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self.ms: dict[str, int] = {}
+
+    def mark(self, step: str) -> None:
+        now = time.monotonic()
+        self.ms[f"{step}_ms"] = round((now - self._last) * 1000)
+        self._last = now
 
 
 def report_findings(findings: list[Finding] | tuple[Finding, ...], report: Reporter) -> None:
@@ -201,13 +247,15 @@ class ReleaseBuilder:
         self.layout = layout
         self.envs = envs
         self.runner_source = runner_source
+        self._locks_checked: set[str] = set()   # (pyproject.toml, uv.lock) found consistent
 
     async def build(self, app: str, version: int, repo: Path, commit: str, report: Reporter,
                     config_keys: AbstractSet[str] = frozenset()) -> BuiltRelease:
         dest, work = build_dirs(self.layout, app, version)
+        steps = Steps()
         try:
             report.step("Validating")
-            info = await self._validate(repo, commit, work / "app", report, config_keys)
+            info = await self._validate(repo, commit, work / "app", report, config_keys, steps)
             env = await self.envs.ensure(work / "app", report)
             await asyncio.to_thread(self._assemble, app, version, commit, work, env, info)
             publish(work, dest)
@@ -215,18 +263,22 @@ class ReleaseBuilder:
             if work.exists():
                 await asyncio.to_thread(remove_tree, work)
         meta = await asyncio.to_thread(load_release, dest)
+        steps.mark("release")
+        log.info("build_steps", app=app, release=version, **steps.ms)
         report.info(f"release v{version}: {info.kind} {info.package}, env {env.key[:12]}, "
                     f"Python {env.python_version}")
         return BuiltRelease(app, version, commit, dest, env, info, meta)
 
     async def _validate(self, repo: Path, commit: str, tree: Path, report: Reporter,
-                        config_keys: AbstractSet[str]) -> ProjectInfo:
+                        config_keys: AbstractSet[str], steps: Steps) -> ProjectInfo:
         await export_commit(repo, commit, tree)
+        steps.mark("export")
         result = await asyncio.to_thread(validate, tree, config_keys)
         findings = list(result.findings)
         if result.ok:
-            stale = await check_lockfile(tree, self.envs.uv, self.envs.python)
+            stale = await self._check_lockfile(tree)
             findings += [stale] if stale else []
+        steps.mark("validate")
         report_findings(findings, report)
         if result.errors:
             first = result.errors[0]
@@ -234,11 +286,26 @@ class ReleaseBuilder:
         assert result.info is not None
         return result.info
 
+    async def _check_lockfile(self, tree: Path) -> Finding | None:
+        """``uv lock --check`` once per (pyproject.toml, uv.lock): a code-only push skips it."""
+        try:
+            digest = hashlib.sha256((tree / "pyproject.toml").read_bytes() + b"\0"
+                                    + (tree / "uv.lock").read_bytes()).hexdigest()
+        except OSError:
+            digest = None
+        if digest is not None and digest in self._locks_checked:
+            return None
+        stale = await check_lockfile(tree, self.envs.uv, self.envs.python)
+        if stale is None and digest is not None:
+            self._locks_checked.add(digest)
+        return stale
+
     def _place_runner(self, work: Path) -> None:
         runner = self.runner_source or default_runner_source()
-        if not runner.is_file():
+        if not (runner / "__main__.py").is_file():
             raise BuildError(f"the runner is missing at {runner}: reinstall crewship")
-        shutil.copyfile(runner, work / RUNNER_FILE)
+        if not (work / RUNNER_DIR).is_dir():  # the image builder placed it for its context
+            copy_runner(runner, work / RUNNER_DIR)
 
     def _assemble(self, app: str, version: int, commit: str, work: Path, env: EnvRef,
                   info: ProjectInfo, image: str | None = None) -> None:

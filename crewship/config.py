@@ -44,6 +44,9 @@ class Settings:
     restart_delay: float = 1.0
     # The process runtime runs crews under bubblewrap unless this is set (DESIGN.md 5).
     insecure_no_sandbox: bool = False
+    # The process runtime forks instances from a preloaded parent per app and environment
+    # (runtime/preload.py); off: every instance is a cold start.
+    preload: bool = True
     # Deploys (build + health-checked start) running at once across apps; 0: the core count.
     deploy_concurrency: int = 0
     # Log where the event loop was stuck whenever it answers later than this (0: off).
@@ -65,6 +68,7 @@ class Settings:
     max_kickoff_inputs: int = 256 * 1024  # a kickoff's inputs as JSON, bytes
     max_requests_per_token: int = 16      # requests in flight per bearer token (then 429)
     metrics_token: str = ""               # the Prometheus scrape token for GET /metrics
+    otlp_endpoint: str = ""               # an OTLP/HTTP collector for kickoff traces (optional)
     trusted_proxies: tuple[str, ...] = ()  # proxies whose X-Forwarded-Proto is believed
     # Backups (crewship/service/backups.py): every backup_interval seconds, the newest
     # backup_keep kept; also stored in a restic repository when both restic settings are set.
@@ -171,6 +175,7 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_CRASH_WINDOW": ("crash_window", float),
     "CREWSHIP_RESTART_DELAY": ("restart_delay", float),
     "CREWSHIP_INSECURE_NO_SANDBOX": ("insecure_no_sandbox", parse_flag),
+    "CREWSHIP_PRELOAD": ("preload", parse_flag),
     "CREWSHIP_LOOP_WATCHDOG": ("loop_watchdog", float),
     "CREWSHIP_USAGE_INTERVAL": ("usage_interval", float),
     "CREWSHIP_USAGE_POINT_INTERVAL": ("usage_point_interval", float),
@@ -185,6 +190,7 @@ _ENV_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREWSHIP_MAX_KICKOFF_INPUTS": ("max_kickoff_inputs", int),
     "CREWSHIP_MAX_REQUESTS_PER_TOKEN": ("max_requests_per_token", int),
     "CREWSHIP_METRICS_TOKEN": ("metrics_token", str),
+    "CREWSHIP_OTLP_ENDPOINT": ("otlp_endpoint", str),
     "CREWSHIP_TRUSTED_PROXIES": ("trusted_proxies",
                                  lambda v: tuple(p.strip() for p in v.split(",") if p.strip())),
     "CREWSHIP_BACKUP_INTERVAL": ("backup_interval", parse_duration),

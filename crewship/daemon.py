@@ -20,8 +20,11 @@ from crewship.service.backups import BackupService, backup_forever, restic_from
 from crewship.service.deploys import Deployer
 from crewship.service.dispatch import KickoffLimits
 from crewship.service.kickoffs import KickoffService
+from crewship.service.notify import Deliverer
+from crewship.service.otlp import make_export
 from crewship.service.platform import Platform
 from crewship.service.restore import Rebuilder
+from crewship.service.streaming import EventStreamer
 from crewship.service.telemetry import Telemetry, runtime_states
 from crewship.service.usage import UsageMonitor
 from crewship.store.history import Retention, prune_forever
@@ -83,11 +86,17 @@ class Daemon:
         self.deployer = self.platform.engine.deployer = Deployer(
             settings, self.layout, self.platform.apps_store, self.platform.repos,
             self.platform.releases, self.platform.config_store, builder, self.supervisor)
+        metrics = self.platform.metrics
         self.kickoffs = KickoffService(self.db, self.supervisor, KickoffLimits(
             concurrency=settings.kickoff_concurrency, queue=settings.kickoff_queue,
-            timeout=settings.kickoff_timeout))
+            timeout=settings.kickoff_timeout), streamer=EventStreamer(
+                Deliverer(settings.url_policy()),
+                done=lambda ok, n: metrics.webhooks.labels(
+                    "event", "delivered" if ok else "failed").inc()))
         self.platform.engine.kickoffs = self.kickoffs
-        self.telemetry = Telemetry(settings, self.platform.metrics, self.platform.alerts)
+        self.telemetry = Telemetry(settings, self.platform.metrics, self.platform.alerts,
+                                   otlp=make_export(settings.otlp_endpoint,
+                                                    settings.url_policy()))
         self.platform.engine.deployer.on_event = self.kickoffs.on_event = self.telemetry.handle
         self.platform.metrics.states = runtime_states(self.platform.apps_store, self.supervisor)
         self.usage = self.platform.engine.usage = make_usage(settings, self.backend,
@@ -238,10 +247,10 @@ def make_backend(settings: Settings, layout: Layout) -> Backend:
         logger.info("limits_enforced", by="cgroups v2" if usable else "usage watchdog (RSS)")
         if settings.insecure_no_sandbox:
             logger.warning("sandbox_disabled", reason="--insecure-no-sandbox")
-            return ProcessBackend(layout, cgroups=usable)
+            return ProcessBackend(layout, cgroups=usable, preload=settings.preload)
         sandbox = Sandbox()
         sandbox.check()  # fails now, with the reason and the fix
-        return ProcessBackend(layout, sandbox=sandbox, cgroups=usable)
+        return ProcessBackend(layout, sandbox=sandbox, cgroups=usable, preload=settings.preload)
     if settings.runtime == "docker":
         from runtime.docker import DockerBackend, connect
 

@@ -3,7 +3,8 @@
 The deployer and the kickoff service emit these through an ``EventSink``; the daemon
 wires the sink to ``crewship.service.telemetry.Telemetry``. The supervisor's own events
 (``runtime.events``: ``InstanceExited``, ``AppCrashed``, ...) reach the same sink.
-No event ever carries a config value or a token.
+No event ever carries a config value or a token (``HumanInputDue`` carries the
+human-input receiver's own credentials for its delivery, never in its repr).
 """
 
 from __future__ import annotations
@@ -42,17 +43,32 @@ class KickoffFinished:
     token_usage: dict[str, int] | None = None
     meta: Any = None
     webhooks: dict[str, str] = field(default_factory=dict)
+    trace: list[dict[str, Any]] = field(default_factory=list)   # its spans (traces.py)
 
 
 @dataclass(frozen=True)
 class WebhookDue:
-    """A task or step webhook a running kickoff produced, to deliver to ``url`` (C.7)."""
+    """A task or step webhook a running kickoff produced, to deliver to ``url`` (C.7), or
+    (``kind="event"``) a streamed crewAI event, which the kickoff service hands to its
+    event streamer (with the kickoff's credentials) instead of to telemetry."""
 
     app: str
     kickoff_id: str
-    kind: str                  # task | step
+    kind: str                  # task | step | event
     url: str
     body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HumanInputDue:
+    """A kickoff waits for a human (C.5): tell ``url`` (with ``headers``) and the task webhook."""
+
+    app: str
+    kickoff_id: str
+    body: dict[str, Any]
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # its own credentials
+    task_url: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from crewship.errors import InvalidInputError
+from crewship.service.traces import timeline
 from crewship.store.alerts import EVENTS
 from gitserver.command import ArgumentParser, Context, app_arg, command, when
 
@@ -18,7 +19,10 @@ def _seconds(value: float | None) -> str:
 def _kickoffs_args(p: ArgumentParser) -> None:
     app_arg(p)
     p.add_argument("-n", "--num", type=int, default=20, help="how many (default 20, max 1000)")
-    p.add_argument("--state", help="only PENDING, RUNNING, SUCCESS, FAILURE or REVOKED")
+    p.add_argument("--state", help="only PENDING, RUNNING, PENDING_HUMAN_INPUT (or WAITING), "
+                                    "SUCCESS, FAILURE or REVOKED")
+    p.add_argument("--trace", metavar="ID",
+                   help="one kickoff's execution trace as an indented timeline")
 
 
 def _kickoff_row(k: dict[str, Any]) -> list[str]:
@@ -29,15 +33,34 @@ def _kickoff_row(k: dict[str, Any]) -> list[str]:
             str(usage.get("total_tokens", "-")), error]
 
 
-@command("kickoffs", "list an app's kickoffs, newest first (execution history)",
+@command("kickoffs", "list an app's kickoffs, newest first (execution history), or one's "
+         "trace (--trace ID)",
          _kickoffs_args, read=True)
 async def kickoffs(ctx: Context, args: argparse.Namespace) -> int:
+    if args.trace:
+        return await _trace(ctx, args)
     found = ctx.platform.monitoring.kickoff_history(ctx.user, args.app, limit=args.num, state=args.state)
     which = f" in state {args.state.upper()}" if args.state else ""
     return ctx.listing(args.json, found, empty=f"{args.app} has no kickoffs{which} yet",
                        title=f"{args.app} kickoffs", row=_kickoff_row,
                        headers=["KICKOFF", "STATE", "RELEASE", "STARTED (UTC)", "DURATION", "TOKENS",
                                 "ERROR"])
+
+
+async def _trace(ctx: Context, args: argparse.Namespace) -> int:
+    trace = await ctx.platform.monitoring.kickoff_trace_live(ctx.user, args.app, args.trace)
+    spans = trace["spans"]
+    if args.json:
+        ctx.out_json(spans)
+        return 0
+    if not spans:
+        ctx.out(f"kickoff {args.trace} ({trace['state']}) has no trace yet")
+        return 0
+    ctx.out(f"{args.app} kickoff {args.trace} ({trace['state']}): {len(spans)} spans "
+            "(start, duration, what, status, tokens)")
+    for line in timeline(spans):
+        ctx.out(line)
+    return 0
 
 
 @command("alerts", "list an app's alert receivers", app_arg, read=True)

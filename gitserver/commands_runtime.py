@@ -34,7 +34,8 @@ async def status(ctx: Context, args: argparse.Namespace) -> int:
             ["commit", (info["commit"] or "-")[:12]], ["uptime", _duration(info["uptime_seconds"])],
             ["restarts", str(info["restarts"])], ["scale", str(info["scale"])],
             ["kickoffs", f"{info['kickoffs']['running']} running, "
-                         f"{info['kickoffs']['queued']} queued"],
+                         f"{info['kickoffs']['queued']} queued, "
+                         f"{info['kickoffs'].get('waiting', 0)} waiting for human input"],
             ["url", info["url"]], ["git", info["git_url"]],
             ["sandbox", info["sandbox_note"]]]
     for key, value in rows:
@@ -180,14 +181,14 @@ async def kickoff(ctx: Context, args: argparse.Namespace) -> int:
         inputs = json.loads(args.inputs)
     except ValueError:
         raise InvalidInputError("inputs must be a JSON object, e.g. '{\"topic\": \"AI\"}'") from None
-    kickoff_id = await ctx.platform.ops.kickoff(app, inputs)
+    kickoff_id = await ctx.platform.ops.user_kickoff(ctx.user, args.app, inputs)
     if not args.wait:
         ctx.out(kickoff_id)
         return 0
     while True:
         result = await ctx.platform.ops.kickoff_status(app, kickoff_id)
-        if result["state"] in ("SUCCESS", "FAILURE", "REVOKED"):
-            break
+        if result["state"] in ("SUCCESS", "FAILURE", "REVOKED", "PENDING_HUMAN_INPUT"):
+            break  # a kickoff waiting for a human goes on after POST /resume
         await asyncio.sleep(0.5)
     ctx.out_json(result)
-    return 0 if result["state"] == "SUCCESS" else 1
+    return 0 if result["state"] in ("SUCCESS", "PENDING_HUMAN_INPUT") else 1

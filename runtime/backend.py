@@ -36,6 +36,19 @@ def instance_name(release: int, index: int) -> str:
 
 
 @dataclass(frozen=True)
+class PreloadSpec:
+    """What the process runtime needs to fork an instance from a preloaded parent
+    (runtime/preload.py): one parent per app and ``key`` (the dependency environment)."""
+
+    key: str
+    python: str                # the environment's interpreter
+    runner: Path               # a release's runner package (the parent runs it)
+    releases: Path             # releases/<app>: every release the parent may fork
+    env_path: Path
+    env: dict[str, str] = field(repr=False)  # the base environment: no config values
+
+
+@dataclass(frozen=True)
 class InstanceSpec:
     """What to run for one instance: the caller builds argv and env."""
 
@@ -59,6 +72,10 @@ class InstanceSpec:
     # The runner channel's secret (runtime/channel.py): the backend hands it to the runner
     # out of band (stdin, a read-only file), never in argv or env. Never print it.
     secret: str = field(default="", repr=False)
+    # Set: the process runtime may fork this instance from a preloaded parent.
+    preload: PreloadSpec | None = None
+    # Directories bound writable into the sandbox besides HOME (a parent's control dir).
+    writable: tuple[Path, ...] = ()
 
     @property
     def name(self) -> str:

@@ -34,7 +34,7 @@ import anyio._backends._asyncio  # noqa: F401  # loaded lazily, it stalled the l
 import httpx
 
 from crewship.errors import CrewshipError
-from runtime.runner import PROOF_HEADER, SIGNATURE_HEADER, response_mac, sign
+from runtime.runner.signing import PROOF_HEADER, SIGNATURE_HEADER, response_mac, sign
 
 SECRET_BYTES = 32
 

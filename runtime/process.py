@@ -11,6 +11,11 @@
   stop reaches the crew inside and a kill ends the whole namespace, adopted or not.
 - Exits are noticed through a pidfd (also for adopted processes, which are not our
   children), falling back to polling ``/proc``.
+- With ``preload`` (runtime/preload.py) an instance whose spec allows it is forked from
+  its app's preloaded parent instead (a cold start when that is not possible): the
+  recorded pid is then the forked runner itself (its own session, inside the parent's
+  sandbox), it gets the same relay, secret and environment, and its exit status comes
+  from the parent (``preload`` in its record).
 
 Why ``subprocess.Popen`` and not ``asyncio.create_subprocess_exec`` (the house
 helper): asyncio's subprocess transport kills a still-running child when it is
@@ -37,7 +42,9 @@ from typing import Any
 from crewship.config import Layout
 from crewship.log import get as get_logger
 from runtime.backend import STATUS_UNKNOWN, BackendError, InstanceRef, InstanceSpec
+from runtime.forkserver import Forked
 from runtime.logs import LOG_NAME, open_append
+from runtime.preload import Preloader
 from runtime.sandbox import Launch, Sandbox, first_child, read_init_pid
 from runtime.usage import Cgroups, process_tree, scan_proc
 
@@ -75,16 +82,22 @@ class _Tracked:
     exited: asyncio.Future[int] | None = None
     watcher: asyncio.Task[None] | None = None
     relay: subprocess.Popen[bytes] | None = None   # its output's relay (our child)
+    preload: str | None = None   # forked from this preloaded parent (<app>/<gen>)
 
 
 class ProcessBackend:
     """Instances as local processes; see the module docstring."""
 
     def __init__(self, layout: Layout, poll_interval: float = 0.2,
-                 sandbox: Sandbox | None = None, cgroups: Cgroups | None = None) -> None:
+                 sandbox: Sandbox | None = None, cgroups: Cgroups | None = None,
+                 preload: bool = False) -> None:
         """``sandbox`` None runs crews unsandboxed (``--insecure-no-sandbox``, tests);
         ``cgroups`` (a usable cgroup v2 hierarchy) enforces the spec's memory and CPU limits,
-        without it the daemon's usage watchdog kills an instance over its memory limit."""
+        without it the daemon's usage watchdog kills an instance over its memory limit;
+        ``preload`` forks instances from preloaded parents where their spec allows it."""
+        # Also when off: the parents a previous daemon started are retired (prune_apps).
+        self.preloader = Preloader(layout, sandbox, _start_relay)
+        self.preload = preload
         self._layout = layout
         self.sandbox = sandbox
         self.cgroups = cgroups
@@ -101,29 +114,52 @@ class ProcessBackend:
         ident = f"{spec.app}-{spec.name}-{secrets.token_hex(3)}"
         if not _SAFE_ID.match(ident):
             raise BackendError(f"cannot start {spec.name}: unsafe app name {spec.app!r}")
+        relay, popen, forked, init = await self._launch(spec, ident)
+        pid = forked.pid if forked is not None else popen.pid if popen is not None else -1
+        if self.cgroups is not None and (spec.memory or spec.cpus):
+            await asyncio.to_thread(self._confine, spec, ident, pid)
+        stat = proc_stat(pid)
+        ref = InstanceRef(id=ident, app=spec.app, release=spec.release, index=spec.index,
+                          host=spec.host, port=spec.port, pid=pid, started_at=time.time())
+        tracked = _Tracked(ref, pid, stat[1] if stat else -1, popen, init=init, relay=relay,
+                           preload=forked.control if forked is not None else None)
+        self._tracked[ident] = tracked
+        try:
+            self._write_record(tracked, spec.argv[0])
+        except OSError:
+            if forked is not None:
+                forked.abandon()
+            raise
+        if forked is not None:
+            forked.go()  # recorded: now it may run
+        log.info("instance_started", app=spec.app, instance=ident, pid=pid,
+                 forked=forked is not None)
+        return ref
+
+    async def _launch(self, spec: InstanceSpec, ident: str) -> tuple[
+            subprocess.Popen[bytes], subprocess.Popen[bytes] | None, Forked | None,
+            tuple[int, int] | None]:
+        """(its log relay, the process or the fork, its sandbox's init) of a new instance."""
         relay: subprocess.Popen[bytes] | None = None
+        popen: subprocess.Popen[bytes] | None = None
+        forked: Forked | None = None
+        init: tuple[int, int] | None = None
         try:
             relay, fd = await asyncio.to_thread(_start_relay, self._layout.app_logs(spec.app),
                                                 spec.name)
             try:
-                popen, init = await asyncio.to_thread(self._spawn, spec, fd)
+                if self.preload:
+                    forked = await self.preloader.fork(spec, ident, fd)
+                if forked is None:
+                    popen, init = await asyncio.to_thread(self._spawn, spec, fd)
             finally:
                 os.close(fd)
         except OSError as exc:
             if relay is not None:
                 _reap_relay(relay, 2.0)  # its pipe has no writer left: it ends now
             raise BackendError(f"cannot start {spec.name}: {exc.strerror or exc}") from exc
-        if self.cgroups is not None and (spec.memory or spec.cpus):
-            await asyncio.to_thread(self._confine, spec, ident, popen.pid)
-        stat = proc_stat(popen.pid)
-        ref = InstanceRef(id=ident, app=spec.app, release=spec.release, index=spec.index,
-                          host=spec.host, port=spec.port, pid=popen.pid,
-                          started_at=time.time())
-        tracked = _Tracked(ref, popen.pid, stat[1] if stat else -1, popen, init=init, relay=relay)
-        self._tracked[ident] = tracked
-        self._write_record(tracked, spec.argv[0])
-        log.info("instance_started", app=spec.app, instance=ident, pid=popen.pid)
-        return ref
+        assert relay is not None
+        return relay, popen, forked, init
 
     def _spawn(self, spec: InstanceSpec, log_fd: int
                ) -> tuple[subprocess.Popen[bytes], tuple[int, int] | None]:
@@ -175,7 +211,8 @@ class ProcessBackend:
         record = {"id": ref.id, "app": ref.app, "release": ref.release, "index": ref.index,
                   "pid": tracked.pid, "proc_start": tracked.start, "host": ref.host,
                   "port": ref.port, "started_at": ref.started_at, "argv0": argv0,
-                  "sandbox_init": list(tracked.init) if tracked.init else None}
+                  "sandbox_init": list(tracked.init) if tracked.init else None,
+                  "preload": tracked.preload}
         path = self._record_path(ref.id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -220,7 +257,7 @@ class ProcessBackend:
         if record is None or record["pid"] != ref.pid:
             return None
         tracked = _Tracked(ref, int(record["pid"]), int(record["proc_start"]),
-                           init=_init_from(record))
+                           init=_init_from(record), preload=record.get("preload"))
         self._tracked[ref.id] = tracked
         return tracked
 
@@ -293,6 +330,9 @@ class ProcessBackend:
         its sandbox, should the outer bwrap have been killed on its own)."""
         if tracked.init is not None:
             _signal_sandbox(tracked.init, signal.SIGKILL, whole=True)
+        if tracked.preload is not None:
+            status = await self.preloader.exit_status(tracked.preload, tracked.ref.id)
+            return STATUS_UNKNOWN if status is None else status
         if tracked.popen is None:
             return _reap_foreign(tracked)
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -317,7 +357,8 @@ class ProcessBackend:
                 path.unlink(missing_ok=True)
                 continue
             ref = _ref_from(record)
-            self._tracked.setdefault(ref.id, _Tracked(ref, pid, start, init=_init_from(record)))
+            self._tracked.setdefault(ref.id, _Tracked(ref, pid, start, init=_init_from(record),
+                                                      preload=record.get("preload")))
             refs.append(ref)
         return refs
 
@@ -331,8 +372,17 @@ class ProcessBackend:
             return None
         return record
 
+    def stop_app(self, app: str) -> None:
+        """``app`` is stopped: its preloaded parent goes once its instances have."""
+        self.preloader.stop_app(app)
+
+    def prune_apps(self, keep: set[str]) -> None:
+        """After adoption: the preloaded parents of apps nobody runs go."""
+        self.preloader.prune(keep if self.preload else set())
+
     async def aclose(self) -> None:
         """Stop watching; the instances keep running for the next daemon to adopt."""
+        await self.preloader.aclose()
         tasks = [t.watcher for t in self._tracked.values() if t.watcher is not None]
         for task in tasks:
             task.cancel()

@@ -133,12 +133,17 @@ class Sandbox:
         """
         argv = [*self._base(), *self._mounts(spec), "--chdir", str(spec.cwd),
                 "--info-fd", str(info_fd)]
-        if self.as_root:  # the app's uid has no passwd entry: getpass.getuser() reads these
-            for var in ("USER", "LOGNAME"):
-                if var not in spec.env:
-                    argv += ["--setenv", var, f"crew-{spec.app}"]
+        for var, value in self.setenv(spec).items():
+            argv += ["--setenv", var, value]
         argv += ["--", *self._drop(self.uid_of(spec)), *spec.argv]
         return Launch(argv, pass_fds=(info_fd,), info_fd=info_fd)
+
+    def setenv(self, spec: InstanceSpec) -> dict[str, str]:
+        """What the sandbox adds to the instance's environment."""
+        if not self.as_root:
+            return {}
+        # the app's uid has no passwd entry: getpass.getuser() reads these
+        return {var: f"crew-{spec.app}" for var in ("USER", "LOGNAME") if var not in spec.env}
 
     def _base(self) -> list[str]:
         argv = [self.bwrap]
@@ -173,6 +178,7 @@ class Sandbox:
         binds = [("--ro-bind", p) for p in readonly]
         if spec.home is not None:
             binds.append(("--bind", spec.home))
+        binds += [("--bind", p) for p in spec.writable]
         # Directories bwrap would make on the way are 0700 root: make them traversable
         # (0711: a crew under its own uid cannot even list the mount points).
         made = {Path("/"), Path(_TMP)}

@@ -61,6 +61,11 @@ from runtime.events import (
 from runtime.logs import AppLog
 
 log = get_logger(__name__)
+# A forked instance is healthy in a few hundred ms, a cold one in seconds: probe every 20 ms
+# for the first 2 s, then back off (x1.5 a probe) to the supervisor's health_interval.
+HEALTH_FIRST_INTERVAL = 0.02
+HEALTH_FAST_FOR = 2.0
+HEALTH_BACKOFF = 1.5
 
 
 
@@ -260,6 +265,9 @@ class Supervisor:
             await self._wait_retired(st)
             st.log.system("stopped")
             del self._apps[app]
+        forget = getattr(self._backend, "stop_app", None)  # a preloaded parent, if any
+        if forget is not None:
+            forget(app)
 
     async def adopt(self, app: str, release: int, make_spec: MakeSpec, scale: int,
                     *, crashed: bool = False) -> None:
@@ -310,6 +318,9 @@ class Supervisor:
         await asyncio.gather(*(self._stop_quietly(ref, self._stop_grace) for ref in orphans))
         for ref in orphans:
             log.info("orphan_stopped", app=ref.app, instance=ref.id, release=ref.release)
+        prune = getattr(self._backend, "prune_apps", None)  # preloaded parents, if any
+        if prune is not None:
+            prune(set(self._apps) | set(spare))
         return [ref.id for ref in orphans]
 
     async def _fill_missing(self, st: _App, make_spec: MakeSpec, scale: int) -> None:
@@ -363,12 +374,14 @@ class Supervisor:
         self._recent_ports.append(port)
         spec = dataclasses.replace(make_spec(index, port), secret=new_secret())
         offset = st.log.size()
+        started = time.monotonic()
         try:
             ref = await self._backend.start(spec)
         except CrewshipError as exc:
             raise InstanceFailedError(f"{spec.name} could not start: {exc}",
                                       instance=spec.name, reason=str(exc)) from exc
         self._secrets.put(ref.id, spec.secret)
+        spawned = time.monotonic()
         try:
             await self._await_healthy(ref)
         except InstanceFailedError as exc:
@@ -380,10 +393,18 @@ class Supervisor:
         except BaseException:  # cancelled (a newer deploy or a stop): clean up behind us
             self._spawn(self._stop_quietly(ref, self._stop_grace))
             raise
+        healthy = time.monotonic()
+        log.info("instance_healthy", app=st.name, instance=ref.id,
+                 start_ms=round((spawned - started) * 1000),
+                 health_ms=round((healthy - spawned) * 1000))
         return _Instance(ref, up_since=self._clock())
 
     async def _await_healthy(self, ref: InstanceRef) -> None:
+        """Probe until healthy: often at first (``HEALTH_FIRST_INTERVAL``), then backing off
+        to ``health_interval``."""
         exited = asyncio.ensure_future(self._backend.wait(ref))
+        interval = min(HEALTH_FIRST_INTERVAL, self._health_interval)
+        fast_until = time.monotonic() + HEALTH_FAST_FOR
         try:
             async with asyncio.timeout(self._health_timeout):
                 while True:
@@ -395,7 +416,9 @@ class Supervisor:
                         raise self._unhealthy(ref, f"{why} ({text})" if why else text)
                     if await self._probe(ref):
                         return
-                    await asyncio.wait({exited}, timeout=self._health_interval)
+                    await asyncio.wait({exited}, timeout=interval)
+                    if time.monotonic() > fast_until:
+                        interval = min(interval * HEALTH_BACKOFF, self._health_interval)
         except TimeoutError:
             raise self._unhealthy(ref, f"timed out after {self._health_timeout:g} s") from None
         finally:

@@ -3,8 +3,10 @@
     GET  /                                   the user's apps (JSON for Accept: application/json)
     GET  /dashboard/login, POST              a form taking a user API token
     POST /dashboard/logout
-    GET  /dashboard/apps/NAME                status, log tail, kickoffs, restarts, releases
+    GET  /dashboard/apps/NAME                status, charts, kickoffs, log tail, releases
+    GET  /dashboard/apps/NAME/kickoffs/ID    a kickoff: inputs, result, its trace as a timeline
     GET  /dashboard/apps/NAME/logs/stream    the log tail as server-sent events
+    POST /dashboard/apps/NAME/{kickoff,restart,rollback,scale}   (dashboard_actions.py)
     GET  /dashboard/static/dashboard.{css,js}
 
 The login form trades a user API token for a server-side session: the HttpOnly,
@@ -13,7 +15,8 @@ random session id, stored hashed and tied to the token, so revoking the token or
 removing the user ends the session, and an open log stream within ``RECHECK`` seconds.
 POSTs carry the session's CSRF token and must not come from another origin. Every read
 goes through the platform with the user's access (no access reads as "not found"); the
-HTML is in ``dashboard_html``.
+pages are Jinja2 templates with autoescaping (``dashboard_html``). Every figure on the app
+page is computed by SQLite over the whole window it names (crewship/store/stats.py).
 """
 
 from __future__ import annotations
@@ -21,14 +24,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import (
-    HTMLResponse,
     JSONResponse,
     PlainTextResponse,
     RedirectResponse,
@@ -39,9 +41,10 @@ from starlette.routing import Route
 
 from crewship import log
 from crewship.api import dashboard_html as html
-from crewship.api import dashboard_usage as usage_html
+from crewship.api.sse import sse_events
 from crewship.errors import CrewshipError
-from crewship.model import User
+from crewship.model import AccessLevel, User
+from crewship.service.lifecycle import MAX_SCALE
 from crewship.service.platform import Platform
 from crewship.store.sessions import csrf_token
 
@@ -53,11 +56,7 @@ MAX_TOKEN = 256
 MAX_FORM = 8192          # the login and logout forms, bytes (bounded while they stream)
 TAIL_LINES = 100
 RECENT_KICKOFFS = 20
-STATS_WINDOW = dt.timedelta(hours=24)
-STATS_LIMIT = 1000        # the newest kickoffs the p50/p95 are computed over (history's max)
-HEARTBEAT = 15.0          # seconds between SSE keep-alive comments
-RECHECK = 2.0             # seconds between a log stream's session and access re-checks
-FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
+DEPLOY_DAYS = 30          # the deploys chart's window
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
                                "connect-src 'self'; img-src 'self'; form-action 'self'; "
@@ -69,17 +68,6 @@ PageHandler = Callable[[Request, "Visitor"], Awaitable[Response]]
 
 
 # --------------------------------------------------------------------- pure parts
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q`` quantile (0..1) by linear interpolation between ranks; None if empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 def _when(text: Any) -> dt.datetime | None:
     try:
         return dt.datetime.fromisoformat(str(text)) if text else None
@@ -95,67 +83,8 @@ def kickoff_duration(row: dict[str, Any]) -> float | None:
     return (finished - started).total_seconds() if started and finished else None
 
 
-def kickoff_stats(rows: list[dict[str, Any]], now: dt.datetime) -> dict[str, Any]:
-    """Count, failures and p50/p95 duration of the finished kickoffs of the last 24 h."""
-    cutoff = now - STATS_WINDOW
-    recent = [r for r in rows if (at := _when(r.get("created_at"))) is not None and at >= cutoff]
-    durations = [d for r in recent if r.get("state") in FINISHED
-                 and (d := kickoff_duration(r)) is not None]
-    return {"count": len(recent), "failed": sum(r.get("state") == "FAILURE" for r in recent),
-            "p50": percentile(durations, 0.5), "p95": percentile(durations, 0.95)}
-
-
-def sse_message(line: str) -> str:
-    """One server-sent event carrying ``line`` (a newline in it becomes a second data line)."""
-    return "".join(f"data: {part}\n" for part in line.replace("\r", "").split("\n")) + "\n"
-
-
-async def _pump(lines: AsyncIterator[str], queue: asyncio.Queue[str | None]) -> None:
-    try:
-        async for line in lines:
-            await queue.put(line)
-    except CrewshipError as exc:
-        logger.warning("log_stream_failed", error=str(exc))
-    await queue.put(None)
-
-
-async def sse_events(lines: AsyncIterator[str], allowed: Callable[[], bool],
-                     heartbeat: float = HEARTBEAT,
-                     recheck: float = RECHECK) -> AsyncGenerator[str, None]:
-    """``lines`` as server-sent events, with a keep-alive comment every ``heartbeat``
-    seconds; ``allowed()`` is asked every ``recheck`` seconds (busy or idle) and the
-    stream ends once it turns False, or when ``lines`` does. Closing this generator
-    (the client went away) cancels the reader, which closes the log."""
-    queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1000)
-    reader = asyncio.create_task(_pump(lines, queue))
-    clock = asyncio.get_running_loop().time
-    recheck = min(recheck, heartbeat)
-    try:
-        yield "retry: 3000\n\n"
-        checked = sent = clock()
-        while True:
-            if clock() - checked >= recheck:
-                if not allowed():
-                    return
-                checked = clock()
-                if checked - sent >= heartbeat:
-                    yield ": keep-alive\n\n"
-                    sent = checked
-            try:
-                line = await asyncio.wait_for(queue.get(), max(0.0, checked + recheck - clock()))
-            except TimeoutError:
-                continue
-            if line is None:
-                return
-            yield sse_message(line)
-            sent = clock()
-    finally:
-        reader.cancel()
-        await asyncio.wait([reader])
-
-
 # ------------------------------------------------------------------------ plumbing
-def _platform(request: Request) -> Platform:
+def platform_of(request: Request) -> Platform:
     platform: Platform = request.app.state.platform
     return platform
 
@@ -172,27 +101,39 @@ class Visitor:
         return csrf_token(self.session)
 
 
-def _visitor(request: Request) -> Visitor | None:
+def visitor_of(request: Request) -> Visitor | None:
     session = request.cookies.get(COOKIE, "")
-    user = _platform(request).users.session_user(session) if session else None
+    user = platform_of(request).users.session_user(session) if session else None
     return Visitor(user, session) if user is not None else None
 
 
 def logged_in(request: Request) -> User | None:
     """The user of the browser's live dashboard session, if any."""
-    visitor = _visitor(request)
+    visitor = visitor_of(request)
     return visitor.user if visitor is not None else None
 
 
-def _html(body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+def page(request: Request, name: str, context: dict[str, Any], visitor: Visitor | None = None,
+         status: int = 200) -> Response:
+    """``templates/dashboard/NAME`` with the visitor's name and CSRF token, autoescaped."""
+    frame = {"user": visitor.user.name, "csrf": visitor.csrf} if visitor else {}
+    return html.TEMPLATES.TemplateResponse(request, f"dashboard/{name}", {**context, **frame},
+                                           status_code=status, headers=SECURITY_HEADERS)
+
+
+def error_page(request: Request, exc: CrewshipError, visitor: Visitor | None,
+               back: str | None = None) -> Response:
+    context = {"title": f"Error {exc.http_status}", "status": exc.http_status,
+               "message": str(exc), "back": back, "back_name": back.rsplit("/", 1)[-1] if back
+               else None}
+    return page(request, "error.html", context, visitor, exc.http_status)
 
 
 def _forget_cookie(response: Response) -> None:
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
 
 
-def _to_login(request: Request) -> Response:
+def to_login(request: Request) -> Response:
     response = RedirectResponse(LOGIN, status_code=303)
     if COOKIE in request.cookies:  # unknown, ended or expired: forget it
         _forget_cookie(response)
@@ -201,7 +142,7 @@ def _to_login(request: Request) -> Response:
 
 def _via_trusted_proxy(request: Request) -> bool:
     client = request.client.host if request.client else ""
-    return client in _platform(request).settings.trusted_proxies
+    return client in platform_of(request).settings.trusted_proxies
 
 
 def came_over_tls(request: Request) -> bool:
@@ -236,14 +177,13 @@ def page_view(handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
     """Log-in required; crewship errors become an HTML page with their status."""
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
-        visitor = _visitor(request)
+        visitor = visitor_of(request)
         if visitor is None:
-            return _to_login(request)
+            return to_login(request)
         try:
             return await handler(request, visitor)
         except CrewshipError as exc:
-            return _html(html.error_page(exc.http_status, str(exc), visitor.user.name,
-                                         visitor.csrf), exc.http_status)
+            return error_page(request, exc, visitor)
     return endpoint
 
 
@@ -268,44 +208,73 @@ def _app_row(platform: Platform, user: User, name: str) -> dict[str, Any]:
 
 @page_view
 async def apps_view(request: Request, visitor: Visitor) -> Response:
-    platform, user = _platform(request), visitor.user
+    platform, user = platform_of(request), visitor.user
     rows = [_app_row(platform, user, app.name) for app in platform.apps(user)]
     backups = None
     if user.is_admin and platform.backups is not None:
         backups = await asyncio.to_thread(platform.backups.status)
-    return _html(html.apps_page(user.name, rows, visitor.csrf, backups))
+    return page(request, "apps.html", html.apps_context(rows, backups), visitor)
+
+
+async def _kickoff_form(platform: Platform, user: User, name: str) -> dict[str, Any]:
+    """The form's fields from the crew's ``/inputs``, or why there are none to show."""
+    try:
+        described = await platform.ops.user_inputs(user, name)
+    except CrewshipError as exc:
+        return html.kickoff_form(None, f"The crew's inputs are unknown right now ({exc}): "
+                                       "give them as a JSON object.")
+    return html.kickoff_form(described, None)
 
 
 @page_view
 async def app_view(request: Request, visitor: Visitor) -> Response:
-    platform, user = _platform(request), visitor.user
+    platform, user = platform_of(request), visitor.user
     name = request.path_params["app"]
     status = platform.ops.status(user, name)       # READ access, or "not found"
     releases = platform.lifecycle.release_history(user, name, limit=20)
-    history = platform.monitoring.kickoff_history(user, name, limit=STATS_LIMIT)
-    stats = kickoff_stats(history, dt.datetime.now(dt.UTC))
-    recent = [{**row, "duration": kickoff_duration(row)} for row in history[:RECENT_KICKOFFS]]
-    usage = usage_html.usage_card(status["instances"], platform.monitoring.usage_chart(user, name))
-    return _html(html.app_page(user.name, status, releases, recent, stats, visitor.csrf, usage))
+    monitoring = platform.monitoring
+    recent = [{**row, "duration": kickoff_duration(row)}
+              for row in monitoring.kickoff_history(user, name, limit=RECENT_KICKOFFS)]
+    can_deploy = platform.level(user, platform.app_for(user, name)) >= AccessLevel.DEPLOY
+    form = await _kickoff_form(platform, user, name) if can_deploy else None
+    context = html.app_context(
+        status, releases, recent, monitoring.kickoff_window(user, name),
+        monitoring.deploys_per_day(user, name, days=DEPLOY_DAYS),
+        monitoring.usage_chart(user, name), can_deploy=can_deploy, form=form,
+        max_scale=MAX_SCALE)
+    return page(request, "app.html", context, visitor)
+
+
+@page_view
+async def kickoff_view(request: Request, visitor: Visitor) -> Response:
+    platform, user = platform_of(request), visitor.user
+    name, kickoff_id = request.path_params["app"], request.path_params["kickoff_id"]
+    kickoff = await platform.monitoring.kickoff(user, name, kickoff_id)
+    spans = await platform.monitoring.kickoff_trace(user, name, kickoff_id)
+    context = html.kickoff_context(name, kickoff, spans, kickoff_duration(kickoff))
+    return page(request, "kickoff.html", context, visitor)
 
 
 async def login_form(request: Request) -> Response:
-    if _visitor(request) is not None:
+    if visitor_of(request) is not None:
         return RedirectResponse("/", status_code=303)
-    return _html(html.login_page())
+    return page(request, "login.html", {"title": "Log in"})
 
 
 async def login(request: Request) -> Response:
     """Trade a user API token for a session: the cookie holds only the session's id."""
     if not same_origin(request):
-        return _html(html.login_page("That form came from another site."), 403)
+        return page(request, "login.html", {"title": "Log in",
+                                            "error": "That form came from another site."},
+                    status=403)
     async with request.form(max_files=0, max_fields=4) as form:
         token = form.get("token")
     token = token.strip() if isinstance(token, str) else ""
-    opened = _platform(request).users.open_session(token) if 0 < len(token) <= MAX_TOKEN else None
+    opened = platform_of(request).users.open_session(token) if 0 < len(token) <= MAX_TOKEN else None
     if opened is None:
         logger.info("dashboard_login_failed", client=request.client.host if request.client else None)
-        return _html(html.login_page("That token is unknown, revoked or expired."), 401)
+        return page(request, "login.html", {"title": "Log in", "error": "That token is "
+                                            "unknown, revoked or expired."}, status=401)
     user, session = opened
     logger.info("dashboard_login_succeeded", user=user.name)
     response = RedirectResponse("/", status_code=303)
@@ -316,7 +285,7 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     """End the session; the form must carry the session's CSRF token."""
-    visitor = _visitor(request)
+    visitor = visitor_of(request)
     if visitor is not None:
         async with request.form(max_files=0, max_fields=4) as form:
             given = form.get("csrf")
@@ -324,10 +293,9 @@ async def logout(request: Request) -> Response:
         if not same_origin(request):
             csrf = ""
         try:
-            _platform(request).users.close_session(visitor.session, csrf)
+            platform_of(request).users.close_session(visitor.session, csrf)
         except CrewshipError as exc:
-            return _html(html.error_page(exc.http_status, str(exc), visitor.user.name,
-                                         visitor.csrf), exc.http_status)
+            return error_page(request, exc, visitor)
     response = RedirectResponse(LOGIN, status_code=303)
     _forget_cookie(response)
     return response
@@ -336,8 +304,8 @@ async def logout(request: Request) -> Response:
 async def log_stream(request: Request) -> Response:
     """The app's log (last 100 lines, then follow) as ``text/event-stream``; it ends
     within ``RECHECK`` seconds of the session ending or the access going."""
-    platform = _platform(request)
-    visitor = _visitor(request)
+    platform = platform_of(request)
+    visitor = visitor_of(request)
     if visitor is None:
         return PlainTextResponse("log in first", status_code=401)
     name, session = request.path_params["app"], visitor.session
@@ -371,7 +339,9 @@ async def _logged(events: AsyncGenerator[str, None], app: str, user: str) -> Asy
         logger.info("log_stream_closed", app=app, user=user, lines=sent)
 
 
-def _static(body: str, media_type: str) -> Callable[[Request], Awaitable[Response]]:
+def _static(name: str, media_type: str) -> Callable[[Request], Awaitable[Response]]:
+    body = html.static_file(name)
+
     async def endpoint(request: Request) -> Response:
         return Response(body, media_type=media_type,
                         headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
@@ -389,8 +359,9 @@ routes = [
     Route(LOGIN, login, methods=["POST"]),
     Route("/dashboard/logout", logout, methods=["POST"]),
     Route("/dashboard/apps/{app}", app_view, methods=["GET"]),
+    Route("/dashboard/apps/{app}/kickoffs/{kickoff_id}", kickoff_view, methods=["GET"]),
     Route("/dashboard/apps/{app}/logs/stream", log_stream, methods=["GET"]),
-    Route(f"{html.STATIC}/dashboard.css", _static(html.CSS + usage_html.CSS, "text/css"), methods=["GET"]),
-    Route(f"{html.STATIC}/dashboard.js", _static(html.SCRIPT, "text/javascript"),
+    Route(f"{html.STATIC}/dashboard.css", _static("dashboard.css", "text/css"), methods=["GET"]),
+    Route(f"{html.STATIC}/dashboard.js", _static("dashboard.js", "text/javascript"),
           methods=["GET"]),
 ]

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from crewship import log
-from crewship.api import crew, dashboard, plus, telemetry
+from crewship.api import crew, dashboard, dashboard_actions, plus, telemetry
 from crewship.api.errors import from_exception
 from crewship.api.limits import BodyLimit, TokenLimit
 from crewship.errors import CrewshipError
@@ -28,7 +28,7 @@ def create_app(platform: Platform) -> Starlette:
     settings = platform.settings
 
     def body_limit(path: str) -> int:
-        if path == dashboard.LOGIN:
+        if path == dashboard.LOGIN or dashboard_actions.small_form(path):
             return dashboard.MAX_FORM
         if plus.is_upload(path):
             return plus.MAX_UPLOAD
@@ -38,7 +38,8 @@ def create_app(platform: Platform) -> Starlette:
                   Middleware(TokenLimit, limit=lambda: settings.max_requests_per_token),
                   Middleware(BodyLimit, limit_for=body_limit)]
     # CrewshipError is answered inside (no traceback); anything else is a logged 500.
-    app = Starlette(routes=[*dashboard.routes, *crew.routes, *plus.routes, *telemetry.routes],
+    app = Starlette(routes=[*dashboard.routes, *dashboard_actions.routes, *crew.routes,
+                            *plus.routes, *telemetry.routes],
                     middleware=middleware,
                     exception_handlers={CrewshipError: from_exception, Exception: from_exception})
     app.state.platform = platform

@@ -38,7 +38,7 @@ from crewship.store.apps import AppStore
 from crewship.store.gitobjects import ZERO_SHA
 from crewship.store.releases import ConfigStore, Release, ReleaseStore
 from crewship.store.repos import Repos
-from runtime.backend import InstanceSpec
+from runtime.backend import InstanceSpec, PreloadSpec
 from runtime.events import InstanceFailedError
 from runtime.logs import AppLog
 from runtime.supervisor import Supervisor
@@ -344,11 +344,18 @@ class Deployer:
             logger.info("release_runner_refreshed", app=app, release=version)
         home = self.layout.app_home(app)
         home.mkdir(parents=True, exist_ok=True)
+        base = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}
+        base.update(TELEMETRY_OFF)
+        base.update({"HOME": str(home), "CREWSHIP_APP": app, "PYTHONUNBUFFERED": "1"})
         env = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}
         env.update(config)
         env.update(TELEMETRY_OFF)
         env.update({"HOME": str(home), "CREWSHIP_APP": app, "CREWSHIP_RELEASE": f"v{version}",
                     "PYTHONUNBUFFERED": "1"})
+        # The app's preloaded parent imports crewai with the base environment only: config
+        # values never reach it, so a config:set forks from the same parent.
+        preload = PreloadSpec(key=meta.env_key, python=str(meta.python_path), runner=meta.runner,
+                              releases=meta.dir.parent, env_path=meta.env_path, env=base)
 
         fresh = self.apps.get(app)
         uid = self.apps.sandbox_uid(fresh) if fresh is not None else None
@@ -358,7 +365,8 @@ class Deployer:
             return InstanceSpec(app=app, release=version, index=index,
                                 argv=runner_argv(meta, "127.0.0.1", port, instance),
                                 env=dict(env), cwd=meta.app_dir, port=port,
-                                readonly=(meta.dir, meta.env_path), home=home, uid=uid)
+                                readonly=(meta.dir, meta.env_path), home=home, uid=uid,
+                                preload=preload)
         return make_spec
 
     def _image_spec_factory(self, app: str, version: int, meta: ReleaseMeta,

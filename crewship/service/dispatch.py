@@ -11,6 +11,10 @@ that really died fails its kickoffs (the supervisor's ``InstanceExited``).
 After a daemon restart ``follow`` picks the RUNNING kickoffs of adopted instances up
 again: re-sending is harmless (the runner answers with the run it has), and the runner
 kept any result that finished while no daemon was there.
+
+A run that waits for a human (``PENDING_HUMAN_INPUT``, ``crewship/service/human.py``)
+gives its slot back and its deadline stops while it waits; the driver hands each request
+to ``waiting`` and takes the slot again when the run goes on.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +37,7 @@ from runtime.supervisor import Supervisor
 logger = log.get("crewship.service.dispatch")
 
 TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
+WAITING = "PENDING_HUMAN_INPUT"  # a run paused for human input (human.py)
 RECHECK = 0.25       # seconds between looks while kickoffs wait for a free slot
 RETRY_MAX = 1.0      # the longest pause between two tries of one call
 
@@ -63,24 +68,40 @@ class _TimedOutError(Exception):
 
 Finish = Callable[[str, dict[str, Any]], bool]
 Relay = Callable[[WebhookDue], None]
+Waiting = Callable[[str, str, Endpoint, Any], Awaitable[None]]
 WEBHOOK_POLL = 1.0   # seconds of one long poll while a run has task/step webhooks
 
 
 def run_body(row: sqlite3.Row) -> dict[str, Any]:
-    """What ``POST /runs`` gets for a kickoff row. For task/step webhooks the runner only
-    records the bodies (it never sees a URL); the driver fetches and relays them."""
+    """What ``POST /runs`` gets for a kickoff row. For task/step webhooks and streamed
+    events the runner only records the bodies (it never sees a URL or a credential); the
+    driver fetches and relays them."""
     body: dict[str, Any] = {"kickoff_id": row["id"], "inputs": json.loads(row["inputs_json"])}
     hooks = hook_urls(row)
-    if hooks:
-        body["webhooks"] = {kind: True for kind in hooks}
+    human = row["human_webhook"]
+    if hooks or human:  # a resume may bring task/step webhooks of its own
+        kinds = ("task", "step") if human else [kind for kind in hooks if kind != "event"]
+        body["webhooks"] = {kind: True for kind in kinds}
+        if "event" in hooks:
+            body["webhooks"]["events"] = _stored_hooks(row)["events"]["events"]
         body["meta"] = json.loads(row["meta_json"]) if row["meta_json"] else None
     return body
 
 
-def hook_urls(row: sqlite3.Row) -> dict[str, str]:
-    """The task/step webhook URLs of a kickoff row (checked when it was accepted)."""
+def _stored_hooks(row: sqlite3.Row) -> dict[str, Any]:
     hooks = json.loads(row["webhooks_json"]) if row["webhooks_json"] else {}
-    return {k: str(v) for k, v in hooks.items() if k in ("task", "step") and v}
+    return hooks if isinstance(hooks, dict) else {}
+
+
+def hook_urls(row: sqlite3.Row) -> dict[str, str]:
+    """The task/step webhook URLs of a kickoff row and, as ``event``, the URL its streamed
+    events go to (each checked when it was accepted)."""
+    hooks = _stored_hooks(row)
+    urls = {k: str(v) for k, v in hooks.items() if k in ("task", "step") and v}
+    stream = hooks.get("events")
+    if isinstance(stream, dict) and stream.get("url"):
+        urls["event"] = str(stream["url"])
+    return urls
 
 
 class WebhookRelay:
@@ -88,15 +109,19 @@ class WebhookRelay:
 
     The runner numbers them from 0; ``seen`` counts those already relayed, so a poll
     (``start``: the number it asked from) never repeats one, even when polls overlap.
-    The URLs stay here: the runner (the crew's own process) never sees them.
+    The URLs stay here: the runner (the crew's own process) never sees them. ``track``:
+    the runner records bodies (also before any URL is known: a resume may bring URLs, and
+    only what comes after it goes there).
     """
 
-    def __init__(self, app: str, kickoff_id: str, urls: dict[str, str], sink: Relay) -> None:
+    def __init__(self, app: str, kickoff_id: str, urls: dict[str, str], sink: Relay,
+                 track: bool = False) -> None:
         self.app, self.kickoff_id, self.urls, self.sink = app, kickoff_id, urls, sink
+        self.track = track or bool(urls)
         self.seen = 0
 
     def take(self, events: Any, *, start: int) -> None:
-        if not self.urls or not isinstance(events, list):
+        if not self.track or not isinstance(events, list):
             return
         for event in events[max(0, self.seen - start):]:
             self.seen += 1
@@ -108,13 +133,17 @@ class WebhookRelay:
 
 class Dispatcher:
     def __init__(self, db: Database, supervisor: Supervisor, client: RunnerClient,
-                 limits: KickoffLimits, finish: Finish, relay: Relay | None = None) -> None:
+                 limits: KickoffLimits, finish: Finish, relay: Relay | None = None,
+                 waiting: Waiting | None = None) -> None:
         self.db = db
         self.supervisor = supervisor
         self.client = client
         self.limits = limits
         self._finish = finish
         self._relay = relay or (lambda due: None)
+        self._waiting = waiting
+        self._relays: dict[str, WebhookRelay] = {}
+        self._paused: set[str] = set()  # kickoffs waiting for a human now
         self._busy: dict[str, int] = {}
         self._wakes: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -125,6 +154,13 @@ class Dispatcher:
     def following(self, kickoff_id: str) -> bool:
         """A driver settles this kickoff (also when its instance dies)."""
         return kickoff_id in self._drivers
+
+    def rehook(self, kickoff_id: str, urls: dict[str, str]) -> None:
+        """A resume brought new task/step webhook URLs (C.5: not carried over)."""
+        relay = self._relays.get(kickoff_id)
+        if relay is not None:  # the event stream (``webhooks``) is the kickoff's: it stays
+            stream = {k: v for k, v in relay.urls.items() if k == "event"}
+            relay.urls = {**urls, **stream}
 
     def instance_gone(self, instance_id: str, reason: str) -> None:
         self._gone[instance_id] = reason
@@ -194,10 +230,19 @@ class Dispatcher:
         """Send (or re-send) a RUNNING kickoff and settle it with its result."""
         if kickoff_id in self._drivers:
             return
-        self._busy[endpoint.instance_id] = self._busy.get(endpoint.instance_id, 0) + 1
+        self._take(endpoint)
+        relay = self._relays[kickoff_id] = WebhookRelay(app, kickoff_id, hooks or {}, self._relay,
+                                                        track="webhooks" in body)
         self._drivers[kickoff_id] = self._spawn(
-            self._drive(app, kickoff_id, endpoint, body, deadline,
-                        WebhookRelay(app, kickoff_id, hooks or {}, self._relay)))
+            self._drive(app, kickoff_id, endpoint, body, deadline, relay))
+
+    def _take(self, endpoint: Endpoint) -> None:
+        self._busy[endpoint.instance_id] = self._busy.get(endpoint.instance_id, 0) + 1
+
+    def _give_back(self, endpoint: Endpoint) -> None:
+        self._busy[endpoint.instance_id] -= 1
+        if not self._busy[endpoint.instance_id]:
+            del self._busy[endpoint.instance_id]
 
     async def _drive(self, app: str, kickoff_id: str, endpoint: Endpoint,
                      body: dict[str, Any], deadline: float, relay: WebhookRelay) -> None:
@@ -217,8 +262,9 @@ class Dispatcher:
             else:
                 reason = self._gone.get(endpoint.instance_id,
                                         f"instance {endpoint.instance_id} stopped")
-                self._finish(kickoff_id, {"state": "FAILURE",
-                                          "error": f"{reason} during the run"})
+                when = ("while the kickoff waited for human input: kick it off again"
+                        if kickoff_id in self._paused else "during the run")
+                self._finish(kickoff_id, {"state": "FAILURE", "error": f"{reason} {when}"})
         except _SettledError:
             await self._ack(app, kickoff_id, endpoint)
         except _TimedOutError:
@@ -231,10 +277,10 @@ class Dispatcher:
                                       "error": "internal error while following the run "
                                                "(see the server log)"})
         finally:
-            self._busy[endpoint.instance_id] -= 1
-            if not self._busy[endpoint.instance_id]:
-                del self._busy[endpoint.instance_id]
+            self._give_back(endpoint)
             self._drivers.pop(kickoff_id, None)
+            self._relays.pop(kickoff_id, None)
+            self._paused.discard(kickoff_id)
             self.wake(app)
 
     async def _run(self, app: str, kickoff_id: str, endpoint: Endpoint, reply: Reply,
@@ -247,29 +293,67 @@ class Dispatcher:
             return None
         if reply.status >= 300:
             return {"state": "FAILURE", "error": str(reply.body.get("message") or reply.body)}
-        loop = asyncio.get_running_loop()
-        while reply.body.get("state") not in TERMINAL:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                await self._stop_quietly(endpoint, kickoff_id)
-                return {"state": "FAILURE",
-                        "error": f"timed out after {self.limits.timeout:g} s"}
-            wait = min(WEBHOOK_POLL if relay.urls else self.limits.poll, remaining)
-            reply = await self._poll(app, kickoff_id, endpoint, wait, deadline, relay)
-            if reply.status == 404:
-                return {"state": "FAILURE",
-                        "error": f"instance {endpoint.instance_id} lost the run"}
+        try:
+            reply, failure = await self._until_end(app, kickoff_id, endpoint, reply, deadline,
+                                                   relay)
+        finally:
+            if kickoff_id in self._paused:  # _drive gives one slot back at the end
+                self._take(endpoint)
+        if failure is not None:
+            return failure
         if relay.urls:  # the webhooks recorded since the last look, up to the end
             final = await self._poll(app, kickoff_id, endpoint, 0.0, deadline, relay)
             if final.status == 200:
                 reply = final
         return reply.body
 
+    async def _until_end(self, app: str, kickoff_id: str, endpoint: Endpoint, reply: Reply,
+                         deadline: float, relay: WebhookRelay) -> tuple[Reply, dict[str, Any] | None]:
+        """Poll the run to its end: its last reply, and the failure to settle it with (or None)."""
+        loop = asyncio.get_running_loop()
+        left = 0.0  # of the deadline, while the run waits for a human
+        while reply.body.get("state") not in TERMINAL:
+            version = reply.body.get("human_version")
+            if reply.body.get("state") == WAITING:  # no deadline, no slot: a human takes time
+                if kickoff_id not in self._paused:
+                    left = deadline - loop.time()
+                await self._hold(app, kickoff_id, endpoint, reply.body.get("human_input"))
+                reply = await self._poll(app, kickoff_id, endpoint, self.limits.poll, None, relay,
+                                         version)
+            else:
+                if kickoff_id in self._paused:  # it goes on: the slot and the clock again
+                    self._paused.discard(kickoff_id)
+                    self._take(endpoint)
+                    deadline = loop.time() + left
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    await self._stop_quietly(endpoint, kickoff_id)
+                    return reply, {"state": "FAILURE",
+                                   "error": f"timed out after {self.limits.timeout:g} s"}
+                wait = min(WEBHOOK_POLL if relay.urls else self.limits.poll, remaining)
+                reply = await self._poll(app, kickoff_id, endpoint, wait, deadline, relay, version)
+            if reply.status == 404:
+                return reply, {"state": "FAILURE",
+                               "error": f"instance {endpoint.instance_id} lost the run"}
+        return reply, None
+
+    async def _hold(self, app: str, kickoff_id: str, endpoint: Endpoint, request: Any) -> None:
+        """The run waits for a human: its slot is free meanwhile; the request is recorded."""
+        if kickoff_id not in self._paused:
+            self._paused.add(kickoff_id)
+            self._give_back(endpoint)
+            self.wake(app)
+        if self._waiting is not None:
+            await self._waiting(app, kickoff_id, endpoint, request)
+
     async def _poll(self, app: str, kickoff_id: str, endpoint: Endpoint, wait: float,
-                    deadline: float, relay: WebhookRelay) -> Reply:
-        """One long poll of the run; the task/step webhooks it recorded are relayed."""
+                    deadline: float | None, relay: WebhookRelay, human: Any = None) -> Reply:
+        """One long poll of the run (it also ends when a wait for a human starts or ends:
+        ``human``, the version last seen); the task/step webhooks it recorded are relayed."""
         start = relay.seen
-        after = f"&after={start}" if relay.urls else ""
+        after = f"&after={start}" if relay.track else ""
+        if isinstance(human, int):
+            after += f"&human={human}"
         reply = await self._call(app, kickoff_id, endpoint, "GET",
                                  f"/runs/{kickoff_id}?wait={wait:.1f}{after}",
                                  timeout=wait + 10, deadline=deadline)

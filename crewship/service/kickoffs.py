@@ -8,7 +8,8 @@ of ``kickoff_queue`` PENDING kickoffs per app (then 429 with ``Retry-After``), a
 deadline (FAILURE "timed out after N s", the run stopped). Only an instance that really
 died fails its kickoffs, with that reason; a crashed app (crash loop) refuses new
 kickoffs and fails its queued ones with the reason. A restarted daemon picks the
-kickoffs of adopted instances up again (``resume``).
+kickoffs of adopted instances up again (``resume``). A running kickoff whose crew asks a
+human is ``PENDING_HUMAN_INPUT`` until ``POST /resume`` answers (``crewship/service/human.py``).
 """
 
 from __future__ import annotations
@@ -32,16 +33,21 @@ from crewship.errors import (
 from crewship.events import EventSink, KickoffFinished, WebhookDue, ignore
 from crewship.model import App
 from crewship.service.dispatch import TERMINAL, Dispatcher, KickoffLimits, hook_urls, run_body
+from crewship.service.human import WAITING, HumanLoop, state_of
+from crewship.service.streaming import EventStreamer, StreamSpec
+from crewship.service.traces import clean_spans
 from crewship.store.state import Database, now
 from runtime.backend import STATUS_UNKNOWN
 from runtime.channel import ChannelError, RunnerClient
-from runtime.runner import RESTORE_KEY
+from runtime.events import Endpoint
+from runtime.runner.flows import RESTORE_KEY
 from runtime.supervisor import Supervisor
 
 logger = log.get("crewship.service.kickoffs")
 
 STATUS_WORD = {"PENDING": "running", "RUNNING": "running", "SUCCESS": "completed",
-               "FAILURE": "error", "REVOKED": "stopped"}
+               "FAILURE": "error", "REVOKED": "stopped", WAITING: "pending_human_input"}
+LIVE = ("RUNNING", WAITING)  # on an instance
 MAX_INPUTS_BYTES = 1024 * 1024
 RETRY_AFTER = 5  # seconds a client is told to wait when the queue is full
 
@@ -53,14 +59,19 @@ def _loads(text: str | None) -> Any:
 class KickoffService:
     def __init__(self, db: Database, supervisor: Supervisor,
                  limits: KickoffLimits | None = None,
-                 client: RunnerClient | None = None) -> None:
+                 client: RunnerClient | None = None,
+                 streamer: EventStreamer | None = None) -> None:
         self.db = db
+        self.streamer = streamer  # streamed events (``webhooks``); None: not delivered
         self.supervisor = supervisor
         self.limits = limits or KickoffLimits()
         self.client = client or RunnerClient()
         self.dispatcher = Dispatcher(db, supervisor, self.client, self.limits, self._finish,
-                                     self._relay)
+                                     self._relay, self._human_waiting)
+        self.human = HumanLoop(db, supervisor, self.client, lambda event: self.on_event(event),
+                               self.dispatcher.rehook)
         self._inputs_cache: dict[tuple[str, int | None], dict[str, Any]] = {}
+        self._streams: dict[str, tuple[StreamSpec | None, Any]] = {}  # kickoff id -> spec, meta
         self.on_event: EventSink = ignore   # the daemon wires telemetry here
 
     # ------------------------------------------------------------------ queries
@@ -82,12 +93,13 @@ class KickoffService:
     async def status(self, app: App, kickoff_id: str) -> dict[str, Any]:
         row = self._row(app, kickoff_id)
         body = self._shape(row)
-        if row["state"] == "RUNNING" and row["instance"]:
+        if row["state"] in LIVE and row["instance"]:
             body.update(await self._progress(app, row["instance"], kickoff_id))
         return body
 
     def _shape(self, row: sqlite3.Row) -> dict[str, Any]:
         state = row["state"]
+        human = state_of(row["human_json"])
         return {
             "kickoff_id": row["id"], "state": state, "status": STATUS_WORD[state],
             "result": row["result"], "result_json": _loads(row["result_json"]),
@@ -98,6 +110,8 @@ class KickoffService:
             "inputs": _public_inputs(row["inputs_json"]), "meta": _loads(row["meta_json"]),
             "created_at": row["created_at"], "started_at": row["started_at"],
             "finished_at": row["finished_at"],
+            "human_input": human["waiting"] if state == WAITING else None,
+            "human_feedback": [r for r in human["rounds"] if "is_approve" in r],
         }
 
     async def _progress(self, app: App, instance: str, kickoff_id: str) -> dict[str, Any]:
@@ -170,9 +184,13 @@ class KickoffService:
         return self._inputs_cache[key]
 
     async def kickoff(self, app: App, inputs: Any, meta: Any = None,
-                      webhooks: dict[str, str] | None = None, restore_from: Any = None) -> str:
+                      webhooks: dict[str, str] | None = None, restore_from: Any = None,
+                      human_webhook: dict[str, Any] | None = None,
+                      stream: StreamSpec | None = None) -> str:
         """Record a kickoff (PENDING) and queue it; ``webhooks``: {"task"|"step"|"crew": url}
-        (C.3); ``restore_from``: a ``@persist`` flow's state id (a past kickoff id) to fork from."""
+        (C.3); ``restore_from``: a ``@persist`` flow's state id (a past kickoff id) to fork from;
+        ``human_webhook``: the checked ``humanInputWebhook`` (stored sealed: it may hold a token);
+        ``stream``: the crewAI events to stream (``webhooks``), credentials sealed."""
         encoded = _checked_inputs(inputs)
         problem = self.refusal(app)
         if problem:
@@ -191,22 +209,83 @@ class KickoffService:
                 f"{app.name} has {self.limits.queue} kickoffs waiting (the queue is full): "
                 f"retry after {RETRY_AFTER} s", retry_after=RETRY_AFTER)
         kickoff_id = str(uuid.uuid4())
+        hooks: dict[str, Any] = dict(webhooks or {})
+        if stream is not None:
+            hooks["events"] = stream.stored(self.db.sealer)
+        sealed = self.db.sealer.seal(json.dumps(human_webhook)) if human_webhook else None
         self.db.execute("INSERT INTO kickoffs (id, app_id, release, state, inputs_json, meta_json,"
-                        " webhooks_json, created_at) VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?)",
+                        " webhooks_json, human_webhook, created_at)"
+                        " VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?)",
                         kickoff_id, app.id, app.live_release, encoded,
-                        json.dumps(meta) if meta else None, _dump(webhooks or None), now())
+                        json.dumps(meta) if meta else None, _dump(hooks or None), sealed, now())
         self.dispatcher.wake(app.name)
         logger.info("kickoff_received", app=app.name, kickoff_id=kickoff_id)
         return kickoff_id
 
+    async def _human_waiting(self, app: str, kickoff_id: str, endpoint: Endpoint,
+                             request: Any) -> None:
+        await self.human.waiting(app, kickoff_id, endpoint, request)
+
+    async def resume_run(self, app: App, body: dict[str, Any],
+                         webhooks: dict[str, str]) -> dict[str, Any]:
+        """``POST /resume`` (C.5): a waiting kickoff gets the human's answer."""
+        return await self.human.resume(app.id, app.name, body, webhooks)
+
+    def waiting(self, app: App) -> int:
+        row = self.db.one("SELECT COUNT(*) AS n FROM kickoffs WHERE app_id = ? AND state = ?",
+                          app.id, WAITING)
+        return int(row["n"]) if row else 0
+
     def _relay(self, due: WebhookDue) -> None:
-        """A task/step webhook the runner recorded: telemetry delivers it (checked, pinned)."""
-        self.on_event(due)
+        """A task/step webhook the runner recorded: telemetry delivers it (checked, pinned);
+        a streamed event: the streamer, in order, with the kickoff's credentials."""
+        if due.kind != "event":
+            self.on_event(due)
+            return
+        known = self._streams.get(due.kickoff_id)
+        if known is None:
+            row = self.db.one("SELECT state, webhooks_json, meta_json FROM kickoffs "
+                              "WHERE id = ?", due.kickoff_id)
+            hooks = _loads(row["webhooks_json"]) if row else None
+            spec = StreamSpec.load(hooks.get("events"), self.db.sealer) \
+                if isinstance(hooks, dict) else None
+            known = (spec, _loads(row["meta_json"]) if row else None)
+            if row is not None and row["state"] not in TERMINAL:  # settled: _finish forgets
+                self._streams[due.kickoff_id] = known
+        spec, meta = known
+        if spec is not None and self.streamer is not None:
+            self.streamer.push(due.kickoff_id, spec, meta, due.body)
+
+    def trace(self, app: App, kickoff_id: str) -> dict[str, Any]:
+        """A kickoff's stored execution trace (``spans``: ``crewship/service/traces.py``);
+        the runner hands it over with the result: a kickoff still running has none yet."""
+        row = self._row(app, kickoff_id)
+        found = self.db.one("SELECT spans_json FROM kickoff_traces WHERE kickoff_id = ?",
+                            kickoff_id)
+        spans = json.loads(found["spans_json"]) if found else []
+        return {"kickoff_id": kickoff_id, "state": row["state"], "spans": spans,
+                "instance": row["instance"]}
+
+    async def live_trace(self, app: App, kickoff_id: str) -> dict[str, Any]:
+        """The trace, and for a RUNNING kickoff the spans so far (asked of its runner)."""
+        body = self.trace(app, kickoff_id)
+        endpoint = self.supervisor.endpoint(app.name, body.pop("instance") or "")
+        if body["state"] not in ("RUNNING", WAITING) or endpoint is None:
+            return body
+        try:
+            reply = await self.client.call(endpoint.peer, "GET", f"/runs/{kickoff_id}?trace=1",
+                                           timeout=5.0)
+        except ChannelError:
+            return body
+        if reply.status == 200 and isinstance(reply.body.get("trace"), list):
+            body["spans"] = clean_spans(reply.body["trace"])
+        return body
 
     def _finish(self, kickoff_id: str, result: dict[str, Any]) -> bool:
         """Settle a kickoff once: True if this call did (then its event fires, once)."""
         state = result.get("state") if result.get("state") in TERMINAL else "FAILURE"
         error = result.get("error") or (None if state == "SUCCESS" else "the crew gave no result")
+        spans = clean_spans(result.get("trace"))
         with self.db.tx() as conn:
             row = conn.execute("SELECT kickoffs.*, apps.name AS app_name FROM kickoffs JOIN apps"
                                " ON apps.id = app_id WHERE kickoffs.id = ?",
@@ -221,9 +300,16 @@ class KickoffService:
                  _dump(result.get("tasks")), _dump(result.get("token_usage")),
                  error if state != "SUCCESS" else None, result.get("execution_time"), now(),
                  kickoff_id))
+            if isinstance(result.get("trace"), list):
+                conn.execute("INSERT OR REPLACE INTO kickoff_traces (kickoff_id, spans_json) "
+                             "VALUES (?, ?)", (kickoff_id, json.dumps(spans)))
+        self._streams.pop(kickoff_id, None)
+        if self.streamer is not None:
+            self.streamer.close(kickoff_id)  # what the run streamed goes out, then the stream ends
         logger.info("kickoff_finished", app=row["app_name"], kickoff_id=kickoff_id,
                     state=state, duration_s=result.get("execution_time"))
-        self.on_event(_finished(row, str(state), error if state != "SUCCESS" else None, result))
+        self.on_event(_finished(row, str(state), error if state != "SUCCESS" else None, result,
+                                spans))
         return True
 
     async def stop(self, app: App, kickoff_id: str) -> dict[str, Any]:
@@ -254,10 +340,10 @@ class KickoffService:
         else:
             gone = f"instance {instance} was killed by signal {-status}"
         self.dispatcher.instance_gone(instance, gone)
-        rows = self.db.all("SELECT kickoffs.id FROM kickoffs JOIN apps ON apps.id = app_id "
-                           "WHERE apps.name = ? AND instance = ? AND state = 'RUNNING'",
-                           app, instance)
-        return sum(self._finish(row["id"], {"state": "FAILURE", "error": f"{gone} during the run"})
+        rows = self.db.all("SELECT kickoffs.id, state FROM kickoffs JOIN apps ON apps.id = app_id"
+                           " WHERE apps.name = ? AND instance = ? AND state IN (?, ?)",
+                           app, instance, *LIVE)
+        return sum(self._finish(row["id"], {"state": "FAILURE", "error": f"{gone} {_when(row)}"})
                    for row in rows if not self.dispatcher.following(row["id"]))
 
     def app_crashed(self, app: str) -> int:
@@ -274,14 +360,16 @@ class KickoffService:
         followed = failed = 0
         loop = asyncio.get_running_loop()
         rows = self.db.all("SELECT kickoffs.*, apps.name AS app_name FROM kickoffs JOIN apps "
-                           "ON apps.id = app_id WHERE state = 'RUNNING'")
+                           "ON apps.id = app_id WHERE state IN (?, ?)", *LIVE)
         for row in rows:
             endpoint = self.supervisor.endpoint(row["app_name"], row["instance"] or "")
             if endpoint is None or not endpoint.secret:
                 failed += self._finish(row["id"], {"state": "FAILURE", "error": (
-                    f"instance {row['instance']} stopped while the server was down")})
+                    f"instance {row['instance']} stopped while the server was down"
+                    f"{' (the kickoff waited for human input)' if row['state'] == WAITING else ''}")})
                 continue
-            deadline = loop.time() + self.limits.timeout - _age(row["started_at"])
+            deadline = loop.time() + self.limits.timeout - (
+                0.0 if row["state"] == WAITING else _age(row["started_at"]))  # human time is free
             self.dispatcher.follow(row["app_name"], row["id"], endpoint, run_body(row), deadline,
                                    hook_urls(row))
             followed += 1
@@ -294,6 +382,14 @@ class KickoffService:
     async def aclose(self) -> None:
         await self.dispatcher.aclose()
         await self.client.aclose()
+        if self.streamer is not None:
+            await self.streamer.aclose()
+
+
+def _when(row: sqlite3.Row) -> str:
+    if row["state"] == WAITING:
+        return "while the kickoff waited for human input: kick it off again"
+    return "during the run"
 
 
 def _age(started_at: str | None) -> float:
@@ -348,13 +444,15 @@ def _text(value: Any) -> str | None:
 
 
 def _finished(row: sqlite3.Row, state: str, error: str | None,
-              result: dict[str, Any]) -> KickoffFinished:
+              result: dict[str, Any], spans: list[dict[str, Any]]) -> KickoffFinished:
     usage = result.get("token_usage")
     return KickoffFinished(
         app=row["app_name"], kickoff_id=row["id"], release=row["release"], state=state,
         execution_time=result.get("execution_time"), error=error,
         result=_text(result.get("result")), result_json=result.get("result_json"),
         token_usage=usage if isinstance(usage, dict) else None, meta=_loads(row["meta_json"]),
-        webhooks=_loads(row["webhooks_json"]) or {})
+        webhooks={k: v for k, v in (_loads(row["webhooks_json"]) or {}).items()
+                  if k != "events"},  # the event stream is not telemetry's (credentials)
+        trace=spans)
 
 

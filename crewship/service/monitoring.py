@@ -7,6 +7,7 @@ so the SSH commands and the HTTP routes reach the same checks.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from crewship.model import AccessLevel, App, User
 from crewship.service.usage import usage_row
 from crewship.store.alerts import Alert, AlertStore, parse_events
 from crewship.store.history import parse_limit, parse_state
+from crewship.store.stats import HistoryStats
 from crewship.urls import Policy, check_url, masked
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ class Monitoring:
     access: AppAccess
     engine: Engine
     alerts: AlertStore
+    stats: HistoryStats
     policy: Policy = field(default_factory=Policy)
 
     # ------------------------------------------------------------------ history
@@ -50,6 +53,44 @@ class Monitoring:
         """The same for a caller holding the app's token (``GET /apps/NAME/kickoffs``)."""
         rows = self.engine.require_kickoffs().history(app, parse_limit(limit), parse_state(state))
         return [{k: row.get(k) for k in HISTORY_FIELDS} for row in rows]
+
+    def kickoff_window(self, caller: User, name: str, *, hours: int = 24,
+                       now: dt.datetime | None = None) -> dict[str, Any]:
+        """Kickoffs created in the last ``hours`` (all of them, counted by SQLite): count,
+        failures, p50/p95 duration of the finished ones, and the same per hour."""
+        app = self.access.app_for(caller, name, AccessLevel.READ)
+        until = now or dt.datetime.now(dt.UTC)
+        return self.stats.kickoffs(app.id, until, dt.timedelta(hours=hours), hours).as_dict()
+
+    def deploys_per_day(self, caller: User, name: str, *, days: int = 30,
+                        now: dt.datetime | None = None) -> list[dict[str, Any]]:
+        """Releases made per UTC day (pushes, rollbacks, restarts, config), oldest first."""
+        app = self.access.app_for(caller, name, AccessLevel.READ)
+        return self.stats.deploys(app.id, now or dt.datetime.now(dt.UTC), days)
+
+    async def kickoff(self, caller: User, name: str, kickoff_id: str) -> dict[str, Any]:
+        """One kickoff as ``GET /status/{id}`` shows it; unknown ids read as not found."""
+        app = self.access.app_for(caller, name, AccessLevel.READ)
+        return await self.engine.require_kickoffs().status(app, kickoff_id)
+
+    # ------------------------------------------------------------------- traces
+    async def kickoff_trace(self, caller: User, name: str, kickoff_id: str) -> list[dict[str, Any]]:
+        """The kickoff's spans (crew, flow, method, task, agent, LLM and tool calls) in start
+        order, a running kickoff's so far (the dashboard's timeline; the span format:
+        ``crewship/service/traces.py``). An unknown id is a NotFoundError."""
+        spans: list[dict[str, Any]] = (
+            await self.kickoff_trace_live(caller, name, kickoff_id))["spans"]
+        return spans
+
+    async def kickoff_trace_live(self, caller: User, name: str,
+                                 kickoff_id: str) -> dict[str, Any]:
+        """``{"kickoff_id", "state", "spans"}`` (``kickoffs NAME --trace ID``)."""
+        app = self.access.app_for(caller, name, AccessLevel.READ)
+        return await self.app_kickoff_trace(app, kickoff_id)
+
+    async def app_kickoff_trace(self, app: App, kickoff_id: str) -> dict[str, Any]:
+        """The same for a caller holding the app's token (``GET /apps/NAME/kickoffs/{id}/trace``)."""
+        return await self.engine.require_kickoffs().live_trace(app, kickoff_id)
 
     # -------------------------------------------------------------------- usage
     def processes(self, caller: User, name: str) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Outbound JSON POSTs (alerts, crew webhooks): in background tasks, retried with backoff.
+"""Outbound JSON POSTs (alerts, crew webhooks, event streams): retried with backoff.
 
 A slow or failing receiver never blocks the caller: ``post`` returns at once and the
 delivery runs as a task of the daemon's loop. Network errors, 408, 429 and 5xx are
@@ -46,19 +46,27 @@ class Deliverer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def post(self, url: str, body: dict[str, Any], *, what: str,
-             done: Done | None = None) -> None:
-        """Deliver ``body`` to ``url`` in the background; ``done(ok)`` when finished."""
-        task = asyncio.create_task(self._deliver(url, body, what, done))
+             done: Done | None = None, headers: dict[str, str] | None = None) -> None:
+        """Deliver ``body`` to ``url`` in the background; ``done(ok)`` when finished;
+        ``headers``: e.g. the receiver's own ``Authorization`` (never logged)."""
+        task = asyncio.create_task(self._deliver(url, body, what, done, headers))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, url: str, body: dict[str, Any], what: str,
-                       done: Done | None) -> None:
+                       done: Done | None, headers: dict[str, str] | None = None) -> None:
+        ok = await self.deliver(url, body, what=what, headers=headers)
+        if done is not None:
+            done(ok)
+
+    async def deliver(self, url: str, body: dict[str, Any], *, what: str,
+                      headers: dict[str, str] | None = None) -> bool:
+        """POST ``body`` to ``url`` with its retries; True once a receiver took it (2xx)."""
         ok = False
         error = ""
         for attempt, delay in enumerate([*self.delays, None], start=1):
             try:
-                resp = await self.client.post(url, json=body)
+                resp = await self.client.post(url, json=body, headers=headers)
             except URLRefusedError as exc:
                 logger.warning("delivery_refused", what=what, receiver=host_of(url),
                                reason=str(exc))
@@ -81,8 +89,7 @@ class Deliverer:
         else:
             logger.warning("delivery_failed", what=what, receiver=host_of(url),
                            attempts=attempt, error=error)
-        if done is not None:
-            done(ok)
+        return ok
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait up to ``timeout`` for deliveries in flight (tests, shutdown)."""

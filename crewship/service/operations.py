@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from crewship.config import Settings
     from crewship.service.access import AppAccess, Engine
     from crewship.service.audit import Audit
+    from crewship.service.streaming import StreamSpec
     from crewship.store.apps import AppStore
     from crewship.store.releases import ConfigStore, TokenStore
 
@@ -88,8 +89,9 @@ class Operations:
     def _kickoff_counts(self, app: App) -> dict[str, int]:
         kickoffs = self.engine.kickoffs
         if kickoffs is None:
-            return {"queued": 0, "running": 0}
-        return {"queued": kickoffs.queue_length(app), "running": kickoffs.running(app)}
+            return {"queued": 0, "running": 0, "waiting": 0}
+        return {"queued": kickoffs.queue_length(app), "running": kickoffs.running(app),
+                "waiting": kickoffs.waiting(app)}
 
     def _usage(self, instance_id: str) -> dict[str, Any]:
         monitor = self.engine.usage
@@ -201,15 +203,38 @@ class Operations:
 
     # ------------------------------------------------------------------ kickoffs
     async def kickoff(self, app: App, inputs: Any, meta: Any = None,
-                      webhooks: dict[str, str] | None = None, restore_from: Any = None) -> str:
-        """Start a run; inputs are bounded and each webhook URL is checked first (a refused
-        one is a 400, no run)."""
+                      webhooks: dict[str, str] | None = None, restore_from: Any = None,
+                      human_webhook: dict[str, Any] | None = None,
+                      stream: StreamSpec | None = None) -> str:
+        """Start a run; inputs are bounded and each webhook URL (the event stream's,
+        ``stream``, too) is checked first (a refused one is a 400, no run)."""
         self.check_kickoff_size(inputs, meta)
-        await check_urls([(f"{kind}WebhookUrl", url) for kind, url in (webhooks or {}).items()],
-                         self.settings.url_policy())
+        urls = [(f"{kind}WebhookUrl", url) for kind, url in (webhooks or {}).items()]
+        if human_webhook:
+            urls.append(("humanInputWebhook.url", human_webhook["url"]))
+        if stream is not None:
+            urls.append(("webhooks.url", stream.url))
+        await check_urls(urls, self.settings.url_policy())
         fresh = self.apps_store.get(app.name) or app
         return await self.engine.require_kickoffs().kickoff(fresh, inputs, meta, webhooks,
-                                                            restore_from)
+                                                            restore_from, human_webhook, stream)
+
+    async def kickoff_resume(self, app: App, body: dict[str, Any],
+                             webhooks: dict[str, str]) -> dict[str, Any]:
+        """``POST /resume`` (C.5); the resume's webhook URLs replace the kickoff's."""
+        await check_urls([(f"{kind}WebhookUrl", url) for kind, url in webhooks.items()],
+                         self.settings.url_policy())
+        return await self.engine.require_kickoffs().resume_run(app, body, webhooks)
+
+    async def user_kickoff(self, caller: User, name: str, inputs: Any) -> str:
+        """A kickoff started by a user (SSH ``kickoff``, the dashboard's form): DEPLOY access."""
+        app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
+        return await self.kickoff(app, inputs)
+
+    async def user_inputs(self, caller: User, name: str) -> dict[str, Any]:
+        """The crew's inputs (as ``GET /inputs`` says them) for a user who may kick it off."""
+        app = self.access.app_for(caller, name, AccessLevel.DEPLOY)
+        return await self.crew_inputs_described(app)
 
     def check_kickoff_size(self, inputs: Any, meta: Any) -> None:
         """Inputs and meta within ``max_kickoff_inputs`` bytes of JSON each, else a 413."""

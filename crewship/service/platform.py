@@ -42,6 +42,7 @@ from crewship.store.releases import ConfigStore, ReleaseStore, TokenStore
 from crewship.store.repos import Repos
 from crewship.store.sessions import SessionStore
 from crewship.store.state import Database
+from crewship.store.stats import HistoryStats
 
 if TYPE_CHECKING:
     from crewship.service.backups import BackupService
@@ -74,7 +75,8 @@ class Platform:
         self.lifecycle = Lifecycle(settings, self.checker, self.engine, self.apps_store,
                                    self.releases, self.config_store, self.quotas,
                                    self.audit)
-        self.monitoring = Monitoring(self.checker, self.engine, self.alerts, settings.url_policy())
+        self.monitoring = Monitoring(self.checker, self.engine, self.alerts, HistoryStats(db),
+                                     settings.url_policy())
         self.users = Users(settings, self.accounts, self.api_tokens, SessionStore(db))
         self.users.audit = self.audit
         self.quotas.audit = self.audit

@@ -10,13 +10,21 @@ runs in the background (``crewship.service.notify``): nothing here waits on a re
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from crewship import log
 from crewship.config import Settings
-from crewship.events import BackupFinished, DeployFinished, KickoffFinished, WebhookDue
+from crewship.events import (
+    BackupFinished,
+    DeployFinished,
+    HumanInputDue,
+    KickoffFinished,
+    WebhookDue,
+)
 from crewship.service.metrics import Metrics, StateSource
 from crewship.service.notify import Deliverer
+from crewship.service.otlp import TraceExport
 from crewship.store.alerts import AlertGate, AlertStore
 from crewship.store.apps import AppStore
 from crewship.store.state import now
@@ -40,8 +48,10 @@ def crew_webhook_body(event: KickoffFinished) -> dict[str, Any]:
 
 class Telemetry:
     def __init__(self, settings: Settings, metrics: Metrics, alerts: AlertStore,
-                 deliverer: Deliverer | None = None, gate: AlertGate | None = None) -> None:
+                 deliverer: Deliverer | None = None, gate: AlertGate | None = None,
+                 otlp: TraceExport | None = None) -> None:
         self.settings = settings
+        self.otlp = otlp  # kickoff traces to an OpenTelemetry collector (optional)
         self.metrics = metrics
         self.alerts = alerts
         self.deliverer = deliverer or Deliverer(settings.url_policy())
@@ -54,6 +64,8 @@ class Telemetry:
             self._kickoff(event)
         elif isinstance(event, WebhookDue):
             self._webhook(event.kind, event.url, event.body)
+        elif isinstance(event, HumanInputDue):
+            self._human_input(event)
         elif isinstance(event, BackupFinished):
             self._backup(event)
         elif isinstance(event, InstanceExited):
@@ -95,6 +107,9 @@ class Telemetry:
         url = event.webhooks.get("crew")
         if url:
             self._webhook("crew", url, crew_webhook_body(event))
+        if self.otlp is not None and event.trace:
+            asyncio.get_running_loop().run_in_executor(
+                None, self.otlp.export, event.app, event.kickoff_id, event.state, event.trace)
         if event.state == "FAILURE":
             self.alert("kickoff_failed", event.app, event.release,
                        f"kickoff {event.kickoff_id} of {event.app} failed: {event.error}",
@@ -102,10 +117,19 @@ class Telemetry:
                         "execution_time": event.execution_time, "meta": event.meta},
                        key=event.kickoff_id)
 
-    def _webhook(self, kind: str, url: str, body: dict[str, Any]) -> None:
+    def _webhook(self, kind: str, url: str, body: dict[str, Any],
+                 headers: dict[str, str] | None = None) -> None:
         def done(ok: bool) -> None:
             self.metrics.webhooks.labels(kind, "delivered" if ok else "failed").inc()
-        self.deliverer.post(url, body, what=f"{kind}_webhook", done=done)
+        self.deliverer.post(url, body, what=f"{kind}_webhook", done=done, headers=headers)
+
+    def _human_input(self, event: HumanInputDue) -> None:
+        """A kickoff waits for a human (C.5): its ``humanInputWebhook`` (with its own
+        authentication) and its task webhook hear of it."""
+        if event.url:
+            self._webhook("human_input", event.url, event.body, event.headers)
+        if event.task_url:
+            self._webhook("task", event.task_url, event.body)
 
     def _backup(self, event: BackupFinished) -> None:
         """A failed backup: one ``backup_failed`` alert per run of failures, server-wide."""
@@ -153,6 +177,8 @@ class Telemetry:
 
     async def aclose(self) -> None:
         await self.deliverer.aclose()
+        if self.otlp is not None:
+            await asyncio.to_thread(self.otlp.close)  # what is batched still goes out
 
 
 def runtime_states(apps: AppStore, supervisor: Supervisor) -> StateSource:

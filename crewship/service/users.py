@@ -148,9 +148,13 @@ class Users:
         session = self.sessions.get(session_id) if session_id else None
         return self.accounts.user_by_id(session.user_id) if session is not None else None
 
-    def close_session(self, session_id: str, csrf: str) -> None:
+    def check_csrf(self, session_id: str, csrf: str) -> None:
+        """A dashboard form that changes state carries its session's CSRF token."""
         if not csrf_ok(session_id, csrf):
             raise PermissionDeniedError("this form is stale or was not sent by the dashboard: "
                                         "reload the page and try again")
+
+    def close_session(self, session_id: str, csrf: str) -> None:
+        self.check_csrf(session_id, csrf)
         self.sessions.delete(session_id)
         logger.info("session_closed")

@@ -2,7 +2,8 @@
 
 Every kickoff is a row of ``kickoffs`` (crewship/kickoffs.py). Kept per app: the newest
 ``max_per_app`` rows, and of those only the ones younger than ``days``. A kickoff that
-has not finished (``PENDING``, ``RUNNING``) is never removed, however old.
+has not finished (``PENDING``, ``RUNNING``, ``PENDING_HUMAN_INPUT``) is never removed,
+however old. A kickoff's trace (``kickoff_traces``) goes with it (ON DELETE CASCADE).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from crewship.store.state import Database
 
 logger = log.get("crewship.store.history")
 
-STATES = ("PENDING", "RUNNING", "SUCCESS", "FAILURE", "REVOKED")
+STATES = ("PENDING", "RUNNING", "PENDING_HUMAN_INPUT", "SUCCESS", "FAILURE", "REVOKED")
 ALIASES = {"FAILED": "FAILURE", "ERROR": "FAILURE", "COMPLETED": "SUCCESS",
-           "SUCCEEDED": "SUCCESS", "STOPPED": "REVOKED", "QUEUED": "PENDING"}
-UNFINISHED = ("PENDING", "RUNNING")
+           "SUCCEEDED": "SUCCESS", "STOPPED": "REVOKED", "QUEUED": "PENDING",
+           "WAITING": "PENDING_HUMAN_INPUT"}
+UNFINISHED = ("PENDING", "RUNNING", "PENDING_HUMAN_INPUT")
 MAX_LIMIT = 1000
 DELETE_CHUNK = 500
 

@@ -199,4 +199,17 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX audit_app ON audit (app, at);
     CREATE INDEX audit_user ON audit (user, at);
     """,
+    # 11: human in the loop (C.5): a kickoff's humanInputWebhook (sealed JSON: it may carry a
+    # token) and its requests for human input with the answers ({"waiting", "rounds"})
+    """
+    ALTER TABLE kickoffs ADD COLUMN human_webhook TEXT;
+    ALTER TABLE kickoffs ADD COLUMN human_json TEXT;
+    """,
+    # 12: each kickoff's execution trace (spans from crewAI's event bus), removed with it
+    """
+    CREATE TABLE kickoff_traces (
+        kickoff_id TEXT PRIMARY KEY REFERENCES kickoffs(id) ON DELETE CASCADE,
+        spans_json TEXT NOT NULL
+    );
+    """,
 ]

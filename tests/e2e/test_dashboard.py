@@ -1,9 +1,13 @@
-"""The dashboard (issue #7 item 3) in a real headless Chromium, driven by Playwright.
+"""The dashboard (issue #7 item 3, issue 17 items 3-5) in a real headless Chromium.
 
 One real server, the classic crew on the fake LLM: log in with an API token made over
 SSH, watch the app go live while it is pushed, see a kickoff appear in its history and
-the log tail update live, then log out. Screenshots go to ``test-artifacts/``. Access
-rules (cookie, other users' apps, the stream) are checked with plain HTTP beside it.
+the log tail update live; start a kickoff from the form built from the crew's /inputs,
+watch it finish on its page (trace timeline), find it in the figures and the chart;
+restart and roll back with the buttons; check every page at 390 px; then log out.
+Screenshots go to ``test-artifacts/`` (gitignored). Access rules (cookie, other users'
+apps, the stream) are checked with plain HTTP beside it, the buttons' guards in
+tests/integration/test_dashboard_pages.py.
 Chromium is Debian's ``chromium``: missing, the browser test skips, or fails under CI.
 """
 
@@ -20,7 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from tests.e2e.test_deploy import configure, instance_pid, new_project, push, wait_until
 from tests.support.crewenv import cache_root
@@ -159,12 +163,92 @@ def test_dashboard_in_a_real_browser(srv: CrewshipServer, llm: FakeLLM, browser:
     path = screenshot(page, "dashboard-app.png")
     assert path.stat().st_size > 10_000
 
+    form_kickoff = kickoff_from_the_form(page, srv)
+    restart_and_roll_back(page, srv)
+    check_phone_width(browser, context, srv, form_kickoff)
+
     page.click("text=Log out")
     expect(page).to_have_url(f"{srv.http_url}/dashboard/login")
     page.goto(f"{srv.http_url}/dashboard/apps/board")
     expect(page).to_have_url(f"{srv.http_url}/dashboard/login")
     context.close()
     srv.wait_for_log("log_stream_closed", app="board", user="admin", timeout=15)
+
+
+def no_horizontal_overflow(page: Page) -> None:
+    widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert widths[0] <= widths[1], f"{page.url} overflows: {widths}"
+
+
+def kickoff_from_the_form(page: Page, srv: CrewshipServer) -> str:
+    """Fill the form the crew's /inputs made, start it, watch it finish on its own page
+    (which reloads itself), then find it in the app page's figures and chart."""
+    fields = page.locator("#kickoff-form input[name^='input:']")
+    expect(fields.first).to_be_visible()
+    names = [fields.nth(i).get_attribute("name") for i in range(fields.count())]
+    assert "input:topic" in names, names
+    for name in names:
+        page.fill(f"#kickoff-form input[name='{name}']",
+                  HOSTILE if name == "input:topic" else "sea otters")
+    page.click("#kickoff-submit")
+    expect(page.locator("h1")).to_contain_text("Kickoff")
+    kickoff_id = page.url.rsplit("/", 1)[-1]
+    assert page.url == f"{srv.http_url}/dashboard/apps/board/kickoffs/{kickoff_id}"
+    expect(page.locator("#kickoff-state")).to_contain_text("SUCCESS", timeout=180_000)
+    expect(page.locator("#kickoff-inputs")).to_contain_text(HOSTILE)   # as text...
+    assert page.locator("#injected").count() == 0                      # ...never as markup
+    expect(page.locator("#kickoff-result")).not_to_be_empty()
+    expect(page.locator("#timeline .bar.k-task").first).to_be_visible()  # its trace
+    assert page.locator("#timeline .bar.k-llm").count() >= 1
+    no_horizontal_overflow(page)
+    screenshot(page, "dashboard-kickoff.png")
+
+    page.click("a[href='/dashboard/apps/board']")
+    expect(page.locator("#count-24h")).to_have_text("2")      # the API's and the form's
+    expect(page.locator("#kickoffs")).to_contain_text(kickoff_id[:8])
+    hours = page.locator("#kickoffs-chart title").all_text_contents()
+    assert sum(int(t.split("UTC: ")[1].split()[0]) for t in hours) == 2, hours
+    assert page.locator("#kickoffs-chart rect.bar").count() >= 1
+    assert page.locator("#duration-chart polyline, #duration-chart circle").count() >= 2
+    no_horizontal_overflow(page)
+    screenshot(page, "dashboard-app-charts.png")
+    return kickoff_id
+
+
+def restart_and_roll_back(page: Page, srv: CrewshipServer) -> None:
+    """The restart button makes v2; the rollback button, with v1 chosen, makes v3."""
+    page.click("#restart")
+    expect(page.locator("#outcome-text")).to_have_text("board restarted: v2 is live",
+                                                       timeout=180_000)
+    expect(page.locator("#progress")).to_contain_text("Restarting board")
+    page.click("#back")
+    expect(page.locator("#releases")).to_contain_text("Restart of v1")
+    page.select_option("#rollback-version", "1")
+    page.click("#rollback")
+    expect(page.locator("#outcome-text")).to_have_text("board rolled back to v1: v3 is live",
+                                                       timeout=180_000)
+    screenshot(page, "dashboard-rollback.png")
+    page.click("#back")
+    expect(page.locator("#releases")).to_contain_text("Rollback to v1")
+    live = srv.ssh_json(srv.admin_key, "status", "board")
+    assert live["release"] == "v3", live
+    days = page.locator("#deploys-chart title").all_text_contents()   # one per day with some
+    assert sum(int(d.split(": ")[1].split()[0]) for d in days) == 3, days
+
+
+def check_phone_width(browser: Browser, wide: BrowserContext, srv: CrewshipServer,
+                      kickoff_id: str) -> None:
+    """Every page at 390 px: nothing wider than the screen (tables scroll in their box)."""
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    phone.add_cookies(wide.cookies())
+    page = phone.new_page()
+    for path, shot in (("/", "phone-apps.png"), ("/dashboard/apps/board", "phone-app.png"),
+                       (f"/dashboard/apps/board/kickoffs/{kickoff_id}", "phone-kickoff.png")):
+        page.goto(f"{srv.http_url}{path}")
+        expect(page.locator("h1")).to_be_visible()
+        no_horizontal_overflow(page)
+        screenshot(page, shot)
+    phone.close()
 
 
 def check_crash_restart_shows_live(page: Page, srv: CrewshipServer) -> None:

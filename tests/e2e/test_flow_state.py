@@ -74,8 +74,8 @@ def test_persisted_state_is_forked_by_kickoff_id_across_restart_and_release(
     reserved = api.post("/kickoff", json={"inputs": {"crewship_restore_from_state_id": first}})
     assert reserved.status_code == 400
     streaming = api.post("/kickoff", json={"webhooks": {"events": ["flow_started"], "url": "x"}})
-    assert streaming.status_code == 400
-    assert "not supported yet" in streaming.json()["message"]
+    assert streaming.status_code == 400  # event streaming: tests/e2e/test_traces.py
+    assert "webhooks.url" in streaming.json()["message"]
 
     # the state lives in the app's own HOME, so a restart and a new release still see it
     home = srv.data_dir / "homes" / APP

@@ -201,7 +201,10 @@ def http_plan(rng: random.Random, app_token: str, user_token: str, uuid: str,
                ("GET", f"{api}/crews/by-name/%00/status"), ("DELETE", f"{api}/crews/nope"),
                ("POST", "/dashboard/login"), ("POST", "/dashboard/logout"),
                ("GET", "/metrics"), ("GET", f"/crewai_plus/deployments/{uuid}"),
-               ("PUT", "/apps/target/kickoff"), ("GET", "/dashboard/apps/%E2%80%AE")]
+               ("PUT", "/apps/target/kickoff"), ("GET", "/dashboard/apps/%E2%80%AE"),
+               ("POST", "/dashboard/apps/target/kickoff"), ("POST", "/dashboard/apps/target/scale"),
+               ("POST", "/dashboard/apps/target/rollback"),
+               ("GET", "/dashboard/apps/target/kickoffs/" + "x" * 300)]
     queries = ["", "?limit=-1", "?limit=99999999999999999999", "?state=%00", "?limit=x&state=é"]
     plan = []
     for _ in range(HTTP_REQUESTS):

@@ -66,7 +66,7 @@ def session_client(srv: CrewshipServer, token: str) -> httpx.Client:
 
 
 def csrf_of(page: str) -> str:
-    found = re.search(r"name='csrf' value='([0-9a-f]+)'", page)
+    found = re.search(r"name=[\"']csrf[\"'] value=[\"']([0-9a-f]+)[\"']", page)
     assert found, page[:400]
     return found.group(1)
 

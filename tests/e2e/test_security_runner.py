@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from runtime.docker import SECRET_MOUNT
-from runtime.runner import SIGNATURE_HEADER, sign
+from runtime.runner.signing import SIGNATURE_HEADER, sign
 from tests.conftest import DOCKER_BASE_IMAGE
 from tests.e2e.test_deploy import configure, new_project
 from tests.support.fakellm import FakeLLM

@@ -134,6 +134,20 @@ def family(pid: int) -> list[int]:
     return found
 
 
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def sandbox_pids(pid: int) -> list[int]:
+    """The processes that make an instance's sandbox: a cold start's ``family`` (outer
+    bwrap, the namespace's init, the crew); for an instance forked from its app's
+    preloaded parent, the namespace's init, the parent and the instance."""
+    parent = parent_of(pid)
+    if "preload" in Path(f"/proc/{parent}/cmdline").read_bytes().decode().split("\0"):
+        return [parent_of(parent), parent, pid]
+    return family(pid)
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie waiting for its reaper counts as gone)."""
     try:
@@ -162,7 +176,7 @@ def targets(srv: CrewshipServer, other: str) -> dict[str, Any]:
             "host_key": str(host_key), "other_home_file": str(secret),
             "other_log": str(data / "logs" / other / "app.log"),
             "repos": str(data / "repos"), "other_release": str(data / "releases" / other),
-            "other_pids": family(pid)}
+            "other_pids": sandbox_pids(pid)}
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +192,7 @@ def test_a_crew_finds_everything_outside_its_release_refused_and_still_answers(
     api = probes["probe-a"]
     before = srv.ssh_json(srv.admin_key, "status", "probe-b")
     aim = targets(srv, "probe-b")
-    assert len(aim["other_pids"]) == 3, aim   # bwrap, the namespace's init, the crew
+    assert len(aim["other_pids"]) == 3, aim   # see sandbox_pids
 
     done = api.run({"targets": aim, "topic": "walls"})
     assert done["state"] == "SUCCESS", done
@@ -212,7 +226,7 @@ def test_a_crew_finds_everything_outside_its_release_refused_and_still_answers(
 
     if os.geteuid() == 0:  # each app under its own uid; its HOME is that uid's alone
         a_pid = int(srv.ssh_json(srv.admin_key, "status", "probe-a")["instances"][0]["pid"])
-        a_uid, b_uid = uid_of(family(a_pid)[-1]), uid_of(aim["other_pids"][-1])
+        a_uid, b_uid = uid_of(sandbox_pids(a_pid)[-1]), uid_of(aim["other_pids"][-1])
         assert report["own"]["uid"] == a_uid
         assert report["own"]["user"] == "crew-probe-a"
         assert a_uid >= 200_000
@@ -264,8 +278,12 @@ def test_insecure_no_sandbox_is_the_only_way_out_and_it_shows(tmp_path: Path) ->
 def test_sandboxed_crews_are_adopted_after_a_daemon_restart_and_retired_whole(
         srv: CrewshipServer, probes: dict[str, CrewAPI]) -> None:
     status = srv.ssh_json(srv.admin_key, "status", "probe-a")
-    old = family(int(status["instances"][0]["pid"]))
-    assert len(old) == 3, old          # outer bwrap, the namespace's init, the crew
+    old = sandbox_pids(int(status["instances"][0]["pid"]))
+    assert len(old) == 3, old          # see sandbox_pids
+    forked = "preload" in Path(f"/proc/{old[1]}/cmdline").read_text()
+    kept = old[:2]
+    if forked:  # the app's preloaded parent and its sandbox stay for the next instance
+        old = old[2:]
     srv.restart(leave_children=True)   # no --die-with-parent: the crews stay up
     adopted = srv.ssh_json(srv.admin_key, "status", "probe-a")
     assert adopted["instances"][0]["pid"] == status["instances"][0]["pid"]
@@ -281,6 +299,9 @@ def test_sandboxed_crews_are_adopted_after_a_daemon_restart_and_retired_whole(
     while any(alive(pid) for pid in old) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(pid) for pid in old), "the old sandbox lingers"
+    if forked:  # the new instance was forked by the same parent, in the same sandbox
+        new = srv.ssh_json(srv.admin_key, "status", "probe-a")["instances"][0]["pid"]
+        assert sandbox_pids(int(new))[:2] == kept
     assert api.run({"targets": targets(srv, "probe-b"), "topic": "again"})["state"] == "SUCCESS"
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from builder.env import EnvBuilder, default_uv
 from builder.image import ImageBuilder, connect
-from builder.release import RUNNER_FILE
+from builder.release import RUNNER_DIR
 from crewship.config import Layout
 from crewship.reporter import NullReporter
 from tests.conftest import DOCKER_BASE_IMAGE
@@ -126,7 +126,8 @@ def test_an_index_password_is_in_no_images_history(tmp_path: Path,
         "dependencies = []\n")
     subprocess.run([default_uv(), "lock", "--offline", "--python", sys.executable],
                    cwd=work / "app", check=True, capture_output=True, timeout=120)
-    (work / RUNNER_FILE).write_text("print('runner')\n")
+    (work / RUNNER_DIR).mkdir()
+    (work / RUNNER_DIR / "__main__.py").write_text("print('runner')\n")
     layout = Layout(tmp_path / "data")
     layout.ensure()
     builder = ImageBuilder(layout, EnvBuilder(layout.envs, sys.executable), DOCKER_BASE_IMAGE)

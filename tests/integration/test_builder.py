@@ -93,12 +93,7 @@ def project(tmp_path: Path) -> Project:
 
 @pytest.fixture
 def runner_source(tmp_path: Path) -> Path:
-    real = Path(__file__).resolve().parents[2] / "runtime" / "runner.py"
-    if real.is_file():
-        return real
-    dummy = tmp_path / "runner.py"
-    dummy.write_text("# stand-in for runtime/runner.py\n")
-    return dummy
+    return Path(__file__).resolve().parents[2] / "runtime" / "runner"
 
 
 @pytest.fixture
@@ -150,14 +145,14 @@ def test_first_build_installs_and_places_a_read_only_release(
     assert (meta.commit, meta.kind, meta.package, meta.env_key) == (
         commit, "crew", "tiny", release.env.key)
     assert (meta.app_dir / "src/tiny/crew.py").is_file()
-    assert meta.runner.is_file()
+    assert (meta.runner / "__main__.py").is_file()
     crew_py = meta.app_dir / "src/tiny/crew.py"
     assert not crew_py.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
     assert not list(layout.tmp.iterdir())
 
     argv = runner_argv(release, "127.0.0.1", 9001, "i1")
     assert argv[:3] == [str(release.env.path / "bin/python"), str(release.dir /
-                        "crewship_runner.py"), "--app-dir"]
+                        "crewship_runner"), "--app-dir"]
     assert argv == runner_argv(meta, "127.0.0.1", 9001, "i1")
     assert "--definition" not in argv
     assert argv[-2:] == ["--instance", "i1"]

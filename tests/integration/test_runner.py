@@ -24,13 +24,14 @@ from typing import Any
 
 import pytest
 
-from runtime.runner import SIGNATURE_HEADER, sign
+from builder.release import copy_runner
+from runtime.runner.signing import SIGNATURE_HEADER, sign
 from tests.support import crewenv
 from tests.support.fakellm import ANSWER_PREFIX, FakeLLM
 
 pytestmark = pytest.mark.slow
 
-RUNNER = Path(__file__).resolve().parents[2] / "runtime" / "runner.py"
+RUNNER = Path(__file__).resolve().parents[2] / "runtime" / "runner"
 INSTANCE = "v1.1"
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[v1\.1\] ")
 HEALTH_TIMEOUT = 90.0
@@ -106,14 +107,15 @@ def call(
 
 
 class RunnerProcess:
-    """One runner child process laid out like a release: <dir>/crewship_runner.py + app."""
+    """One runner child process laid out like a release: <dir>/crewship_runner/ + app."""
 
     def __init__(
         self, project: Path, python: Path, args: list[str], llm: FakeLLM, wrap: list[str] | None = None
     ) -> None:
         release = project.parent
-        self.script = release / "crewship_runner.py"
-        shutil.copyfile(RUNNER, self.script)
+        self.script = release / "crewship_runner"
+        if not self.script.exists():
+            copy_runner(RUNNER, self.script)
         self.log = release / f"app-{time.monotonic_ns()}.log"
         self.port = free_port()
         home = release / "home"

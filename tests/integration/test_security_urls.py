@@ -341,7 +341,17 @@ def test_kickoff_webhooks_to_internal_targets_are_a_400_with_the_reason(
         own = api.post("/kickoff", json={"inputs": {},
                                          "crewWebhookUrl": f"{srv.http_url}/apps/demo/kickoff"})
         assert own.status_code == 400
+        human = api.post("/kickoff", json={"inputs": {}, "humanInputWebhook": {
+            "url": "http://10.0.0.1/hitl", "authentication": {"strategy": "bearer",
+                                                              "token": "t"}}})
+        assert human.status_code == 400, human.text
+        assert "humanInputWebhook.url resolves to a private address" in human.json()["message"]
         assert api.get("/kickoffs").json()["kickoffs"] == []
+        resumed = api.post("/resume", json={  # a resume's webhook URLs are checked the same
+            "execution_id": "k", "task_id": "t", "human_feedback": "", "is_approve": True,
+            "taskWebhookUrl": "http://127.0.0.1:9/t"})
+        assert resumed.status_code == 400, resumed.text
+        assert "taskWebhookUrl resolves to a loopback" in resumed.json()["message"]
 
 
 def test_alerts_add_refuses_internal_targets_with_one_line(srv: CrewshipServer) -> None:

@@ -73,6 +73,19 @@ def test_prune_applies_age_and_count_per_app_and_spares_running(platform: Platfo
     assert prune_kickoffs(platform.db, Retention(days=30, max_per_app=3), NOW) == {}
 
 
+def test_a_kickoffs_trace_goes_with_it(platform: Platform) -> None:
+    _, demo = make_app(platform, "demo")
+    for kickoff_id, days in (("new", 1), ("old", 45)):
+        add_kickoff(platform, demo, kickoff_id, "SUCCESS", days)
+        platform.db.execute("INSERT INTO kickoff_traces (kickoff_id, spans_json) VALUES (?, '[]')",
+                            kickoff_id)
+    assert prune_kickoffs(platform.db, Retention(days=30, max_per_app=10), NOW) == {"demo": 1}
+    assert [r["kickoff_id"] for r in platform.db.all("SELECT kickoff_id FROM kickoff_traces")] == [
+        "new"]
+    platform.db.execute("DELETE FROM apps WHERE id = ?", demo.id)  # and with its app
+    assert platform.db.all("SELECT kickoff_id FROM kickoff_traces") == []
+
+
 def test_alert_receivers_are_checked_and_scoped(platform: Platform) -> None:
     owner, app = make_app(platform)
     alert = platform.monitoring.add_alert(owner, "demo", "http://127.0.0.1:9/hook", "crashed,deploy_failed")

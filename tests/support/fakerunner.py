@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from runtime.runner import (
+from runtime.runner.signing import (
     PROOF_HEADER,
     SIGNATURE_HEADER,
     read_secret,

@@ -31,6 +31,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = {"unparsable": raw.decode(errors="replace")}
         with self.server.lock:
             self.server.hosts.append(self.headers.get("Host", ""))
+            self.server.auth.append((self.path, self.headers.get("Authorization")))
         status = self.server.record(self.path, body)
         self.send_response(status)
         self.send_header("Content-Length", "0")
@@ -47,6 +48,7 @@ class _Server(ThreadingHTTPServer):
         self.tried: list[tuple[str, Any]] = []
         self.failures: dict[str, int] = {}
         self.hosts: list[str] = []   # the Host header of every POST
+        self.auth: list[tuple[str, str | None]] = []  # (path, Authorization) of every POST
 
     def record(self, path: str, body: Any) -> int:
         with self.lock:
@@ -82,6 +84,11 @@ class Receiver:
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
+
+    def authorizations(self, path: str) -> list[str | None]:
+        """The ``Authorization`` header of every POST to ``path`` (None: none sent)."""
+        with self._server.lock:
+            return [value for p, value in self._server.auth if p == path]
 
     def host_headers(self) -> list[str]:
         with self._server.lock:

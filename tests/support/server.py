@@ -239,6 +239,9 @@ class CrewshipServer:
         self.stop()
         kill_pids(self._leftovers)
         self._leftovers.clear()
+        from tests.support.sandboxes import kill_preload_sandboxes
+
+        kill_preload_sandboxes(self.data_dir)  # parents a killed daemon left outside its tree
 
     def __enter__(self) -> CrewshipServer:
         return self.start()

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from runtime.channel import SecretStore, new_secret
-from runtime.runner import SIGNATURE_MAX_AGE, response_mac, sign, signature_valid
+from runtime.runner.signing import SIGNATURE_MAX_AGE, response_mac, sign, signature_valid
 
 KEY = b"0123456789abcdef0123456789abcdef"
 

@@ -29,14 +29,19 @@ def test_the_release_is_read_from_the_instance_id() -> None:
 def test_the_runner_records_task_and_step_webhooks_but_never_sees_a_url() -> None:
     hooks = {"task": "https://x/t", "step": "https://x/s", "crew": "https://x/c"}
     row = _row(id="k1", inputs_json=json.dumps({"topic": "a"}),
-               webhooks_json=json.dumps(hooks), meta_json=json.dumps({"m": 1}))
+               webhooks_json=json.dumps(hooks), meta_json=json.dumps({"m": 1}),
+               human_webhook=None)
     body = run_body(row)
     assert body == {"kickoff_id": "k1", "inputs": {"topic": "a"},
                     "webhooks": {"task": True, "step": True}, "meta": {"m": 1}}
     assert "https://" not in json.dumps(body)
     assert hook_urls(row) == {"task": "https://x/t", "step": "https://x/s"}  # kept by the daemon
-    plain = run_body(_row(id="k2", inputs_json="{}", webhooks_json=None, meta_json=None))
+    plain = run_body(_row(id="k2", inputs_json="{}", webhooks_json=None, meta_json=None,
+                          human_webhook=None))
     assert plain == {"kickoff_id": "k2", "inputs": {}}
+    waits = run_body(_row(id="k3", inputs_json="{}", webhooks_json=None, meta_json=None,
+                          human_webhook="fernet:sealed"))
+    assert waits["webhooks"] == {"task": True, "step": True}  # a resume may bring URLs
 
 
 def test_kickoff_settings_come_from_the_environment_and_are_checked() -> None:

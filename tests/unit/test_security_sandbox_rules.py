@@ -112,11 +112,11 @@ def test_the_dashboard_says_when_crews_run_unsandboxed() -> None:
     note = config.from_env({}, insecure_no_sandbox=True).sandbox_note
     row = {"app": "demo", "state": "running", "release": "v1", "url": "http://x/apps/demo",
            "restarts": 0, "scale": 1, "sandbox": False, "sandbox_note": note}
-    page = html.apps_page("admin", [row])
-    assert "id='sandbox-warning'" in page
+    page = html.render("apps.html", html.apps_context([row]))
+    assert 'id="sandbox-warning"' in page
     assert "OFF (--insecure-no-sandbox)" in page
-    assert "unsandboxed" in html.app_page("admin", {**row, "uuid": "u", "instances": []},
-                                          [], [], {"count": 0, "failed": 0, "p50": None,
-                                                   "p95": None})
+    window = {"count": 0, "failed": 0, "p50": None, "p95": None, "buckets": []}
+    app = html.app_context({**row, "uuid": "u", "instances": []}, [], [], window, [], [])
+    assert "unsandboxed" in html.render("app.html", app)
     safe = {**row, "sandbox": True, "sandbox_note": config.from_env({}).sandbox_note}
-    assert "sandbox-warning" not in html.apps_page("admin", [safe])
+    assert "sandbox-warning" not in html.render("apps.html", html.apps_context([safe]))

@@ -85,7 +85,8 @@ def stamp(days_ago: float) -> str:
 def test_retention_drops_finished_kickoffs_older_than_the_limit() -> None:
     rows = [("new", "SUCCESS", stamp(1)), ("old", "FAILURE", stamp(31)),
             ("edge", "SUCCESS", stamp(29.9)), ("old-running", "RUNNING", stamp(90)),
-            ("old-pending", "PENDING", stamp(40))]
+            ("old-pending", "PENDING", stamp(40)),
+            ("old-waiting", "PENDING_HUMAN_INPUT", stamp(60))]  # a human may take weeks
     assert kickoffs_to_prune(rows, Retention(days=30), NOW) == ["old"]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from crewship.api.dashboard_usage import chart_svg, usage_card
+from crewship.api.charts import usage_chart
 from crewship.errors import InvalidInputError
 from crewship.service.audit import printable
 from crewship.service.quotas import parse_quota
@@ -83,24 +83,21 @@ def test_quota_assignments() -> None:
             parse_quota(bad)
 
 
-def test_the_chart_is_escaped_svg_with_memory_and_cpu() -> None:
+def test_the_usage_chart_draws_memory_and_cpu_over_the_points_span() -> None:
     now = 1_000_000.0
     points = [{"at": now - 120 + i * 60, "memory_bytes": (200 + i) * 2**20,
                "cpu_percent": 10.0 * i} for i in range(3)]
-    svg = chart_svg(points, now)
-    assert svg.startswith("<svg id='usage-chart'")
-    assert "<polygon class='mem'" in svg
-    assert "<polyline class='cpu'" in svg
-    assert "10 min ago" in svg       # less than 10 minutes of points: a 10-minute span
+    chart = usage_chart(points, now)
+    assert len(chart["area"].split()) == 5          # the three points, closed to the axis
+    assert len(chart["cpu"].split()) == 3
+    assert chart["xlabels"][0]["text"] == "10 min ago"   # under 10 minutes: a 10-minute span
     older = [{"at": now - 20 * 3600, "memory_bytes": 1, "cpu_percent": 1}, *points]
-    assert "20 h ago" in chart_svg(older, now)      # the span of the points kept
+    assert usage_chart(older, now)["xlabels"][0]["text"] == "20 h ago"
     too_old = [{"at": now - 30 * 3600, "memory_bytes": 1, "cpu_percent": 1}, *points]
-    assert chart_svg(too_old, now) == svg           # only the last 24 h are drawn
-    card = usage_card([{"id": "<b>x</b>", "state": "up", "memory_bytes": 5 * 2**20,
-                        "cpu_percent": 1.25, "fds": 9, "threads": 2}], points)
-    assert "<b>x</b>" not in card
-    assert "5.0 MB" in card
-    assert "1.2%" in card
+    assert usage_chart(too_old, now) == chart       # only the last 24 h are drawn
+    single = usage_chart(points[:1], now)
+    assert single["dot"] is not None
+    assert single["area"] == ""
 
 
 def test_audit_summaries_stay_on_one_line() -> None:
