@@ -31,9 +31,11 @@ bubblewrap:
 	    echo "crewship runs crews under bubblewrap: install it with 'sudo apt-get install bubblewrap'"; \
 	  fi; }
 
-## Run every test (unit, integration, e2e).
+## Run every test (unit, integration, e2e). Crew envs, uv.locks and docker dependency layers
+## are built once per lock file and kept in ~/.cache/crewship-tests (CREWSHIP_TEST_CACHE) and
+## tagged crewship-test-deps:* (README "Tests"); the slowest tests are listed at the end.
 test: venv
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 lint: venv
 	$(BIN)/ruff check .

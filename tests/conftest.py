@@ -51,9 +51,34 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _docker_dependency_layers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a module with ``docker`` tests: keep the dependency stages its image builds
+    made (tagged), so the next build of the same lock, in this run or the next, installs
+    nothing (tests/support/dockercache.py)."""
+    yield
+    path = request.node.path
+    if not any(item.path == path and item.get_closest_marker("docker")
+               for item in request.session.items):
+        return
+    if docker_missing() is not None:
+        return
+    import docker
+
+    from tests.support.dockercache import keep_dependency_layers
+
+    client = docker.from_env(timeout=60)
+    try:
+        keep_dependency_layers(client)
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
-    """Make servers: ``server_factory(env={...}, args=[...], start=True)``; all closed at teardown."""
+    """Make servers: ``server_factory(env={...}, args=[...], start=True)``; all closed at
+    teardown. ``shared_envs=True``: crew environments come from (and go to) the cache every
+    test server shares, one per uv.lock (tests/support/crewenv.py)."""
     made: list[CrewshipServer] = []
 
     def make(*, start: bool = True, **kwargs: Any) -> CrewshipServer:

@@ -4,7 +4,8 @@ against the fake LLM. Needs dockerd and the local base image (``.ci/docker-setup
 without them the test skips, and fails under CI=true (tests/conftest.py).
 
 Everything the test makes is removed afterwards by label: containers and images with
-``crewship.app=<one of the apps here>``, then dangling crewship layers and dependency stages.
+``crewship.app=<one of the apps here>``, then dangling crewship layers. The dependency stage
+is kept for the next build of the same lock (tests/support/dockercache.py).
 """
 
 from __future__ import annotations
@@ -46,8 +47,7 @@ def cleanup(client: Any) -> None:
                 client.images.remove(image.id, force=True)
     with contextlib.suppress(docker.errors.DockerException):
         client.images.prune(filters={"dangling": True, "label": "crewship.managed"})
-    with contextlib.suppress(docker.errors.DockerException):  # the dependency stages
-        client.images.prune(filters={"dangling": True, "label": "crewship.deps"})
+    # The dependency stages stay: tests/support/dockercache.py keeps them for the next build.
 
 
 @pytest.fixture(scope="module")

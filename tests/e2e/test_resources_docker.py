@@ -31,9 +31,8 @@ def cleanup(client: Any) -> None:
     for image in client.images.list(filters={"label": f"crewship.app={APP}"}):
         with contextlib.suppress(docker.errors.DockerException):
             client.images.remove(image.id, force=True)
-    for label in ("crewship.managed", "crewship.deps"):
-        with contextlib.suppress(docker.errors.DockerException):
-            client.images.prune(filters={"dangling": True, "label": label})
+    with contextlib.suppress(docker.errors.DockerException):  # the dependency stage stays
+        client.images.prune(filters={"dangling": True, "label": "crewship.managed"})
 
 
 @pytest.fixture(scope="module")

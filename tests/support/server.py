@@ -105,7 +105,12 @@ class CrewshipServer:
     """One ``crewship server`` with its own data dir, ports, keys and log file."""
 
     def __init__(self, root: Path, *, env: Mapping[str, str] | None = None,
-                 args: Sequence[str] = (), admin: str = "admin") -> None:
+                 args: Sequence[str] = (), admin: str = "admin",
+                 shared_envs: bool = False) -> None:
+        """``shared_envs``: build crew environments into the cache every test server shares
+        (``tests/support/crewenv.py``), so a uv.lock seen before installs nothing; the
+        fixtures' one is built there first, under a file lock. Without it (the default,
+        and what the benchmarks measure) the server builds into its own data dir."""
         self.root = root
         self.data_dir = root / "data"
         self.keys_dir = root / "keys"
@@ -113,6 +118,7 @@ class CrewshipServer:
         self.ssh_port = free_port()
         self.http_port = free_port()
         self.extra_env = dict(env or {})
+        self._use_shared_envs(shared_envs)
         self.extra_args = list(args)
         self.admin_name = admin
         self.proc: subprocess.Popen[bytes] | None = None
@@ -120,6 +126,19 @@ class CrewshipServer:
         self._log_offset = 0
         self.admin_key = self.make_key(admin)
         self.admin_add_key(admin, self.admin_key)
+
+    def _use_shared_envs(self, asked: bool) -> None:
+        """Point the server at the shared envs dir if asked, and when it is pointed there
+        (also by an explicit ``CREWSHIP_ENVS_DIR``), build the fixtures' env first, under
+        the cache's file lock, so no two servers or test workers ever build it at once."""
+        from tests.support import crewenv
+
+        shared = str(crewenv.shared_envs_dir())
+        if asked:
+            self.extra_env.setdefault("CREWSHIP_ENVS_DIR", shared)
+        envs = self.extra_env.get("CREWSHIP_ENVS_DIR")
+        if envs is not None and os.path.realpath(envs) == os.path.realpath(shared):
+            crewenv.warm()
 
     # ---------------------------------------------------------------- keys/users
     def make_key(self, name: str) -> Path:
@@ -345,13 +364,11 @@ class CrewshipServer:
 
 
 @contextlib.contextmanager
-def shared_envs_server(root: Path, env: dict[str, str] | None = None) -> Iterator[CrewshipServer]:
+def shared_envs_server(root: Path, env: dict[str, str] | None = None,
+                       args: Sequence[str] = ()) -> Iterator[CrewshipServer]:
     """A started server whose crew environments live in the cache every test server shares
     (as the apps of one server share them); closed, with the crews it started, afterwards."""
-    from tests.support.crewenv import cache_root
-
-    server = CrewshipServer(root, env={"CREWSHIP_ENVS_DIR": str(cache_root() / "server-envs"),
-                                       **(env or {})})
+    server = CrewshipServer(root, env=env, args=args, shared_envs=True)
     server.start()
     try:
         yield server
