@@ -55,7 +55,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     envs = cache_root() / "server-envs"
     srv = CrewshipServer(tmp_path_factory.mktemp("releases"),
                          env={"CREWSHIP_ENVS_DIR": str(envs),
-                              "CREWSHIP_DEPLOY_LOCK_TIMEOUT": str(LOCK_TIMEOUT)})
+                              "CREWSHIP_DEPLOY_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
+                              # the lock test needs a restart that outlasts the lock timeout:
+                              # a cold start takes seconds, a preloaded fork tenths
+                              "CREWSHIP_PRELOAD": "0"})
     with FakeLLM() as llm:
         srv.start()
         try:
