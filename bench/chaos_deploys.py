@@ -272,6 +272,7 @@ def _full_push(srv: CrewshipServer, project: Path, row: Row) -> None:
             log(result.stderr[-1500:])
     else:
         row.lost += 1
+        log(f"push into a full disk: exit {result.returncode}: {result.stderr[-1500:]}")
 
 
 def _full_kickoffs(srv: CrewshipServer, token: str, row: Row) -> None:

@@ -19,6 +19,7 @@ from crewship.errors import (
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
+    StorageFullError,
     app_not_found,
 )
 from crewship.model import AccessLevel, App, Key, RefUpdate, User, validate_app_name
@@ -87,8 +88,14 @@ class Platform:
 
     # ----------------------------------------------------------------- identity
     def signed_in(self, user: User) -> None:
-        """An SSH connection of ``user`` was authenticated: ``users`` shows it as last seen."""
-        self.accounts.seen(user)
+        """An SSH connection of ``user`` was authenticated: ``users`` shows it as last seen.
+
+        Best effort: a full disk must not shut the door (the command then says what failed).
+        """
+        try:
+            self.accounts.seen(user)
+        except (StorageFullError, OSError) as exc:
+            logger.warning("last_seen_not_recorded", user=user.name, error=str(exc))
 
     def authenticate(self, fingerprint: str) -> User | None:
         user = self.accounts.user_by_fingerprint(fingerprint)
