@@ -24,7 +24,6 @@ before the next one goes. The credentials are stored sealed with the kickoff
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import re
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from typing import Any
 
 from crewship import log
 from crewship.errors import InvalidInputError, UnprocessableInputError
+from crewship.service.human import auth_headers
 from crewship.service.notify import Deliverer
 from crewship.store.sealing import Sealer
 from crewship.urls import validate_url
@@ -57,13 +57,7 @@ class StreamSpec:
 
     def header(self) -> dict[str, str]:
         """The ``Authorization`` header the receiver asked for (none without credentials)."""
-        auth = dict(self.auth)
-        if auth.get("strategy") == "bearer":
-            return {"Authorization": f"Bearer {auth['token']}"}
-        if auth.get("strategy") == "basic":
-            pair = f"{auth['username']}:{auth['password']}".encode()
-            return {"Authorization": f"Basic {base64.b64encode(pair).decode()}"}
-        return {}
+        return auth_headers({"authentication": dict(self.auth)})
 
     def stored(self, sealer: Sealer) -> dict[str, Any]:
         """What the kickoff row keeps (``webhooks_json["events"]``): credentials sealed."""
