@@ -33,6 +33,7 @@ import secrets
 import socket
 import time
 import uuid
+from typing import Any
 
 import docker
 import docker.errors
@@ -54,6 +55,7 @@ from runtime.swarmspec import (
     LABEL_RELEASE,
     LABEL_SERVER,
     SLOT_SPAN,
+    STARTING_STATES,
     UPDATE_FAILED,
     Rollout,
     Task,
@@ -311,14 +313,30 @@ class SwarmSupervisor(SwarmWatch):
         log.info("registry_images_deleted", app=app, images=removed)
 
     async def _forget_secrets(self, st: SwarmApp, keep: str, wait: bool = True) -> None:
-        """Remove the app's other rollout secrets once no task uses them."""
+        """Remove the app's other rollout secrets once no task and no spec uses them.
+
+        Docker refuses to remove a secret only while the service's current spec names it;
+        the spec a rollback returns to (``PreviousSpec``) and tasks still running are not
+        counted, so a cleanup that ran during a failing rollout used to delete the secret
+        of the release Swarm was rolling back to: its tasks kept running, unreachable.
+        A delayed cleanup waits for a rollout in progress to end, then spares every
+        secret the service's specs or its live tasks name."""
         if wait:
             await asyncio.sleep(self._timings.drain_timeout + 5.0)
+            async with st.lock:
+                await self._forget_unused(st, keep)
+        else:
+            await self._forget_unused(st, keep)
+
+    async def _forget_unused(self, st: SwarmApp, keep: str) -> None:
+        spared = {keep} | secrets_named(await self._service(st))
+        spared |= {t.secret_name for t in await self._read_tasks(st)
+                   if t.state in ("running", *STARTING_STATES)}
         found = await self._api("secrets", filters={"label": f"{LABEL_APP}={st.name}"})
         for item in found:
             name = str((item.get("Spec") or {}).get("Name", ""))
             labels = (item.get("Spec") or {}).get("Labels") or {}
-            if name == keep or labels.get(LABEL_SERVER) != self.server:
+            if name in spared or labels.get(LABEL_SERVER) != self.server:
                 continue
             with contextlib.suppress(CrewshipError, docker.errors.NotFound):
                 await self._api("remove_secret", item["ID"])  # refused while in use
@@ -377,6 +395,15 @@ class SwarmSupervisor(SwarmWatch):
         if self._client is not None:
             await asyncio.to_thread(self._client.close)
             self._client = None
+
+
+def secrets_named(service: dict[str, Any] | None) -> set[str]:
+    """The secret names a service's current and previous (rollback) specs mount."""
+    names = set()
+    for spec in ((service or {}).get("Spec"), (service or {}).get("PreviousSpec")):
+        container = ((spec or {}).get("TaskTemplate") or {}).get("ContainerSpec") or {}
+        names |= {str(s.get("SecretName", "")) for s in container.get("Secrets") or []}
+    return names - {""}
 
 
 def _free(host: str, port: int) -> bool:
