@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade uv
-	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[test]'
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -34,8 +34,14 @@ bubblewrap:
 ## Run every test (unit, integration, e2e). Crew envs, uv.locks and docker dependency layers
 ## are built once per lock file and kept in ~/.cache/crewship-tests (CREWSHIP_TEST_CACHE) and
 ## tagged crewship-test-deps:* (README "Tests"); the slowest tests are listed at the end.
+## TEST_WORKERS pytest-xdist workers: modules spread over them, docker modules share one
+## (tests/conftest.py).
+## Bytecode is written (PYTHONDONTWRITEBYTECODE unset): every server and CLI the tests
+## start imports crewship from .pyc files (1.2 s instead of 2.9 s each).
+TEST_WORKERS ?= 2
 test: venv
-	$(BIN)/python -m pytest -q -ra --durations=15
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -q -ra --durations=15 \
+	  -n $(TEST_WORKERS) --no-loadscope-reorder
 
 lint: venv
 	$(BIN)/ruff check .

@@ -371,7 +371,7 @@ async def build_image(client: docker.DockerClient, ctx: Path, tag: str, labels: 
 
 
 # dockerd's words when a cached layer went while the build ran (another server's cleanup)
-LOST_LAYER = ("unknown parent image ID", "failed to get digest")
+LOST_LAYER = ("unknown parent image ID", "failed to get digest", "failed to get destination image")
 
 
 def forget_secrets(client: docker.DockerClient, secrets: list[str]) -> int:

@@ -37,6 +37,48 @@ def docker_missing() -> str | None:
     return None
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def docker_module(module: str) -> bool:
+    """A test module with ``docker`` tests (by its text, so the xdist controller, which
+    collects nothing, knows it too)."""
+    try:
+        return "pytest.mark.docker" in (ROOT / module).read_text()
+    except OSError:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest work first: the docker modules, then e2e, integration, unit (short
+    modules fill the gaps at the end under ``make test``'s xdist workers); the same order
+    on every worker, a module's own tests in their order."""
+    def rank(item: pytest.Item) -> tuple[int, str]:
+        module = item.nodeid.split("::", 1)[0]
+        if docker_module(module):
+            return 0, module
+        kind = module.split("/")[1] if module.count("/") >= 2 else ""
+        return {"e2e": 1, "integration": 2}.get(kind, 3), module
+
+    items.sort(key=rank)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``make test`` (``-n 2``): a module is one unit of work (its module-scoped servers
+    start once), and every docker module goes to the same worker, one after another
+    (builds on one dockerd clean up each other's dependency stages). xdist's own
+    ``loadgroup`` cannot do it here: it renames test ids, which pytest 9.2 ignores."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "docker" if docker_module(module) else module
+
+    return ModuleScheduling(config, log)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """``docker`` tests skip without Docker, with the reason; in CI they fail instead
     (``CI=true``, or ``CREWSHIP_REQUIRE_DOCKER=1`` as .ci/run sets it)."""
