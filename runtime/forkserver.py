@@ -2,7 +2,7 @@
 
 Starting it in its app's sandbox (``spawn_parent``: the instance's bubblewrap mounts with
 ``releases/<app>`` and its control dir, its uid, HOME and base environment), recording it
-(``preload/<app>/<gen>.json``: pid and start time, the sandbox's init), talking to it on
+(``preload/<app>/<gen>.json``: a pid record, runtime/pidrecord.py, with the parent's key), talking to it on
 ``<gen>/s`` (``connect`` checks the socket is served by that very process; ``ping``,
 ``request_fork``) and finding a forked child's pid outside the sandbox (``host_pid``).
 The protocol is in runtime/runner/preload.py.
@@ -23,6 +23,7 @@ from typing import Any
 
 from crewship.errors import CrewshipError
 from runtime.backend import InstanceSpec
+from runtime.pidrecord import PidRecord, is_running, proc_start, write_record
 from runtime.sandbox import Sandbox, first_child, read_init_pid
 
 SOCKET_NAME, STATE_NAME, EXITS_DIR = "s", "state.json", "exits"
@@ -30,19 +31,6 @@ SOCKET_NAME, STATE_NAME, EXITS_DIR = "s", "state.json", "exits"
 
 class PreloadError(CrewshipError):
     """A fork from the preloaded parent did not work; the instance starts cold."""
-
-
-def proc_start(pid: int) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
-def alive(pid: int, start: int) -> bool:
-    return proc_start(pid) == start
 
 
 def host_pid(parent: int, ns_pid: int) -> int | None:
@@ -128,7 +116,7 @@ class Parent:
         return f"{self.app}/{self.gen}"
 
     def alive(self) -> bool:
-        return alive(self.pid, self.start)
+        return is_running(self.pid, self.start)
 
 
 @dataclass
@@ -236,10 +224,8 @@ def spawn_parent(spec: InstanceSpec, key: str, control: Path, sandbox: Sandbox |
     if start is None:
         raise OSError("the preloaded parent exited at once")
     parent = Parent(spec.app, key, control.name, control, pid, start, init, outer)
-    record = {"key": key, "pid": pid, "start": start, "init": list(init) if init else None}
-    tmp = control.with_name(f".{control.name}.json.tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, control.with_suffix(".json"))
+    write_record(control.with_suffix(".json"), {"key": key,
+                                                **PidRecord(pid, start, init).fields()})
     return parent
 
 

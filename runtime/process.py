@@ -3,9 +3,9 @@
 - The argv runs with the spec's explicit environment, stdout and stderr appended
   (``O_APPEND``) to the app's log file, in a new session (``start_new_session``) so
   it outlives the daemon: a restarted daemon adopts it instead of starting a twin.
-- Each instance is recorded in ``instances/<id>.json`` (written atomically) with its
-  pid and the start time from ``/proc/<pid>/stat``, so a recycled pid is never
-  mistaken for ours. The record goes when the instance is stopped or reaped.
+- Each instance is recorded in ``instances/<id>.json`` (a pid record, runtime/pidrecord.py:
+  written atomically, its pid and the start time from ``/proc/<pid>/stat``), so a recycled
+  pid is never mistaken for ours. The record goes when the instance is stopped or reaped.
 - With a ``Sandbox`` (runtime/sandbox.py) the argv runs under bubblewrap; the recorded
   pid is then the outer ``bwrap`` and the record also names its namespace's init, so a
   stop reaches the crew inside and a kill ends the whole namespace, adopted or not.
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import secrets
@@ -44,6 +43,7 @@ from crewship.log import get as get_logger
 from runtime.backend import STATUS_UNKNOWN, BackendError, InstanceRef, InstanceSpec
 from runtime.forkserver import Forked
 from runtime.logs import LOG_NAME, open_append
+from runtime.pidrecord import PidRecord, is_running, proc_stat, read_record, write_record
 from runtime.preload import Preloader
 from runtime.sandbox import Launch, Sandbox, first_child, read_init_pid
 from runtime.usage import Cgroups, process_tree, scan_proc
@@ -53,22 +53,6 @@ _KILL_WAIT = 10.0
 _RELAY_WAIT = 5.0
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # holds runtime/ (for -m)
 log = get_logger(__name__)
-
-
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks) of ``pid`` from ``/proc``, or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    return fields[0], int(fields[19])  # fields 3 and 22 of proc(5)
-
-
-def is_running(pid: int, start: int) -> bool:
-    """``pid`` is alive (not a zombie) and is the process that started at ``start``."""
-    stat = proc_stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X") and stat[1] == start
 
 
 @dataclass
@@ -208,16 +192,11 @@ class ProcessBackend:
 
     def _write_record(self, tracked: _Tracked, argv0: str) -> None:
         ref = tracked.ref
-        record = {"id": ref.id, "app": ref.app, "release": ref.release, "index": ref.index,
-                  "pid": tracked.pid, "proc_start": tracked.start, "host": ref.host,
-                  "port": ref.port, "started_at": ref.started_at, "argv0": argv0,
-                  "sandbox_init": list(tracked.init) if tracked.init else None,
-                  "preload": tracked.preload}
-        path = self._record_path(ref.id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record, sort_keys=True))
-        os.replace(tmp, path)
+        proc = PidRecord(tracked.pid, tracked.start, tracked.init)
+        write_record(self._record_path(ref.id), {
+            "id": ref.id, "app": ref.app, "release": ref.release, "index": ref.index,
+            "host": ref.host, "port": ref.port, "started_at": ref.started_at,
+            "argv0": argv0, "preload": tracked.preload, **proc.fields()})
 
     # -- stop and wait -----------------------------------------------------
 
@@ -253,11 +232,12 @@ class ProcessBackend:
         tracked = self._tracked.get(ref.id)
         if tracked is not None:
             return tracked
-        record = self._read_record(self._record_path(ref.id))
-        if record is None or record["pid"] != ref.pid:
+        found = read_record(self._record_path(ref.id))
+        if found is None or found[1].pid != ref.pid:
             return None
-        tracked = _Tracked(ref, int(record["pid"]), int(record["proc_start"]),
-                           init=_init_from(record), preload=record.get("preload"))
+        record, proc = found
+        tracked = _Tracked(ref, proc.pid, proc.start, init=proc.init,
+                           preload=record.get("preload"))
         self._tracked[ref.id] = tracked
         return tracked
 
@@ -349,28 +329,19 @@ class ProcessBackend:
     async def list(self, app: str | None = None) -> list[InstanceRef]:
         refs = []
         for path in sorted(self._layout.instances.glob("*.json")):
-            record = self._read_record(path)
-            if record is None or (app is not None and record["app"] != app):
+            found = read_record(path)
+            if found is None or (app is not None and found[0]["app"] != app):
                 continue
-            pid, start = int(record["pid"]), int(record["proc_start"])
-            if not is_running(pid, start):
+            record, proc = found
+            if not proc.alive():
                 path.unlink(missing_ok=True)
                 continue
             ref = _ref_from(record)
-            self._tracked.setdefault(ref.id, _Tracked(ref, pid, start, init=_init_from(record),
+            self._tracked.setdefault(ref.id, _Tracked(ref, proc.pid, proc.start,
+                                                      init=proc.init,
                                                       preload=record.get("preload")))
             refs.append(ref)
         return refs
-
-    def _read_record(self, path: Path) -> dict[str, Any] | None:
-        try:
-            record: dict[str, Any] = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            log.warning("instance_record_unreadable", path=str(path))
-            return None
-        return record
 
     def stop_app(self, app: str) -> None:
         """``app`` is stopped: its preloaded parent goes once its instances have."""
@@ -449,11 +420,6 @@ def _signal_sandbox(init: tuple[int, int], signum: signal.Signals, *, whole: boo
     if target is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(target, signum)
-
-
-def _init_from(record: dict[str, Any]) -> tuple[int, int] | None:
-    init = record.get("sandbox_init")
-    return (int(init[0]), int(init[1])) if init else None
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
