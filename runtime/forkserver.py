@@ -23,8 +23,9 @@ from typing import Any
 
 from crewship.errors import CrewshipError
 from runtime.backend import InstanceSpec
+from runtime.launch import spawn
 from runtime.pidrecord import PidRecord, is_running, proc_start, write_record
-from runtime.sandbox import Sandbox, first_child, read_init_pid
+from runtime.sandbox import Sandbox, first_child
 
 SOCKET_NAME, STATE_NAME, EXITS_DIR = "s", "state.json", "exits"
 
@@ -210,9 +211,7 @@ def spawn_parent(spec: InstanceSpec, key: str, control: Path, sandbox: Sandbox |
                          cwd=control, port=0, readonly=(pre.releases, pre.env_path),
                          home=spec.home, uid=spec.uid, writable=(control,))
     if sandbox is None:
-        outer = subprocess.Popen(argv, env=env, cwd=control, stdin=subprocess.DEVNULL,
-                                 stdout=log_fd, stderr=log_fd, start_new_session=True,
-                                 close_fds=True)
+        outer, _ = spawn(pspec, log_fd, None)
         pid, init = outer.pid, None
     else:
         sandbox.prepare(pspec)
@@ -231,20 +230,7 @@ def spawn_parent(spec: InstanceSpec, key: str, control: Path, sandbox: Sandbox |
 
 def _spawn_sandboxed(sandbox: Sandbox, pspec: InstanceSpec, fd: int
                      ) -> tuple[subprocess.Popen[bytes], int, tuple[int, int] | None]:
-    info_r, info_w = os.pipe()
-    try:
-        launch = sandbox.launch(pspec, info_w)
-        outer = subprocess.Popen(launch.argv, env=pspec.env, cwd=pspec.cwd,
-                                 stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                 start_new_session=True, close_fds=True,
-                                 pass_fds=launch.pass_fds)
-        os.close(info_w)
-        info_w = -1
-        init_pid = read_init_pid(info_r)
-    finally:
-        os.close(info_r)
-        if info_w >= 0:
-            os.close(info_w)
+    outer, init_pid = spawn(pspec, fd, sandbox)
     init_start = proc_start(init_pid) if init_pid is not None else None
     if init_pid is None or init_start is None:
         raise OSError("bubblewrap did not start the preloaded parent")

@@ -17,9 +17,8 @@
   sandbox), it gets the same relay, secret and environment, and its exit status comes
   from the parent (``preload`` in its record).
 
-Why ``subprocess.Popen`` and not ``asyncio.create_subprocess_exec`` (the house
-helper): asyncio's subprocess transport kills a still-running child when it is
-closed or garbage-collected, and these children must survive the daemon.
+Starting the processes (the log relay, ``Popen`` under the sandbox, the secret down
+stdin) is runtime/launch.py, shared with the preloaded parents.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ import re
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -42,16 +40,15 @@ from crewship.config import Layout
 from crewship.log import get as get_logger
 from runtime.backend import STATUS_UNKNOWN, BackendError, InstanceRef, InstanceSpec
 from runtime.forkserver import Forked
-from runtime.logs import LOG_NAME, open_append
+from runtime.launch import reap_relay, spawn, start_relay
 from runtime.pidrecord import PidRecord, is_running, proc_stat, read_record, write_record
 from runtime.preload import Preloader
-from runtime.sandbox import Launch, Sandbox, first_child, read_init_pid
+from runtime.sandbox import Sandbox, first_child
 from runtime.usage import Cgroups, process_tree, scan_proc
 
 _SAFE_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 _KILL_WAIT = 10.0
 _RELAY_WAIT = 5.0
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # holds runtime/ (for -m)
 log = get_logger(__name__)
 
 
@@ -80,7 +77,7 @@ class ProcessBackend:
         without it the daemon's usage watchdog kills an instance over its memory limit;
         ``preload`` forks instances from preloaded parents where their spec allows it."""
         # Also when off: the parents a previous daemon started are retired (prune_apps).
-        self.preloader = Preloader(layout, sandbox, _start_relay)
+        self.preloader = Preloader(layout, sandbox, start_relay)
         self.preload = preload
         self._layout = layout
         self.sandbox = sandbox
@@ -129,7 +126,7 @@ class ProcessBackend:
         forked: Forked | None = None
         init: tuple[int, int] | None = None
         try:
-            relay, fd = await asyncio.to_thread(_start_relay, self._layout.app_logs(spec.app),
+            relay, fd = await asyncio.to_thread(start_relay, self._layout.app_logs(spec.app),
                                                 spec.name)
             try:
                 if self.preload:
@@ -140,7 +137,7 @@ class ProcessBackend:
                 os.close(fd)
         except OSError as exc:
             if relay is not None:
-                _reap_relay(relay, 2.0)  # its pipe has no writer left: it ends now
+                reap_relay(relay, 2.0)  # its pipe has no writer left: it ends now
             raise BackendError(f"cannot start {spec.name}: {exc.strerror or exc}") from exc
         assert relay is not None
         return relay, popen, forked, init
@@ -148,19 +145,9 @@ class ProcessBackend:
     def _spawn(self, spec: InstanceSpec, log_fd: int
                ) -> tuple[subprocess.Popen[bytes], tuple[int, int] | None]:
         """Spawn, sandboxed when there is a sandbox; also (pid, start) of its init."""
-        if self.sandbox is None:
-            return _spawn(spec, log_fd, None), None
-        self.sandbox.prepare(spec)
-        info_r, info_w = os.pipe()
-        try:
-            popen = _spawn(spec, log_fd, self.sandbox.launch(spec, info_w))
-            os.close(info_w)
-            info_w = -1
-            init = read_init_pid(info_r)
-        finally:
-            os.close(info_r)
-            if info_w >= 0:
-                os.close(info_w)
+        if self.sandbox is not None:
+            self.sandbox.prepare(spec)
+        popen, init = spawn(spec, log_fd, self.sandbox)
         stat = proc_stat(init) if init is not None else None
         return popen, ((init, stat[1]) if init is not None and stat else None)
 
@@ -263,7 +250,7 @@ class ProcessBackend:
         await self._until_gone(tracked)
         status = await self._reap(tracked)
         if tracked.relay is not None:  # its last lines are in the log before anyone hears
-            await asyncio.to_thread(_reap_relay, tracked.relay, _RELAY_WAIT)
+            await asyncio.to_thread(reap_relay, tracked.relay, _RELAY_WAIT)
         if self.cgroups is not None:
             if self.cgroups.oom_killed(tracked.ref.app, tracked.ref.id):
                 self._exit_reasons[tracked.ref.id] = "memory_exceeded"
@@ -362,53 +349,6 @@ class ProcessBackend:
             if tracked.exited is not None and not tracked.exited.done():
                 tracked.exited.cancel()
         self._tracked.clear()
-
-
-def _start_relay(log_dir: Path, tag: str) -> tuple[subprocess.Popen[bytes], int]:
-    """A ``runtime.logrelay`` reading a new pipe; returns it and the pipe's write end.
-
-    The relay runs with the daemon's interpreter in a session of its own, so it
-    outlives the daemon like the instance does; it ends when the instance's last
-    process closes the pipe."""
-    os.close(open_append(log_dir / LOG_NAME))  # there from the start, as before
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    try:
-        relay = subprocess.Popen(
-            [sys.executable, "-m", "runtime.logrelay", str(log_dir), tag],
-            stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            cwd=_PACKAGE_ROOT, env={"PYTHONPATH": str(_PACKAGE_ROOT),
-                                    "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            start_new_session=True, close_fds=True)
-    except OSError:
-        os.close(write_end)
-        raise
-    finally:
-        os.close(read_end)
-    return relay, write_end
-
-
-def _reap_relay(relay: subprocess.Popen[bytes], timeout: float) -> None:
-    """Wait for the relay to drain the pipe and exit (a thread); never waits forever."""
-    try:
-        relay.wait(timeout)
-    except subprocess.TimeoutExpired:
-        log.warning("log_relay_slow", pid=relay.pid)  # left to finish on its own
-
-
-def _spawn(spec: InstanceSpec, log_fd: int, launch: Launch | None) -> subprocess.Popen[bytes]:
-    """Start the instance (``launch``: the sandbox's argv, bwrap ... -- spec.argv, and the
-    descriptors it keeps); its channel secret goes down a pipe once, then the pipe closes."""
-    popen = subprocess.Popen(
-        launch.argv if launch is not None else spec.argv, env=spec.env, cwd=spec.cwd,
-        stdin=subprocess.PIPE if spec.secret else subprocess.DEVNULL,
-        stdout=log_fd, stderr=log_fd, start_new_session=True,
-        close_fds=True, pass_fds=launch.pass_fds if launch is not None else ())
-    if popen.stdin is not None:
-        with contextlib.suppress(BrokenPipeError):  # it died at once: wait() will say so
-            popen.stdin.write(spec.secret.encode() + b"\n")
-        with contextlib.suppress(BrokenPipeError):
-            popen.stdin.close()
-    return popen
 
 
 def _signal_sandbox(init: tuple[int, int], signum: signal.Signals, *, whole: bool) -> None:
