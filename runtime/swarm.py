@@ -39,6 +39,7 @@ from typing import Any
 import docker
 import docker.errors
 
+from crewship.dockerd import epoch
 from crewship.errors import CrewshipError, DeployError
 from crewship.log import get as get_logger
 from crewship.reporter import Reporter
@@ -59,7 +60,6 @@ from runtime.swarmspec import (
     UPDATE_FAILED,
     Rollout,
     Task,
-    epoch,
     service_options,
     task_template,
 )

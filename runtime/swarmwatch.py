@@ -25,12 +25,13 @@ import docker.errors
 
 from crewship import dockerd
 from crewship.config import Layout
+from crewship.dockerd import short
 from crewship.errors import CrewshipError
 from crewship.errors import NotFoundError as _NotFound
 from crewship.log import get as get_logger
 from runtime.backend import STATUS_UNKNOWN, BackendError, InstanceRef
 from runtime.backoff import BackoffPolicy
-from runtime.docker import exit_status
+from runtime.container import exit_status
 from runtime.events import (
     Endpoint,
     InstanceExited,
@@ -330,11 +331,6 @@ def why(task: Task) -> str:
         code = exit_status(task.exit_code)
         return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
     return task.error or task.state
-
-
-def short(exc: Exception) -> str:
-    text = str(getattr(exc, "explanation", None) or exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def log_failure(task: asyncio.Task[Any]) -> None:
