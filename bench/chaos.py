@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import signal
@@ -38,6 +37,7 @@ from typing import Any
 import httpx
 
 from bench.chaosload import APP, SETTLE, CrewClient, Load, Row
+from runtime.pidrecord import read_record
 from tests.support.crewenv import cache_root, locked_copy
 from tests.support.fakellm import FakeLLM
 from tests.support.sandboxes import kill_preload_sandboxes
@@ -129,15 +129,17 @@ def instances(srv: CrewshipServer) -> list[dict[str, Any]]:
 def kill_instances(srv: CrewshipServer) -> None:
     """Every instance a server (or its predecessors) started: adopted ones are no longer
     its descendants, so they are found through the backend's records."""
-    for record in (srv.data_dir / "instances").glob("*.json"):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            data = json.loads(record.read_text())
-            # sandboxed: killing the namespace's init ends everything inside; the outer bwrap
-            # alone would leave the crew running
-            for pid in (*(data.get("sandbox_init") or [None])[:1], data["pid"]):
-                if pid:
-                    with contextlib.suppress(OSError):
-                        os.kill(int(pid), signal.SIGKILL)
+    for path in (srv.data_dir / "instances").glob("*.json"):
+        found = read_record(path)  # a pid record (runtime/pidrecord.py)
+        if found is None:
+            continue
+        proc = found[1]
+        # sandboxed: killing the namespace's init ends everything inside; the outer bwrap
+        # alone would leave the crew running
+        for pid in (proc.init[0] if proc.init else None, proc.pid):
+            if pid:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
     kill_preload_sandboxes(srv.data_dir)  # the preloaded parents' namespaces, likewise
 
 

@@ -240,27 +240,3 @@ def _spawn_sandboxed(sandbox: Sandbox, pspec: InstanceSpec, fd: int
             return outer, pid, (init_pid, init_start)
         time.sleep(0.005)
     raise OSError("the preloaded parent did not appear in its sandbox")
-
-
-async def pid_gone(pid: int) -> None:
-    """Until ``pid`` exits (a pidfd; polling ``/proc`` where there is none)."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    except OSError:
-        await asyncio.sleep(0.5)
-        return
-    loop = asyncio.get_running_loop()
-    gone: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(pidfd, _resolve, gone)
-    try:
-        await gone
-    finally:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

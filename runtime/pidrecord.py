@@ -12,13 +12,16 @@ owner adds (an instance's app, release and port; a parent's key):
 - ``sandbox_init``: under bubblewrap, ``[pid, start]`` of the sandbox's init (a stop
   reaches the crew inside through it, a kill ends the whole namespace), else null.
 
-``PidRecord`` is those three fields; ``write_record``/``read_record`` the file.
+``PidRecord`` is those three fields; ``write_record``/``read_record`` the file;
+``until_gone`` waits for such a process to exit (not necessarily our child).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,3 +108,32 @@ def read_record(path: Path) -> tuple[dict[str, Any], PidRecord] | None:
         log.warning("pid_record_unreadable", path=str(path))
         return None
     return record, proc
+
+
+async def until_gone(pid: int, alive: Callable[[], bool], poll: float) -> None:
+    """Until ``pid`` exits: a pidfd (it works for a process that is not our child), or
+    where there is none (old kernel, seccomp) ``alive`` polled every ``poll`` seconds.
+    ``alive`` says ``pid`` is still the recorded process: a pidfd may name a newer one."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except OSError:  # no pidfd here: poll /proc
+        while True:
+            if not alive():
+                return
+            await asyncio.sleep(poll)
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(pidfd, _resolve, gone)
+    try:
+        if alive():
+            await gone
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -50,7 +50,6 @@ from runtime.forkserver import (
     Forked,
     Parent,
     PreloadError,
-    pid_gone,
     ping,
     read_small,
     request_fork,
@@ -58,7 +57,7 @@ from runtime.forkserver import (
     take_exit_status,
 )
 from runtime.logs import AppLog
-from runtime.pidrecord import PidRecord, is_running, read_record
+from runtime.pidrecord import PidRecord, is_running, read_record, until_gone
 from runtime.sandbox import Sandbox
 
 log = get_logger(__name__)
@@ -261,7 +260,7 @@ class Preloader:
     async def _watch_parent(self, parent: Parent) -> None:
         """A parent that dies unretired (``kill -9``) is replaced at once."""
         while parent.alive():
-            await pid_gone(parent.pid)
+            await until_gone(parent.pid, parent.alive, 0.5)
         if parent.outer is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.to_thread(parent.outer.wait, 5.0)

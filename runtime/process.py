@@ -41,7 +41,14 @@ from crewship.log import get as get_logger
 from runtime.backend import STATUS_UNKNOWN, BackendError, InstanceRef, InstanceSpec
 from runtime.forkserver import Forked
 from runtime.launch import reap_relay, spawn, start_relay
-from runtime.pidrecord import PidRecord, is_running, proc_stat, read_record, write_record
+from runtime.pidrecord import (
+    PidRecord,
+    is_running,
+    proc_stat,
+    read_record,
+    until_gone,
+    write_record,
+)
 from runtime.preload import Preloader
 from runtime.sandbox import Sandbox, first_child
 from runtime.usage import Cgroups, process_tree, scan_proc
@@ -247,7 +254,7 @@ class ProcessBackend:
         return tracked.exited
 
     async def _watch(self, tracked: _Tracked) -> None:
-        await self._until_gone(tracked)
+        await until_gone(tracked.pid, lambda: self._alive(tracked), self._poll)
         status = await self._reap(tracked)
         if tracked.relay is not None:  # its last lines are in the log before anyone hears
             await asyncio.to_thread(reap_relay, tracked.relay, _RELAY_WAIT)
@@ -265,26 +272,6 @@ class ProcessBackend:
         assert tracked.exited is not None
         if not tracked.exited.done():
             tracked.exited.set_result(status)
-
-    async def _until_gone(self, tracked: _Tracked) -> None:
-        try:
-            pidfd = os.pidfd_open(tracked.pid)
-        except ProcessLookupError:
-            return
-        except OSError:  # no pidfd here (old kernel, seccomp): poll /proc
-            while True:
-                if not self._alive(tracked):
-                    return
-                await asyncio.sleep(self._poll)
-        loop = asyncio.get_running_loop()
-        gone: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(pidfd, _resolve, gone)
-        try:
-            if self._alive(tracked):  # the pidfd may name a newer process
-                await gone
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
 
     def _alive(self, tracked: _Tracked) -> bool:
         # /proc, not waitpid: an exited child stays a zombie (its pid ours) until _reap
@@ -360,11 +347,6 @@ def _signal_sandbox(init: tuple[int, int], signum: signal.Signals, *, whole: boo
     if target is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(target, signum)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _reap_foreign(tracked: _Tracked) -> int:
