@@ -110,7 +110,7 @@ class InstanceKeeper(SupervisorBase[SupervisedApp]):
 
     def _new_app(self, app: str) -> SupervisedApp:
         return SupervisedApp(app, AppLog(self._layout.app_logs(app)),
-                    backoff=RestartBackoff(self._policy, self._clock))
+                             backoff=RestartBackoff(self._policy, self._clock))
 
     def _app(self, app: str) -> SupervisedApp:
         st = super()._app(app)
