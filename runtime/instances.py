@@ -273,7 +273,6 @@ class InstanceKeeper(SupervisorBase[SupervisedApp]):
             else:
                 raise result
 
-
     def _start_recovery(self, st: SupervisedApp, index: int, reason: str,
                         up_since: float | None) -> None:
         st.recovering[index] = self._spawn(self._recover(st, index, reason, up_since, 0))

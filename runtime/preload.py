@@ -37,7 +37,6 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +55,7 @@ from runtime.forkserver import (
     spawn_parent,
     take_exit_status,
 )
+from runtime.launch import start_relay
 from runtime.logs import AppLog
 from runtime.pidrecord import PidRecord, is_running, read_record, until_gone
 from runtime.sandbox import Sandbox
@@ -66,18 +66,16 @@ READY_TIMEOUT = 180.0      # a parent importing crewai on a busy machine
 EXIT_STATUS_WAIT = 1.0     # how long a reaped instance's status may take to appear
 DEATHS_ALLOWED = 3         # parent deaths within DEATH_WINDOW before giving up on its key
 DEATH_WINDOW = 60.0
-StartRelay = Callable[[Path, str], tuple["subprocess.Popen[bytes]", int]]
 
 
 class Preloader:
     """The process runtime's preloaded parents; see the module docstring."""
 
-    def __init__(self, layout: Layout, sandbox: Sandbox | None, start_relay: StartRelay, *,
+    def __init__(self, layout: Layout, sandbox: Sandbox | None, *,
                  ready_timeout: float = READY_TIMEOUT) -> None:
         self._layout = layout
         self._root = layout.root / "preload"
         self.sandbox = sandbox
-        self._start_relay = start_relay
         self._ready_timeout = ready_timeout
         self._uid = os.getuid()
         self._current: dict[str, Parent] = {}
@@ -224,7 +222,7 @@ class Preloader:
         return parent
 
     def _spawn(self, spec: InstanceSpec, key: str, control: Path) -> Parent:
-        relay, fd = self._start_relay(self._layout.app_logs(spec.app), "preload")
+        relay, fd = start_relay(self._layout.app_logs(spec.app), "preload")
         self._relays = [r for r in self._relays if r.poll() is None] + [relay]
         try:
             return spawn_parent(spec, key, control, self.sandbox, fd)

@@ -84,7 +84,7 @@ class ProcessBackend:
         without it the daemon's usage watchdog kills an instance over its memory limit;
         ``preload`` forks instances from preloaded parents where their spec allows it."""
         # Also when off: the parents a previous daemon started are retired (prune_apps).
-        self.preloader = Preloader(layout, sandbox, start_relay)
+        self.preloader = Preloader(layout, sandbox)
         self.preload = preload
         self._layout = layout
         self.sandbox = sandbox
