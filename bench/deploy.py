@@ -20,8 +20,9 @@ run, the pairs interleaved:
   ``up`` instance and the crew API's health answers 200; baseline: the cold start.
   Each crash follows a fresh deploy, so it is a "first crash" (restart immediately).
 
-Before each timed step the server's process tree is let go idle (``settle``), so one
-side never pays for the other's background work (a new instance's warm-up imports).
+Before each timed step the server's process tree is let go idle (``settle``,
+bench/timing.py), so one side never pays for the other's background work (a new
+instance's warm-up imports). The baselines themselves are bench/baselines.py.
 The server builds into its own temp envs dir, never the shared ``CREWSHIP_ENVS_DIR``,
 so a lock from an earlier bench run can never turn a measured build into a cache hit.
 """
@@ -29,7 +30,6 @@ so a lock from an earlier bench run can never turn a measured build into a cache
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -38,27 +38,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from builder.release import load_release, runner_argv
-from runtime.runner.signing import SIGNATURE_HEADER, sign
-from tests.support.crewenv import locked_copy, uv_binary
+from bench.baselines import Baselines, uv
+from bench.timing import settle, wait_for
+from tests.support.crewenv import locked_copy
 from tests.support.fakellm import FakeLLM
-from tests.support.server import CrewshipServer, descendants, free_port
+from tests.support.server import CrewshipServer
 
 NAME = "deploy"
 APP = "bench-crew"
 INPUTS = {"topic": "benchmarks", "audience": "operators"}
 # Small pure-Python packages that crewai 1.15.30's lock does not already hold.
 EXTRA_PACKAGES = ("inflection", "humanize", "toolz", "tabulate", "termcolor", "text-unidecode")
-TELEMETRY_OFF = {"CREWAI_DISABLE_TELEMETRY": "true", "OTEL_SDK_DISABLED": "true",
-                 "CREWAI_TRACING_ENABLED": "false", "CREWAI_DISABLE_VERSION_CHECK": "true"}
-POLL = 0.02
-BASELINE_SECRET = b"bench-baseline-secret-0123456789"
 GOALS = {"redeploy": 1.5, "kickoff": 1.5, "deps": 1.5, "install": 1.2, "crash": 1.5}
 
 
@@ -78,55 +73,6 @@ def row(case: str, goal: float, baseline: str, ours: list[float], theirs: list[f
             "baseline_all_s": [round(t, 4) for t in theirs], **extra}
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``check`` every ``POLL`` seconds; returns the ``perf_counter`` when it held."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(POLL)
-    return time.perf_counter()
-
-
-def cpu_ticks(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total
-
-
-def settle(root_pid: int, timeout: float = 15.0) -> None:
-    """Until the server and its crews are idle (a new instance imports openai in the
-    background for ~4 s after it is healthy): the next measurement runs undisturbed."""
-    window = 0.25
-    quiet = window * os.sysconf("SC_CLK_TCK") * 0.05  # under 5% of one CPU
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        family = [root_pid, *descendants(root_pid)]
-        before = cpu_ticks(family)
-        time.sleep(window)
-        if cpu_ticks(family) - before <= quiet:
-            return
-
-
-def uv_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "UV_"))}
-    env.update({"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"})
-    if "UV_CACHE_DIR" in os.environ:
-        env["UV_CACHE_DIR"] = os.environ["UV_CACHE_DIR"]
-    return env
-
-
-def uv(*args: str, cwd: Path, timeout: float = 600) -> str:
-    result = subprocess.run([uv_binary(), *args], cwd=cwd, env=uv_env(), capture_output=True,
-                            text=True, timeout=timeout, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"uv {' '.join(args)} failed: {result.stderr}")
-    return result.stdout + result.stderr
-
-
 class Bench:
     def __init__(self, root: Path, srv: CrewshipServer, llm: FakeLLM) -> None:
         self.root = root
@@ -136,6 +82,7 @@ class Bench:
         self.project = root / "src" / "classic_crew"
         self.token = ""
         self.edits = 0
+        self.baselines = Baselines(root, srv, llm, self.http, APP, INPUTS)
 
     # ------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -263,98 +210,10 @@ class Bench:
            cwd=self.root)
         shutil.rmtree(scratch)
 
-    # ------------------------------------------------------------- baselines
-    def cold_start(self) -> tuple[float, float]:
-        """The live release's runner by hand: (exec until /healthz 200, + one run)."""
-        status = self.srv.ssh_json(self.srv.admin_key, "status", APP)
-        meta = load_release(self.srv.data_dir / "releases" / APP / str(status["release"]))
-        port = free_port()
-        home = self.root / "baseline-home"
-        home.mkdir(exist_ok=True)
-        env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
-        env.update(self.llm.env())
-        env.update(TELEMETRY_OFF)
-        env.update({"HOME": str(home), "PYTHONUNBUFFERED": "1"})
-        url = f"http://127.0.0.1:{port}"
-        settle(self.srv.pid)
-        with (self.root / "baseline-runner.log").open("ab") as out:
-            started = time.perf_counter()
-            proc = subprocess.Popen(runner_argv(meta, "127.0.0.1", port, "baseline"), env=env,
-                                    cwd=meta.app_dir, stdin=subprocess.PIPE, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        assert proc.stdin is not None
-        proc.stdin.write(BASELINE_SECRET + b"\n")  # the channel secret, as the daemon does
-        proc.stdin.close()
-        try:
-            def up() -> bool:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"baseline runner exited {proc.returncode}")
-                with contextlib.suppress(httpx.HTTPError):
-                    return self._signed("GET", url, "/healthz").status_code == 200
-                return False
-
-            healthy = wait_for(up, 60, "the baseline runner's /healthz") - started
-            result = self._signed("POST", url, "/runs", {"kickoff_id": "baseline",
-                                                         "inputs": INPUTS}).json()
-            while result.get("state") not in ("SUCCESS", "FAILURE", "REVOKED"):
-                result = self._signed("GET", url, "/runs/baseline?wait=30").json()
-            ran = time.perf_counter() - started
-            if result.get("state") != "SUCCESS":
-                raise RuntimeError(f"baseline run ended {result.get('state')}: {result}")
-            return healthy, ran
-        finally:
-            stop(proc)
-
-    def _signed(self, method: str, url: str, path: str,
-                body: Any = None) -> httpx.Response:
-        data = b"" if body is None else json.dumps(body).encode()
-        headers = {SIGNATURE_HEADER: sign(BASELINE_SECRET, method, path, data)}
-        return self.http.request(method, url + path, content=data, headers=headers,
-                                 timeout=120)
-
-    def bare_import(self) -> float:
-        """``import crewai`` + build the crew in the release's interpreter (no runner, no HTTP)."""
-        status = self.srv.ssh_json(self.srv.admin_key, "status", APP)
-        meta = load_release(self.srv.data_dir / "releases" / APP / str(status["release"]))
-        code = ("import sys; sys.path[:0] = ['.', 'src']; import crewai; "
-                "from demo_crew.crew import DemoCrew; DemoCrew().crew()")
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(self.root / "baseline-home"),
-               **TELEMETRY_OFF, **self.llm.env()}
-        settle(self.srv.pid)
-        started = time.perf_counter()
-        subprocess.run([str(meta.python_path), "-c", code], cwd=meta.app_dir, env=env,
-                       capture_output=True, check=True, timeout=120)
-        return time.perf_counter() - started
-
-    def offline_sync(self, reqs: Path) -> float:
-        """``uv venv`` + ``uv pip sync --offline --compile-bytecode`` into a fresh venv."""
-        venv = self.root / "baseline-venv"
-        settle(self.srv.pid)
-        started = time.perf_counter()
-        uv("venv", "-q", "--python", sys.executable, str(venv), cwd=self.root)
-        uv("pip", "sync", "-q", "--offline", "--compile-bytecode", "-p", str(venv / "bin/python"),
-           str(reqs), cwd=self.root, timeout=1800)
-        took = time.perf_counter() - started
-        shutil.rmtree(venv)
-        return took
-
-
 def phases_between(phases: dict[str, float], first: str, last: str) -> float:
     start = next((t for k, t in phases.items() if k.startswith(first)), None)
     end = next((t for k, t in phases.items() if k.startswith(last)), None)
     return round(end - start, 3) if start is not None and end is not None else float("nan")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group we started, then SIGKILL it."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
 
 
 def measure(bench: Bench, runs: int) -> list[dict[str, Any]]:
@@ -367,10 +226,10 @@ def measure(bench: Bench, runs: int) -> list[dict[str, Any]]:
     redeploy_phases: list[dict[str, float]] = []
     for i in range(runs):
         if i % 2 == 1:
-            cold_pair = bench.cold_start()
+            cold_pair = bench.baselines.cold_start()
         took, first, phases = bench.redeploy()
         if i % 2 == 0:
-            cold_pair = bench.cold_start()
+            cold_pair = bench.baselines.cold_start()
         live.append(took)
         kicked.append(first)
         redeploy_phases.append(phases)
@@ -381,7 +240,7 @@ def measure(bench: Bench, runs: int) -> list[dict[str, Any]]:
         crash_health.append(health)
         log(f"run {i + 1}: redeploy {live[-1]:.2f}s (kickoff {kicked[-1]:.2f}s), cold start "
             f"{cold[-1]:.2f}s (+run {cold_run[-1]:.2f}s), crash {back:.2f}s; {redeploy_phases[-1]}")
-    bare = bench.bare_import()
+    bare = bench.baselines.bare_import()
     log(f"bare import crewai + DemoCrew().crew(): {bare:.2f}s")
 
     deps: list[float] = []
@@ -391,13 +250,13 @@ def measure(bench: Bench, runs: int) -> list[dict[str, Any]]:
     for i in range(runs):
         reqs = bench.add_dependency(i)
         if i % 2 == 1:
-            sync.append(bench.offline_sync(reqs))
+            sync.append(bench.baselines.offline_sync(reqs))
         took, inst, phases = bench.deps_push()
         deps.append(took)
         install.append(inst)
         deps_phases.append(phases)
         if i % 2 == 0:
-            sync.append(bench.offline_sync(reqs))
+            sync.append(bench.baselines.offline_sync(reqs))
         log(f"deps run {i + 1}: push {took:.2f}s (install step {inst:.2f}s), "
             f"uv pip sync --offline {sync[-1]:.2f}s; {phases}")
     cold_name = "crew cold start (release runner to /healthz)"

@@ -21,15 +21,14 @@ import time
 import httpx
 
 from bench.chaos import (
-    SETTLE,
     Context,
-    Load,
     Sizes,
     context,
     deploy_crew,
     instances,
     wait_until,
 )
+from bench.chaosload import SETTLE, Load
 
 
 def burst_on_one_instance(ctx: Context) -> str:

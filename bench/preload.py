@@ -36,7 +36,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.deploy import APP, Bench, settle, wait_for
+from bench.deploy import APP, Bench
+from bench.timing import settle, wait_for
 from tests.support.crewenv import cache_root
 from tests.support.fakellm import FakeLLM
 from tests.support.sandboxes import kill_preload_sandboxes

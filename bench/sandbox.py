@@ -34,8 +34,9 @@ from typing import Any
 import httpx
 
 from bench.deploy import row as deploy_row
-from bench.deploy import settle, wait_for
+from bench.timing import settle, wait_for
 from builder.release import load_release
+from crewship.service.specs import TELEMETRY_OFF
 from runtime.backend import InstanceSpec
 from runtime.sandbox import Sandbox
 from tests.support.crewenv import cache_root, locked_copy
@@ -52,8 +53,6 @@ POLL = 0.01
 IMPORT = ("import sys; sys.path[:0] = ['.', 'src']; import crewai; "
           "from demo_crew.crew import DemoCrew; DemoCrew().crew(); import resource; "
           "r = resource.getrusage(resource.RUSAGE_SELF); print(r.ru_utime + r.ru_stime)")
-TELEMETRY_OFF = {"CREWAI_DISABLE_TELEMETRY": "true", "OTEL_SDK_DISABLED": "true",
-                 "CREWAI_TRACING_ENABLED": "false", "CREWAI_DISABLE_VERSION_CHECK": "true"}
 
 
 def row(*args: Any, **kwargs: Any) -> dict[str, Any]:

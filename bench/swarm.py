@@ -20,7 +20,6 @@ it makes is removed afterwards (label ``crewship.app=bench-swarm``).
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -48,25 +47,6 @@ def row(case: str, goal: float, baseline: str, ours: list[float], theirs: list[f
             "baseline_all_s": [round(t, 4) for t in theirs]}
 
 
-def cleanup(client: Any) -> None:
-    import docker.errors
-
-    label = f"crewship.app={APP}"
-    for service in client.api.services(filters={"label": label}):
-        with contextlib.suppress(docker.errors.DockerException):
-            client.api.remove_service(service["ID"])
-    for container in client.containers.list(all=True, filters={"label": label}):
-        with contextlib.suppress(docker.errors.DockerException):
-            container.remove(force=True)
-    time.sleep(2)
-    for secret in client.api.secrets(filters={"label": label}):
-        with contextlib.suppress(docker.errors.DockerException):
-            client.api.remove_secret(secret["ID"])
-    for image in client.images.list(filters={"label": label}):
-        with contextlib.suppress(docker.errors.DockerException):
-            client.images.remove(image.id, force=True)
-
-
 def run(deploy_runs: int = 3) -> list[dict[str, Any]]:
     import docker
 
@@ -74,6 +54,7 @@ def run(deploy_runs: int = 3) -> list[dict[str, Any]]:
     from tests.e2e.test_deploy import commit_all, configure, new_project
     from tests.support.fakellm import FakeLLM
     from tests.support.server import CrewshipServer, free_port
+    from tests.support.swarmcleanup import remove_swarm_apps
 
     try:
         client = docker.from_env(timeout=120)
@@ -84,7 +65,7 @@ def run(deploy_runs: int = 3) -> list[dict[str, Any]]:
     if not manager:
         log("skipped: this dockerd is not a swarm manager (run .ci/docker-setup)")
         return []
-    cleanup(client)
+    remove_swarm_apps(client, [APP])
     servers: dict[str, Any] = {}
     timings: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-swarm-") as tmp, FakeLLM() as llm:
@@ -118,7 +99,7 @@ def run(deploy_runs: int = 3) -> list[dict[str, Any]]:
         finally:
             for srv in servers.values():
                 srv.close()
-            cleanup(client)
+            remove_swarm_apps(client, [APP])
             client.close()
     return [
         row("code-only push until live, 1 replica (swarm)", GOALS["push"],

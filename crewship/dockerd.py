@@ -1,9 +1,12 @@
 """The one way crewship reaches the local Docker daemon (the image builder and the docker
-runtime both), and the one hint that says what to start when it does not answer."""
+runtime both), and the one hint that says what to start when it does not answer; the
+one reading of Docker's answers (an error's one line, a timestamp) for every runtime."""
 
 from __future__ import annotations
 
 import os
+import time
+from datetime import datetime
 
 import docker
 import docker.errors
@@ -27,3 +30,21 @@ def connect(timeout: float, error: type[CrewshipError]) -> docker.DockerClient:
 
 def docker_host() -> str:
     return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+def short(exc: Exception) -> str:
+    """The first line of a Docker error (its explanation when it has one), at most 300
+    characters."""
+    text = str(getattr(exc, "explanation", None) or exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def epoch(stamp: str) -> float:
+    """Docker's RFC 3339 time with nanoseconds -> ``time.time()`` seconds."""
+    try:
+        head, _, frac = stamp.rstrip("Z").partition(".")
+        moment = datetime.fromisoformat(head + "+00:00")
+    except ValueError:
+        return time.time()
+    digits = "".join(c for c in frac if c.isdigit())[:6]
+    return moment.timestamp() + float(f"0.{digits or 0}")

@@ -6,7 +6,8 @@
   CPU limits, and labels ``crewship.app``, ``crewship.release``, ``crewship.index``,
   ``crewship.port``, ``crewship.host`` so a restarted daemon can adopt it; locked down
   by ``hardening()`` (read-only root, tmpfs HOME and /tmp, no capabilities, no new
-  privileges, a pids limit, no host mounts).
+  privileges, a pids limit, no host mounts). The container's definition (options,
+  labels, reading them back) is runtime/container.py.
 - A follower thread per container appends its output to ``logs/NAME/app.log``, whole
   lines only (a line's buffer is bounded by ``runtime.logs.MAX_LINE``), each stamped
   with the instance's tag by the daemon, so instances never splice and a crew cannot
@@ -39,61 +40,33 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
-from docker.models.containers import Container
 
 from crewship import dockerd
 from crewship.config import Layout
+from crewship.dockerd import short
 from crewship.log import get as get_logger
 from runtime.backend import STATUS_UNKNOWN, BackendError, InstanceRef, InstanceSpec
+from runtime.container import (
+    LABEL_APP,
+    LABEL_SERVER,
+    exit_status,
+    ref_from,
+    run_container,
+)
 from runtime.logs import LOG_NAME, AppLog, LineTagger, LogWriter
 
 log = get_logger(__name__)
 
-LABEL_APP = "crewship.app"
-LABEL_SERVER = "crewship.server"
-SECRET_MOUNT = "/run/crewship/secret"  # noqa: S105 (a path, not a password)
 _KILL_WAIT = 10.0
 _ROTATE_CHECK = 256 * 1024  # bytes a follower writes between two checks for rotation
-# The locked-down container (DESIGN.md section 5): the image's user and HOME (the same
-# numbers as builder/image.py, which this floor does not import), the only writable places.
-CONTAINER_UID = 10001
-CONTAINER_HOME = "/home/crew"
-PIDS_LIMIT = 1024
-TMPFS_SIZE = "256m"
-
-
-def hardening() -> dict[str, Any]:
-    """``containers.run`` options every crew container gets: the crew's uid, read-only
-    root, writable HOME and /tmp (tmpfs), no capabilities, no new privileges, bounded
-    pids, no host mounts."""
-    owned = f"uid={CONTAINER_UID},gid={CONTAINER_UID}"
-    owned_by = f"{CONTAINER_UID}:{CONTAINER_UID}"
-    return {
-        "user": owned_by,   # the image's crew user, whatever the image says
-        "read_only": True,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={TMPFS_SIZE},mode=1777",  # noqa: S108
-                  CONTAINER_HOME: f"rw,nosuid,nodev,size={TMPFS_SIZE},mode=0700,{owned}"},
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
-        "pids_limit": PIDS_LIMIT,
-        "volumes": {},   # never the data dir (the runner's secret file is the one exception)
-    }
-
-
 def connect(timeout: float = 60.0) -> docker.DockerClient:
     """A client of the local Docker daemon, or ``BackendError`` saying what to start."""
     return dockerd.connect(timeout, BackendError)
-
-
-def exit_status(code: int) -> int:
-    """Docker's exit code as the process backend reports it: 137 (SIGKILL) -> -9."""
-    return -(code - 128) if 128 < code < 160 else code
 
 
 @dataclass
@@ -136,7 +109,7 @@ class DockerBackend:
         client = await self._docker()
         ident = f"{spec.app}-{spec.name}-{secrets.token_hex(3)}"
         try:
-            container = await asyncio.to_thread(self._run, client, spec, ident, self._server,
+            container = await asyncio.to_thread(run_container, client, spec, ident, self._server,
                                                 self._secret_file(ident, spec.secret))
         except docker.errors.ImageNotFound as exc:
             self._secret_path(ident).unlink(missing_ok=True)
@@ -144,8 +117,8 @@ class DockerBackend:
                                "(pruned?): push again to rebuild it") from exc
         except docker.errors.DockerException as exc:
             self._secret_path(ident).unlink(missing_ok=True)
-            raise BackendError(f"cannot start {spec.name}: {_short(exc)}") from exc
-        ref = _ref_from(container.attrs, container.labels, ident)
+            raise BackendError(f"cannot start {spec.name}: {short(exc)}") from exc
+        ref = ref_from(container.attrs, container.labels, ident)
         tracked = _Tracked(ref, container.id or ident)
         self._tracked[ident] = tracked
         self._follow(tracked, since=None)
@@ -169,31 +142,6 @@ class DockerBackend:
         finally:
             os.close(fd)
         return path
-
-    @staticmethod
-    def _run(client: docker.DockerClient, spec: InstanceSpec, ident: str,
-             server: str, secret_file: Path | None) -> Container:
-        labels = {LABEL_APP: spec.app, LABEL_SERVER: server,
-                  "crewship.release": str(spec.release),
-                  "crewship.index": str(spec.index), "crewship.port": str(spec.port),
-                  "crewship.host": spec.host, "crewship.instance": ident}
-        limits: dict[str, Any] = {}
-        if spec.memory:
-            limits["mem_limit"] = spec.memory
-            limits["memswap_limit"] = spec.memory  # no swap beyond the limit
-        if spec.cpus:
-            limits["nano_cpus"] = int(spec.cpus * 1e9)
-        command = list(spec.argv)
-        if secret_file is not None:
-            limits["volumes"] = {str(secret_file): {"bind": SECRET_MOUNT, "mode": "ro"}}
-            command += ["--secret-file", SECRET_MOUNT]
-        container: Container = client.containers.run(
-            spec.image, command=command, name=f"crewship-{ident}", detach=True,
-            environment=spec.env, working_dir=str(spec.cwd), labels=labels,
-            network_mode="host", restart_policy={"Name": "no"}, stop_signal="SIGTERM",
-            **{**hardening(), **limits})  # the secret file is the one host mount
-        container.reload()  # State.Pid and StartedAt
-        return container
 
     # -- output --------------------------------------------------------------
 
@@ -263,9 +211,9 @@ class DockerBackend:
             pass
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: not running any more
-                raise BackendError(f"cannot signal {tracked.ref.name}: {_short(exc)}") from exc
+                raise BackendError(f"cannot signal {tracked.ref.name}: {short(exc)}") from exc
         except docker.errors.DockerException as exc:
-            raise BackendError(f"cannot signal {tracked.ref.name}: {_short(exc)}") from exc
+            raise BackendError(f"cannot signal {tracked.ref.name}: {short(exc)}") from exc
 
     async def wait(self, ref: InstanceRef) -> int:
         tracked = await self._find(ref)
@@ -329,7 +277,7 @@ class DockerBackend:
             found = await asyncio.to_thread(client.api.containers, all=True,
                                             filters={"label": label})
         except docker.errors.DockerException as exc:
-            raise BackendError(f"cannot list containers: {_short(exc)}") from exc
+            raise BackendError(f"cannot list containers: {short(exc)}") from exc
         refs = []
         for summary in found:
             labels = summary.get("Labels") or {}
@@ -346,7 +294,7 @@ class DockerBackend:
                 attrs = await asyncio.to_thread(client.api.inspect_container, summary["Id"])
             except docker.errors.NotFound:
                 continue
-            ref = _ref_from(attrs, labels, ident)
+            ref = ref_from(attrs, labels, ident)
             if ident not in self._tracked:
                 tracked = self._tracked[ident] = _Tracked(ref, str(summary["Id"]))
                 self._follow(tracked, since=int(time.time()))
@@ -436,25 +384,3 @@ def _oom_killed(client: docker.DockerClient, container_id: str) -> bool:
     return bool(state.get("OOMKilled"))
 
 
-def _short(exc: Exception) -> str:
-    text = getattr(exc, "explanation", None) or str(exc)
-    return str(text).strip().splitlines()[0][:300] if str(text).strip() else type(exc).__name__
-
-
-def _ref_from(attrs: dict[str, Any], labels: dict[str, str], ident: str) -> InstanceRef:
-    state = attrs.get("State") or {}
-    return InstanceRef(id=ident, app=labels[LABEL_APP], release=int(labels["crewship.release"]),
-                       index=int(labels["crewship.index"]),
-                       host=labels.get("crewship.host", "127.0.0.1"),
-                       port=int(labels["crewship.port"]), pid=int(state.get("Pid") or 0) or None,
-                       started_at=_epoch(str(state.get("StartedAt") or "")))
-
-
-def _epoch(stamp: str) -> float:
-    """Docker's RFC 3339 time with nanoseconds -> ``time.time()`` seconds."""
-    try:
-        head, _, frac = stamp.rstrip("Z").partition(".")
-        moment = datetime.fromisoformat(head + "+00:00")
-    except ValueError:
-        return time.time()
-    return moment.timestamp() + float(f"0.{frac[:6] or 0}")

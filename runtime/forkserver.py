@@ -2,7 +2,7 @@
 
 Starting it in its app's sandbox (``spawn_parent``: the instance's bubblewrap mounts with
 ``releases/<app>`` and its control dir, its uid, HOME and base environment), recording it
-(``preload/<app>/<gen>.json``: pid and start time, the sandbox's init), talking to it on
+(``preload/<app>/<gen>.json``: a pid record, runtime/pidrecord.py, with the parent's key), talking to it on
 ``<gen>/s`` (``connect`` checks the socket is served by that very process; ``ping``,
 ``request_fork``) and finding a forked child's pid outside the sandbox (``host_pid``).
 The protocol is in runtime/runner/preload.py.
@@ -23,26 +23,15 @@ from typing import Any
 
 from crewship.errors import CrewshipError
 from runtime.backend import InstanceSpec
-from runtime.sandbox import Sandbox, first_child, read_init_pid
+from runtime.launch import spawn
+from runtime.pidrecord import PidRecord, is_running, proc_start, write_record
+from runtime.sandbox import Sandbox, first_child
 
 SOCKET_NAME, STATE_NAME, EXITS_DIR = "s", "state.json", "exits"
 
 
 class PreloadError(CrewshipError):
     """A fork from the preloaded parent did not work; the instance starts cold."""
-
-
-def proc_start(pid: int) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
-def alive(pid: int, start: int) -> bool:
-    return proc_start(pid) == start
 
 
 def host_pid(parent: int, ns_pid: int) -> int | None:
@@ -128,7 +117,7 @@ class Parent:
         return f"{self.app}/{self.gen}"
 
     def alive(self) -> bool:
-        return alive(self.pid, self.start)
+        return is_running(self.pid, self.start)
 
 
 @dataclass
@@ -222,9 +211,7 @@ def spawn_parent(spec: InstanceSpec, key: str, control: Path, sandbox: Sandbox |
                          cwd=control, port=0, readonly=(pre.releases, pre.env_path),
                          home=spec.home, uid=spec.uid, writable=(control,))
     if sandbox is None:
-        outer = subprocess.Popen(argv, env=env, cwd=control, stdin=subprocess.DEVNULL,
-                                 stdout=log_fd, stderr=log_fd, start_new_session=True,
-                                 close_fds=True)
+        outer, _ = spawn(pspec, log_fd, None)
         pid, init = outer.pid, None
     else:
         sandbox.prepare(pspec)
@@ -236,29 +223,14 @@ def spawn_parent(spec: InstanceSpec, key: str, control: Path, sandbox: Sandbox |
     if start is None:
         raise OSError("the preloaded parent exited at once")
     parent = Parent(spec.app, key, control.name, control, pid, start, init, outer)
-    record = {"key": key, "pid": pid, "start": start, "init": list(init) if init else None}
-    tmp = control.with_name(f".{control.name}.json.tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, control.with_suffix(".json"))
+    write_record(control.with_suffix(".json"), {"key": key,
+                                                **PidRecord(pid, start, init).fields()})
     return parent
 
 
 def _spawn_sandboxed(sandbox: Sandbox, pspec: InstanceSpec, fd: int
                      ) -> tuple[subprocess.Popen[bytes], int, tuple[int, int] | None]:
-    info_r, info_w = os.pipe()
-    try:
-        launch = sandbox.launch(pspec, info_w)
-        outer = subprocess.Popen(launch.argv, env=pspec.env, cwd=pspec.cwd,
-                                 stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                 start_new_session=True, close_fds=True,
-                                 pass_fds=launch.pass_fds)
-        os.close(info_w)
-        info_w = -1
-        init_pid = read_init_pid(info_r)
-    finally:
-        os.close(info_r)
-        if info_w >= 0:
-            os.close(info_w)
+    outer, init_pid = spawn(pspec, fd, sandbox)
     init_start = proc_start(init_pid) if init_pid is not None else None
     if init_pid is None or init_start is None:
         raise OSError("bubblewrap did not start the preloaded parent")
@@ -268,27 +240,3 @@ def _spawn_sandboxed(sandbox: Sandbox, pspec: InstanceSpec, fd: int
             return outer, pid, (init_pid, init_start)
         time.sleep(0.005)
     raise OSError("the preloaded parent did not appear in its sandbox")
-
-
-async def pid_gone(pid: int) -> None:
-    """Until ``pid`` exits (a pidfd; polling ``/proc`` where there is none)."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    except OSError:
-        await asyncio.sleep(0.5)
-        return
-    loop = asyncio.get_running_loop()
-    gone: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(pidfd, _resolve, gone)
-    try:
-        await gone
-    finally:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

@@ -37,7 +37,6 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +49,15 @@ from runtime.forkserver import (
     Forked,
     Parent,
     PreloadError,
-    alive,
-    pid_gone,
     ping,
     read_small,
     request_fork,
     spawn_parent,
     take_exit_status,
 )
+from runtime.launch import start_relay
 from runtime.logs import AppLog
+from runtime.pidrecord import PidRecord, is_running, read_record, until_gone
 from runtime.sandbox import Sandbox
 
 log = get_logger(__name__)
@@ -67,18 +66,16 @@ READY_TIMEOUT = 180.0      # a parent importing crewai on a busy machine
 EXIT_STATUS_WAIT = 1.0     # how long a reaped instance's status may take to appear
 DEATHS_ALLOWED = 3         # parent deaths within DEATH_WINDOW before giving up on its key
 DEATH_WINDOW = 60.0
-StartRelay = Callable[[Path, str], tuple["subprocess.Popen[bytes]", int]]
 
 
 class Preloader:
     """The process runtime's preloaded parents; see the module docstring."""
 
-    def __init__(self, layout: Layout, sandbox: Sandbox | None, start_relay: StartRelay, *,
+    def __init__(self, layout: Layout, sandbox: Sandbox | None, *,
                  ready_timeout: float = READY_TIMEOUT) -> None:
         self._layout = layout
         self._root = layout.root / "preload"
         self.sandbox = sandbox
-        self._start_relay = start_relay
         self._ready_timeout = ready_timeout
         self._uid = os.getuid()
         self._current: dict[str, Parent] = {}
@@ -151,7 +148,7 @@ class Preloader:
             status = await asyncio.to_thread(take_exit_status, self._root / control, ident)
             if status is not None:
                 return status
-            parent_alive = record is not None and alive(int(record["pid"]), int(record["start"]))
+            parent_alive = record is not None and record[1].alive()
             if not parent_alive or time.monotonic() > deadline:
                 return None
             await asyncio.sleep(0.01)
@@ -177,12 +174,12 @@ class Preloader:
         """A parent a previous daemon started for ``app`` and ``key``; others are retired."""
         found = None
         for path in sorted((self._root / app).glob("*.json")):
-            record = self._record(path)
-            if record is None:
+            entry = self._record(path)
+            if entry is None:
                 continue
+            record, proc = entry
             parent = Parent(app, str(record["key"]), path.stem, path.with_suffix(""),
-                             int(record["pid"]), int(record["start"]),
-                             tuple(record["init"]) if record.get("init") else None)
+                            proc.pid, proc.start, proc.init)
             if not parent.alive():
                 continue
             if found is None and parent.key == key and ping(parent):
@@ -225,7 +222,7 @@ class Preloader:
         return parent
 
     def _spawn(self, spec: InstanceSpec, key: str, control: Path) -> Parent:
-        relay, fd = self._start_relay(self._layout.app_logs(spec.app), "preload")
+        relay, fd = start_relay(self._layout.app_logs(spec.app), "preload")
         self._relays = [r for r in self._relays if r.poll() is None] + [relay]
         try:
             return spawn_parent(spec, key, control, self.sandbox, fd)
@@ -261,13 +258,13 @@ class Preloader:
     async def _watch_parent(self, parent: Parent) -> None:
         """A parent that dies unretired (``kill -9``) is replaced at once."""
         while parent.alive():
-            await pid_gone(parent.pid)
+            await until_gone(parent.pid, parent.alive, 0.5)
         if parent.outer is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 await asyncio.to_thread(parent.outer.wait, 5.0)
         if parent.retired or self._current.get(parent.app) is not parent:
             for _ in range(50):  # its sandbox ends with its last process: then its dir goes
-                if parent.init is None or not alive(*parent.init):
+                if parent.init is None or not is_running(*parent.init):
                     break
                 await asyncio.sleep(0.05)
             self._sweep(parent.app)
@@ -303,10 +300,10 @@ class Preloader:
         if current is not None:
             self._retire(current)
         for path in (self._root / app).glob("*.json"):
-            record = self._record(path)
-            if record is not None and alive(int(record["pid"]), int(record["start"])):
+            found = self._record(path)
+            if found is not None and found[1].alive():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(record["pid"]), 15)
+                    os.kill(found[1].pid, 15)
         self._sweep(app)
 
     def prune(self, keep: set[str]) -> None:
@@ -323,10 +320,8 @@ class Preloader:
         """Remove the records and control dirs of parents whose sandbox is gone."""
         folder = self._root / app
         for path in folder.glob("*.json"):
-            record = self._record(path)
-            live = record is not None and (
-                alive(int(record["pid"]), int(record["start"]))
-                or (record.get("init") and alive(*map(int, record["init"]))))
+            found = self._record(path)
+            live = found is not None and (found[1].alive() or found[1].sandbox_alive())
             if not live:
                 shutil.rmtree(path.with_suffix(""), ignore_errors=True)
                 path.unlink(missing_ok=True)
@@ -334,12 +329,10 @@ class Preloader:
             folder.rmdir()  # only when empty
         self._retired = [p for p in self._retired if p.alive()]
 
-    def _record(self, path: Path) -> dict[str, Any] | None:
-        try:
-            record: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        return record if {"key", "pid", "start"} <= record.keys() else None
+    def _record(self, path: Path) -> tuple[dict[str, Any], PidRecord] | None:
+        """A parent's pid record (runtime/pidrecord.py), which also names its key."""
+        found = read_record(path)
+        return found if found is not None and "key" in found[0] else None
 
     async def aclose(self) -> None:
         """Stop watching; the parents keep running for the next daemon."""

@@ -3,9 +3,9 @@
 - The argv runs with the spec's explicit environment, stdout and stderr appended
   (``O_APPEND``) to the app's log file, in a new session (``start_new_session``) so
   it outlives the daemon: a restarted daemon adopts it instead of starting a twin.
-- Each instance is recorded in ``instances/<id>.json`` (written atomically) with its
-  pid and the start time from ``/proc/<pid>/stat``, so a recycled pid is never
-  mistaken for ours. The record goes when the instance is stopped or reaped.
+- Each instance is recorded in ``instances/<id>.json`` (a pid record, runtime/pidrecord.py:
+  written atomically, its pid and the start time from ``/proc/<pid>/stat``), so a recycled
+  pid is never mistaken for ours. The record goes when the instance is stopped or reaped.
 - With a ``Sandbox`` (runtime/sandbox.py) the argv runs under bubblewrap; the recorded
   pid is then the outer ``bwrap`` and the record also names its namespace's init, so a
   stop reaches the crew inside and a kill ends the whole namespace, adopted or not.
@@ -17,22 +17,19 @@
   sandbox), it gets the same relay, secret and environment, and its exit status comes
   from the parent (``preload`` in its record).
 
-Why ``subprocess.Popen`` and not ``asyncio.create_subprocess_exec`` (the house
-helper): asyncio's subprocess transport kills a still-running child when it is
-closed or garbage-collected, and these children must survive the daemon.
+Starting the processes (the log relay, ``Popen`` under the sandbox, the secret down
+stdin) is runtime/launch.py, shared with the preloaded parents.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -43,32 +40,23 @@ from crewship.config import Layout
 from crewship.log import get as get_logger
 from runtime.backend import STATUS_UNKNOWN, BackendError, InstanceRef, InstanceSpec
 from runtime.forkserver import Forked
-from runtime.logs import LOG_NAME, open_append
+from runtime.launch import reap_relay, spawn, start_relay
+from runtime.pidrecord import (
+    PidRecord,
+    is_running,
+    proc_stat,
+    read_record,
+    until_gone,
+    write_record,
+)
 from runtime.preload import Preloader
-from runtime.sandbox import Launch, Sandbox, first_child, read_init_pid
+from runtime.sandbox import Sandbox, first_child
 from runtime.usage import Cgroups, process_tree, scan_proc
 
 _SAFE_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 _KILL_WAIT = 10.0
 _RELAY_WAIT = 5.0
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # holds runtime/ (for -m)
 log = get_logger(__name__)
-
-
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks) of ``pid`` from ``/proc``, or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    return fields[0], int(fields[19])  # fields 3 and 22 of proc(5)
-
-
-def is_running(pid: int, start: int) -> bool:
-    """``pid`` is alive (not a zombie) and is the process that started at ``start``."""
-    stat = proc_stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X") and stat[1] == start
 
 
 @dataclass
@@ -96,7 +84,7 @@ class ProcessBackend:
         without it the daemon's usage watchdog kills an instance over its memory limit;
         ``preload`` forks instances from preloaded parents where their spec allows it."""
         # Also when off: the parents a previous daemon started are retired (prune_apps).
-        self.preloader = Preloader(layout, sandbox, _start_relay)
+        self.preloader = Preloader(layout, sandbox)
         self.preload = preload
         self._layout = layout
         self.sandbox = sandbox
@@ -145,7 +133,7 @@ class ProcessBackend:
         forked: Forked | None = None
         init: tuple[int, int] | None = None
         try:
-            relay, fd = await asyncio.to_thread(_start_relay, self._layout.app_logs(spec.app),
+            relay, fd = await asyncio.to_thread(start_relay, self._layout.app_logs(spec.app),
                                                 spec.name)
             try:
                 if self.preload:
@@ -156,7 +144,7 @@ class ProcessBackend:
                 os.close(fd)
         except OSError as exc:
             if relay is not None:
-                _reap_relay(relay, 2.0)  # its pipe has no writer left: it ends now
+                reap_relay(relay, 2.0)  # its pipe has no writer left: it ends now
             raise BackendError(f"cannot start {spec.name}: {exc.strerror or exc}") from exc
         assert relay is not None
         return relay, popen, forked, init
@@ -164,19 +152,9 @@ class ProcessBackend:
     def _spawn(self, spec: InstanceSpec, log_fd: int
                ) -> tuple[subprocess.Popen[bytes], tuple[int, int] | None]:
         """Spawn, sandboxed when there is a sandbox; also (pid, start) of its init."""
-        if self.sandbox is None:
-            return _spawn(spec, log_fd, None), None
-        self.sandbox.prepare(spec)
-        info_r, info_w = os.pipe()
-        try:
-            popen = _spawn(spec, log_fd, self.sandbox.launch(spec, info_w))
-            os.close(info_w)
-            info_w = -1
-            init = read_init_pid(info_r)
-        finally:
-            os.close(info_r)
-            if info_w >= 0:
-                os.close(info_w)
+        if self.sandbox is not None:
+            self.sandbox.prepare(spec)
+        popen, init = spawn(spec, log_fd, self.sandbox)
         stat = proc_stat(init) if init is not None else None
         return popen, ((init, stat[1]) if init is not None and stat else None)
 
@@ -208,16 +186,11 @@ class ProcessBackend:
 
     def _write_record(self, tracked: _Tracked, argv0: str) -> None:
         ref = tracked.ref
-        record = {"id": ref.id, "app": ref.app, "release": ref.release, "index": ref.index,
-                  "pid": tracked.pid, "proc_start": tracked.start, "host": ref.host,
-                  "port": ref.port, "started_at": ref.started_at, "argv0": argv0,
-                  "sandbox_init": list(tracked.init) if tracked.init else None,
-                  "preload": tracked.preload}
-        path = self._record_path(ref.id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record, sort_keys=True))
-        os.replace(tmp, path)
+        proc = PidRecord(tracked.pid, tracked.start, tracked.init)
+        write_record(self._record_path(ref.id), {
+            "id": ref.id, "app": ref.app, "release": ref.release, "index": ref.index,
+            "host": ref.host, "port": ref.port, "started_at": ref.started_at,
+            "argv0": argv0, "preload": tracked.preload, **proc.fields()})
 
     # -- stop and wait -----------------------------------------------------
 
@@ -253,11 +226,12 @@ class ProcessBackend:
         tracked = self._tracked.get(ref.id)
         if tracked is not None:
             return tracked
-        record = self._read_record(self._record_path(ref.id))
-        if record is None or record["pid"] != ref.pid:
+        found = read_record(self._record_path(ref.id))
+        if found is None or found[1].pid != ref.pid:
             return None
-        tracked = _Tracked(ref, int(record["pid"]), int(record["proc_start"]),
-                           init=_init_from(record), preload=record.get("preload"))
+        record, proc = found
+        tracked = _Tracked(ref, proc.pid, proc.start, init=proc.init,
+                           preload=record.get("preload"))
         self._tracked[ref.id] = tracked
         return tracked
 
@@ -280,10 +254,10 @@ class ProcessBackend:
         return tracked.exited
 
     async def _watch(self, tracked: _Tracked) -> None:
-        await self._until_gone(tracked)
+        await until_gone(tracked.pid, lambda: self._alive(tracked), self._poll)
         status = await self._reap(tracked)
         if tracked.relay is not None:  # its last lines are in the log before anyone hears
-            await asyncio.to_thread(_reap_relay, tracked.relay, _RELAY_WAIT)
+            await asyncio.to_thread(reap_relay, tracked.relay, _RELAY_WAIT)
         if self.cgroups is not None:
             if self.cgroups.oom_killed(tracked.ref.app, tracked.ref.id):
                 self._exit_reasons[tracked.ref.id] = "memory_exceeded"
@@ -298,26 +272,6 @@ class ProcessBackend:
         assert tracked.exited is not None
         if not tracked.exited.done():
             tracked.exited.set_result(status)
-
-    async def _until_gone(self, tracked: _Tracked) -> None:
-        try:
-            pidfd = os.pidfd_open(tracked.pid)
-        except ProcessLookupError:
-            return
-        except OSError:  # no pidfd here (old kernel, seccomp): poll /proc
-            while True:
-                if not self._alive(tracked):
-                    return
-                await asyncio.sleep(self._poll)
-        loop = asyncio.get_running_loop()
-        gone: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(pidfd, _resolve, gone)
-        try:
-            if self._alive(tracked):  # the pidfd may name a newer process
-                await gone
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
 
     def _alive(self, tracked: _Tracked) -> bool:
         # /proc, not waitpid: an exited child stays a zombie (its pid ours) until _reap
@@ -349,28 +303,19 @@ class ProcessBackend:
     async def list(self, app: str | None = None) -> list[InstanceRef]:
         refs = []
         for path in sorted(self._layout.instances.glob("*.json")):
-            record = self._read_record(path)
-            if record is None or (app is not None and record["app"] != app):
+            found = read_record(path)
+            if found is None or (app is not None and found[0]["app"] != app):
                 continue
-            pid, start = int(record["pid"]), int(record["proc_start"])
-            if not is_running(pid, start):
+            record, proc = found
+            if not proc.alive():
                 path.unlink(missing_ok=True)
                 continue
             ref = _ref_from(record)
-            self._tracked.setdefault(ref.id, _Tracked(ref, pid, start, init=_init_from(record),
+            self._tracked.setdefault(ref.id, _Tracked(ref, proc.pid, proc.start,
+                                                      init=proc.init,
                                                       preload=record.get("preload")))
             refs.append(ref)
         return refs
-
-    def _read_record(self, path: Path) -> dict[str, Any] | None:
-        try:
-            record: dict[str, Any] = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            log.warning("instance_record_unreadable", path=str(path))
-            return None
-        return record
 
     def stop_app(self, app: str) -> None:
         """``app`` is stopped: its preloaded parent goes once its instances have."""
@@ -393,53 +338,6 @@ class ProcessBackend:
         self._tracked.clear()
 
 
-def _start_relay(log_dir: Path, tag: str) -> tuple[subprocess.Popen[bytes], int]:
-    """A ``runtime.logrelay`` reading a new pipe; returns it and the pipe's write end.
-
-    The relay runs with the daemon's interpreter in a session of its own, so it
-    outlives the daemon like the instance does; it ends when the instance's last
-    process closes the pipe."""
-    os.close(open_append(log_dir / LOG_NAME))  # there from the start, as before
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    try:
-        relay = subprocess.Popen(
-            [sys.executable, "-m", "runtime.logrelay", str(log_dir), tag],
-            stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            cwd=_PACKAGE_ROOT, env={"PYTHONPATH": str(_PACKAGE_ROOT),
-                                    "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            start_new_session=True, close_fds=True)
-    except OSError:
-        os.close(write_end)
-        raise
-    finally:
-        os.close(read_end)
-    return relay, write_end
-
-
-def _reap_relay(relay: subprocess.Popen[bytes], timeout: float) -> None:
-    """Wait for the relay to drain the pipe and exit (a thread); never waits forever."""
-    try:
-        relay.wait(timeout)
-    except subprocess.TimeoutExpired:
-        log.warning("log_relay_slow", pid=relay.pid)  # left to finish on its own
-
-
-def _spawn(spec: InstanceSpec, log_fd: int, launch: Launch | None) -> subprocess.Popen[bytes]:
-    """Start the instance (``launch``: the sandbox's argv, bwrap ... -- spec.argv, and the
-    descriptors it keeps); its channel secret goes down a pipe once, then the pipe closes."""
-    popen = subprocess.Popen(
-        launch.argv if launch is not None else spec.argv, env=spec.env, cwd=spec.cwd,
-        stdin=subprocess.PIPE if spec.secret else subprocess.DEVNULL,
-        stdout=log_fd, stderr=log_fd, start_new_session=True,
-        close_fds=True, pass_fds=launch.pass_fds if launch is not None else ())
-    if popen.stdin is not None:
-        with contextlib.suppress(BrokenPipeError):  # it died at once: wait() will say so
-            popen.stdin.write(spec.secret.encode() + b"\n")
-        with contextlib.suppress(BrokenPipeError):
-            popen.stdin.close()
-    return popen
-
-
 def _signal_sandbox(init: tuple[int, int], signum: signal.Signals, *, whole: bool) -> None:
     """``whole``: the namespace's init (the kernel then kills everything inside); else
     the crew itself, the init's child (an init ignores what it has no handler for)."""
@@ -449,16 +347,6 @@ def _signal_sandbox(init: tuple[int, int], signum: signal.Signals, *, whole: boo
     if target is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(target, signum)
-
-
-def _init_from(record: dict[str, Any]) -> tuple[int, int] | None:
-    init = record.get("sandbox_init")
-    return (int(init[0]), int(init[1])) if init else None
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _reap_foreign(tracked: _Tracked) -> int:

@@ -45,7 +45,7 @@ SETPRIV = "/usr/bin/setpriv"
 NOBODY = 65534
 _SYSTEM_DIRS = ("usr", "etc")
 _SYSTEM_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-# Certificates the crew may be pointed at (PASSTHROUGH in the deployer).
+# Certificates the crew may be pointed at (PASSTHROUGH in crewship/service/specs.py).
 _CERT_VARS = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
 # The sandbox's own tmpfs mounts (inside its mount namespace, not the host's /tmp).
 _TMP, _SHM = "/tmp", "/dev/shm"  # noqa: S108

@@ -5,7 +5,8 @@ The process and docker runtimes pair a ``Backend`` (mechanism) with crewship's o
 supervisor stands (``runtime.events.Orchestrator``) and the service layer does not know
 the difference:
 
-- deploy (push, config:set, rollback, restart): the release's image is pushed to the
+- deploy (push, config:set, rollback, restart; the lock, state and validation around it
+  are runtime/supervision.py's, shared with ``Supervisor``): the release's image is pushed to the
   registry (runtime/registry.py) and the service created or updated to run it by digest
   (runtime/swarmspec.py: replicas = ps:scale, ps:limits, ps:placement, the runner's health
   check as the container's). An update is Swarm's rolling update: one task at a time,
@@ -38,9 +39,10 @@ from typing import Any
 import docker
 import docker.errors
 
-from crewship.errors import ConflictError, CrewshipError, DeployError, InvalidInputError
+from crewship.dockerd import epoch
+from crewship.errors import CrewshipError, DeployError
 from crewship.log import get as get_logger
-from crewship.reporter import NullReporter, Reporter
+from crewship.reporter import Reporter
 from runtime.backend import BackendError
 from runtime.channel import new_secret
 from runtime.events import (
@@ -48,7 +50,6 @@ from runtime.events import (
     InstanceRetired,
     MakeSpec,
 )
-from runtime.logs import AppLog
 from runtime.swarmspec import (
     LABEL_APP,
     LABEL_GENERATION,
@@ -59,8 +60,6 @@ from runtime.swarmspec import (
     UPDATE_FAILED,
     Rollout,
     Task,
-    epoch,
-    service_name,
     service_options,
     task_template,
 )
@@ -86,21 +85,6 @@ class SwarmSupervisor(SwarmWatch):
         await self.registry.start()
 
     # -- deploy, restart, scale, stop ----------------------------------------------
-
-    async def deploy(self, app: str, release: int, make_spec: MakeSpec, scale: int = 1,
-                     report: Reporter | None = None) -> None:
-        """A rolling update (or a new service) to ``release``; ``InstanceFailedError``."""
-        if scale < 0:
-            raise InvalidInputError(f"scale must be 0 or more, not {scale}")
-        st = self._app(app)
-        async with st.lock:
-            st.deploying = True
-            self._refresh(st)
-            try:
-                await self._deploy_locked(st, release, make_spec, scale, report or NullReporter())
-            finally:
-                st.deploying = False
-                self._refresh(st)
 
     async def _deploy_locked(self, st: SwarmApp, release: int, make_spec: MakeSpec, scale: int,
                              rep: Reporter) -> None:
@@ -242,47 +226,31 @@ class SwarmSupervisor(SwarmWatch):
         return InstanceFailedError(f"health check failed: {name} {reason}{tail}",
                                    instance=name, reason=reason)
 
-    async def restart(self, app: str, report: Reporter | None = None) -> None:
-        st = self._deployed(app)
-        if st.scale == 0:
-            raise ConflictError(f"{app} is scaled to 0: scale it up instead")
-        assert st.release is not None
-        assert st.make_spec is not None
-        await self.deploy(app, st.release, st.make_spec, st.scale, report)
-
-    async def scale(self, app: str, n: int, report: Reporter | None = None) -> None:
-        if n < 0:
-            raise InvalidInputError(f"scale must be 0 or more, not {n}")
-        rep = report or NullReporter()
-        st = self._deployed(app)
-        async with st.lock:
-            await self._set_replicas(st, n)
-            st.crashed, st.restarts = False, 0
-            st.crashes.clear()
-            rep.step(f"Scaling {st.service} to {n}")
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self._timings.health_timeout + 30.0
-            while True:
-                tasks = await self._read_tasks(st)
-                self._observe(st, tasks)
-                serving = sum(t.serving for t in tasks if t.generation == st.generation)
-                if serving == n:
-                    break
-                if loop.time() > deadline:
-                    raise InstanceFailedError(f"scaling to {n}: {serving} task(s) healthy "
-                                              "after the health timeout", instance="v?",
-                                              reason="timed out")
-                await asyncio.sleep(CONVERGE_POLL)
-            if n:
-                rep.step("Health check passed")
-            st.scale = n
-            st.log.system(f"scaled to {n}")
-            self._refresh(st)
+    async def _scale_locked(self, st: SwarmApp, n: int, rep: Reporter) -> None:
+        """Set the service's replicas and wait until ``n`` tasks of the rollout serve."""
+        await self._set_replicas(st, n)
+        st.crashed, st.restarts = False, 0
+        st.crashes.clear()
+        rep.step(f"Scaling {st.service} to {n}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timings.health_timeout + 30.0
+        while True:
+            tasks = await self._read_tasks(st)
+            self._observe(st, tasks)
+            serving = sum(t.serving for t in tasks if t.generation == st.generation)
+            if serving == n:
+                break
+            if loop.time() > deadline:
+                raise InstanceFailedError(f"scaling to {n}: {serving} task(s) healthy "
+                                          "after the health timeout", instance="v?",
+                                          reason="timed out")
+            await asyncio.sleep(CONVERGE_POLL)
+        if n:
+            rep.step("Health check passed")
 
     async def stop(self, app: str) -> None:
         """Remove the app's service (its tasks drain) and forget the app."""
-        st = self._apps.get(app) or SwarmApp(app, service_name(self.server, app),
-                                        AppLog(self._layout.app_logs(app)))
+        st = self._apps.get(app) or self._new_app(app)
         async with st.lock:
             await self._remove(st)
             self._unwatch(st)

@@ -14,21 +14,20 @@ reads them. Pure: no Docker calls (runtime/swarm.py makes them).
   ``crewship_runner.signing``), so Swarm only counts a task running once it is healthy;
   and the port's listening socket must belong to the task's own PID 1 (the runner, exec'd
   by the launch line), so a task being replaced on the same port cannot answer for it.
-- Hardening as the docker runtime's (runtime/docker.py ``hardening``): the crew's uid,
+- Hardening as the docker runtime's (runtime/container.py ``hardening``): the crew's uid,
   read-only root, tmpfs /tmp and HOME, no capabilities, no new privileges, a pids limit,
   no host mounts.
 """
 
 from __future__ import annotations
 
-import time
 import zlib
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
+from crewship.dockerd import epoch
 from runtime.backend import InstanceSpec, instance_name
-from runtime.docker import CONTAINER_UID, PIDS_LIMIT
+from runtime.container import CONTAINER_UID, PIDS_LIMIT
 
 LABEL_APP = "crewship.app"
 LABEL_SERVER = "crewship.server"
@@ -256,14 +255,3 @@ def parse_task(raw: dict[str, Any]) -> Task | None:
 def task_port(base: int, slot: int, task_id: str) -> int:
     """The port a task's runner binds (``LAUNCH`` computes the same inside the task)."""
     return base + slot * SLOT_SPAN + zlib.crc32(task_id.encode()) % SLOT_SPAN
-
-
-def epoch(stamp: str) -> float:
-    """Docker's RFC 3339 time with nanoseconds -> ``time.time()`` seconds."""
-    try:
-        head, _, frac = stamp.rstrip("Z").partition(".")
-        moment = datetime.fromisoformat(head + "+00:00")
-    except ValueError:
-        return time.time()
-    digits = "".join(c for c in frac if c.isdigit())[:6]
-    return moment.timestamp() + float(f"0.{digits or 0}")

@@ -1,6 +1,7 @@
 """The reading side of the swarm runtime: each app's tasks as crewship sees them.
 
-``SwarmWatch`` (the base of ``runtime.swarm.SwarmSupervisor``) holds per app the service's
+``SwarmWatch`` (the base of ``runtime.swarm.SwarmSupervisor``; what it shares with the
+process and docker runtimes' policy is runtime/supervision.py) holds per app the service's
 tasks, read every second by a watcher (``_observe``): a task that ended is reported
 (``InstanceExited`` for a crash, ``InstanceRetired`` for one a rollout or scale-down
 stopped) and crewship's crash-loop rule applied to the current rollout's crashes; a log
@@ -15,7 +16,7 @@ import asyncio
 import hashlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,25 +25,22 @@ import docker.errors
 
 from crewship import dockerd
 from crewship.config import Layout
+from crewship.dockerd import short
 from crewship.errors import CrewshipError
 from crewship.errors import NotFoundError as _NotFound
 from crewship.log import get as get_logger
 from runtime.backend import STATUS_UNKNOWN, BackendError, InstanceRef
 from runtime.backoff import BackoffPolicy
-from runtime.channel import SecretStore
-from runtime.docker import exit_status
+from runtime.container import exit_status
 from runtime.events import (
-    AppCrashed,
-    AppState,
     Endpoint,
     InstanceExited,
     InstanceRetired,
     InstanceStatus,
-    MakeSpec,
-    RuntimeStatus,
     SupervisorEvent,
 )
 from runtime.logs import AppLog
+from runtime.supervision import AppRecord, SupervisorBase, T
 from runtime.swarmlogs import ServiceLogFollower
 from runtime.swarmspec import STARTING_STATES, Task, Timings, parse_task, service_name
 
@@ -54,14 +52,9 @@ log = get_logger(__name__)
 POLL = 1.0          # seconds between two reads of an app's tasks
 
 
-@dataclass(eq=False)
-class SwarmApp:
-    name: str
+@dataclass(eq=False, kw_only=True)
+class SwarmApp(AppRecord):
     service: str
-    log: AppLog
-    release: int | None = None
-    make_spec: MakeSpec | None = None
-    scale: int = 0
     generation: str = ""
     tasks: dict[str, Task] = field(default_factory=dict)
     ended: set[str] = field(default_factory=set)
@@ -70,15 +63,11 @@ class SwarmApp:
     crashed: bool = False
     restarts: int = 0
     seeded: bool = False
-    deploying: bool = False
-    state: AppState = "idle"
-    since: float = field(default_factory=time.time)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     watcher: asyncio.Task[None] | None = None
     follower: ServiceLogFollower | None = None
 
 
-class SwarmWatch:
+class SwarmWatch(SupervisorBase[SwarmApp]):
     """Per-app task bookkeeping and the queries answered from it."""
 
     def __init__(self, layout: Layout, registry: Registry, *, bind: str = "127.0.0.1",
@@ -86,20 +75,15 @@ class SwarmWatch:
                  restart_delay: float = 1.0, backoff: BackoffPolicy | None = None,
                  on_event: Callable[[SupervisorEvent], None] | None = None,
                  client: docker.DockerClient | None = None) -> None:
-        self._layout = layout
+        super().__init__(layout, backoff, on_event)
         self.registry = registry
         self._bind = bind
         self._timings = Timings(health_timeout, drain_timeout, restart_delay)
-        self._policy = backoff or BackoffPolicy()
-        self._on_event = on_event
         self._client = client
-        self._secrets = SecretStore(layout.secrets)
         # whose services these are: the docker runtime's hash of the data dir
         self.server = hashlib.sha256(str(layout.root).encode()).hexdigest()[:16]
-        self._apps: dict[str, SwarmApp] = {}
         self._nodes: dict[str, tuple[str, str]] = {}   # node id -> (hostname, address)
         self._published: dict[str, str] = {}          # local image id -> registry digest ref
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -182,17 +166,7 @@ class SwarmWatch:
                 return self._endpoint(task)
         return None
 
-    def crash_reason(self, app: str) -> str | None:
-        st = self._apps.get(app)
-        if st is None or not st.crashed:
-            return None
-        return (f"{app} crashed ({self._policy.describe()}): see 'logs {app}', "
-                f"then push a fix or 'restart {app}'")
-
-    def status(self, app: str) -> RuntimeStatus:
-        st = self._apps.get(app)
-        if st is None:
-            return RuntimeStatus("idle", None, 0, [], 0, time.time())
+    def _status_rows(self, st: SwarmApp) -> tuple[list[InstanceStatus], int]:
         rows = []
         for task in sorted(st.tasks.values(), key=lambda t: (t.slot, -t.changed_at)):
             if task.state == "running":
@@ -206,7 +180,7 @@ class SwarmWatch:
             rows.append(InstanceStatus(task.instance_id, task.port, None, state,
                                        task.changed_at, restarts,
                                        node=self._nodes.get(task.node_id, (task.node_id,))[0]))
-        return RuntimeStatus(st.state, st.release, st.scale, rows, st.restarts, st.since)
+        return rows, st.restarts
 
     def instance_refs(self) -> list[InstanceRef]:
         return [InstanceRef(t.instance_id, t.app, t.release, t.slot, self._host(t), t.port,
@@ -324,56 +298,25 @@ class SwarmWatch:
             st.crashes.popleft()
         if not st.crashed and not st.deploying and len(st.crashes) >= self._policy.max_crashes:
             st.crashed = True
-            st.log.system(f"crashed: {self._policy.describe()}, not restarting")
-            log.error("app_crashed", app=st.name, release=st.release, crashes=len(st.crashes))
             self._spawn(self._set_replicas(st, 0))
-            self._emit(AppCrashed(st.name, st.release, len(st.crashes)))
+            self._report_crash_loop(st, len(st.crashes))
 
     # -- bookkeeping -------------------------------------------------------------------
 
-    def _app(self, app: str) -> SwarmApp:
-        if app not in self._apps:
-            self._apps[app] = SwarmApp(app, service_name(self.server, app),
-                                   AppLog(self._layout.app_logs(app)))
-        return self._apps[app]
+    def _new_app(self, app: str) -> SwarmApp:
+        return SwarmApp(app, AppLog(self._layout.app_logs(app)),
+                        service=service_name(self.server, app))
 
-    def _deployed(self, app: str) -> SwarmApp:
-        st = self._apps.get(app)
-        if st is None or st.make_spec is None:
-            raise _NotFound(f"{app} has no running release: deploy it first")
-        return st
+    def _crashed(self, st: SwarmApp) -> bool:
+        return st.crashed
 
-    def _refresh(self, st: SwarmApp) -> None:
-        state: AppState
-        if st.deploying:
-            state = "deploying"
-        elif st.crashed:
-            state = "crashed"
-        elif st.release is None:
-            state = "idle"
-        elif st.scale == 0:
-            state = "stopped"
-        elif any(t.serving for t in st.tasks.values()):
-            state = "running"
-        else:
-            state = "starting"
-        if state != st.state:
-            st.state, st.since = state, time.time()
+    def _running(self, st: SwarmApp) -> bool:
+        return any(t.serving for t in st.tasks.values())
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = super()._spawn(coro)
         task.add_done_callback(log_failure)
         return task
-
-    def _emit(self, event: SupervisorEvent) -> None:
-        if self._on_event is None:
-            return
-        try:
-            self._on_event(event)
-        except Exception:
-            log.exception("event_handler_failed", event=type(event).__name__)
 
 
 def replicas(service: dict[str, Any]) -> int:
@@ -388,11 +331,6 @@ def why(task: Task) -> str:
         code = exit_status(task.exit_code)
         return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
     return task.error or task.state
-
-
-def short(exc: Exception) -> str:
-    text = str(getattr(exc, "explanation", None) or exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def log_failure(task: asyncio.Task[Any]) -> None:

@@ -3,7 +3,8 @@
 Order for every change (push, config, rollback, restart): take the app's deploy lock,
 record a release, build it (pushes only), start it beside the old one through the
 supervisor's health-checked swap, then mark it live. A failure marks the release
-failed, puts the branch ref back (pushes), and leaves the old release serving.
+failed, puts the branch ref back (pushes), and leaves the old release serving. What a
+release's instances run (argv, environment, limits) is crewship/service/specs.py.
 """
 
 from __future__ import annotations
@@ -11,21 +12,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.env import remove_detached
-from builder.image import IMAGE_APP_DIR
 from builder.release import (
     BuiltRelease,
     ReleaseBuilder,
-    ReleaseMeta,
-    load_release,
-    refresh_runner,
     remove_tree,
-    runner_argv,
 )
 from crewship import log
 from crewship.config import Layout, Settings
@@ -34,32 +30,17 @@ from crewship.events import DeployFinished, EventSink, ignore
 from crewship.model import App, RefUpdate, User
 from crewship.reporter import Reporter
 from crewship.service.retention import KEEP, Pruned, builds_to_prune, env_keys_in_use
+from crewship.service.specs import InstanceSpecs
 from crewship.store.apps import AppStore
 from crewship.store.gitobjects import ZERO_SHA
 from crewship.store.releases import ConfigStore, Release, ReleaseStore
 from crewship.store.repos import Repos
-from runtime.backend import InstanceSpec, PreloadSpec
 from runtime.events import InstanceFailedError, Orchestrator
 from runtime.logs import AppLog
 
 logger = log.get("crewship.service.deploys")
 
-TELEMETRY_OFF = {
-    "CREWAI_DISABLE_TELEMETRY": "true",
-    "OTEL_SDK_DISABLED": "true",
-    "CREWAI_TRACING_ENABLED": "false",
-    "CREWAI_DISABLE_VERSION_CHECK": "true",
-}
-# Host settings a crew needs to reach its LLM the way the server would (proxies, CAs).
-PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR",
-               "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
-               "http_proxy", "https_proxy", "no_proxy")
-# In a container the image sets PATH, HOME and SSL_CERT_FILE (the host's CA bundle, copied).
-CONTAINER_PASSTHROUGH = ("LANG", "LC_ALL", "TZ", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
-                         "http_proxy", "https_proxy", "no_proxy")
-IMAGE_RUNTIMES = ("docker", "swarm")   # runtimes that run the release's image
 DEPLOY_BRANCHES = ("refs/heads/main", "refs/heads/master")
-SpecFactory = Callable[[int, int], InstanceSpec]
 OUTPUT_LINES = 40  # of a failed instance's output shown to the pusher
 
 
@@ -92,6 +73,7 @@ class Deployer:
         self.config = config
         self.builder = builder
         self.supervisor = supervisor
+        self.specs = InstanceSpecs(settings, layout, apps)
         self._locks: dict[str, asyncio.Lock] = {}
         self._slots_total = settings.deploy_concurrency or os.cpu_count() or 2
         self._slots = asyncio.Semaphore(self._slots_total)
@@ -247,7 +229,7 @@ class Deployer:
     async def _activate(self, app: App, version: int, artifact: Path, config: dict[str, str],
                         report: Reporter) -> None:
         started = time.monotonic()
-        make_spec = self.spec_factory(app.name, version, artifact, config)
+        make_spec = self.specs.for_release(app.name, version, artifact, config)
         current = self.apps.get(app.name) or app
         if current.scale == 0:
             report.info(f"{app.name} was scaled to 0: this deploy starts 1 instance")
@@ -280,7 +262,7 @@ class Deployer:
                 await self.supervisor.scale(app.name, n, report)
             elif n > 0:  # nothing running (scaled to 0 before the daemon started)
                 assert live.artifact is not None
-                make_spec = self.spec_factory(app.name, live.version, Path(live.artifact),
+                make_spec = self.specs.for_release(app.name, live.version, Path(live.artifact),
                                               live.config)
                 await self.supervisor.deploy(app.name, live.version, make_spec, scale=n,
                                              report=report)
@@ -330,68 +312,6 @@ class Deployer:
             await asyncio.to_thread(remove_detached, path)
         return [key for key, _path in detached], None
 
-    def spec_factory(self, app: str, version: int, artifact: Path,
-                     config: dict[str, str]) -> SpecFactory:
-        meta = load_release(artifact)
-        if (meta.image is not None) != (self.settings.runtime in IMAGE_RUNTIMES):
-            built = "an image" if meta.image else "a venv"
-            raise DeployError(f"v{version} of {app} was built as {built}, which the "
-                              f"{self.settings.runtime} runtime cannot run: push again to "
-                              "rebuild it")
-        if meta.image is not None:
-            return self._image_spec_factory(app, version, meta, config)
-        if refresh_runner(meta.runner):
-            logger.info("release_runner_refreshed", app=app, release=version)
-        home = self.layout.app_home(app)
-        home.mkdir(parents=True, exist_ok=True)
-        base = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}
-        base.update(TELEMETRY_OFF)
-        base.update({"HOME": str(home), "CREWSHIP_APP": app, "PYTHONUNBUFFERED": "1"})
-        env = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}
-        env.update(config)
-        env.update(TELEMETRY_OFF)
-        env.update({"HOME": str(home), "CREWSHIP_APP": app, "CREWSHIP_RELEASE": f"v{version}",
-                    "PYTHONUNBUFFERED": "1"})
-        # The app's preloaded parent imports crewai with the base environment only: config
-        # values never reach it, so a config:set forks from the same parent.
-        preload = PreloadSpec(key=meta.env_key, python=str(meta.python_path), runner=meta.runner,
-                              releases=meta.dir.parent, env_path=meta.env_path, env=base)
-
-        fresh = self.apps.get(app)
-        uid = self.apps.sandbox_uid(fresh) if fresh is not None else None
-
-        def make_spec(index: int, port: int) -> InstanceSpec:
-            instance = f"v{version}.{index}"
-            return InstanceSpec(app=app, release=version, index=index,
-                                argv=runner_argv(meta, "127.0.0.1", port, instance),
-                                env=dict(env), cwd=meta.app_dir, port=port,
-                                readonly=(meta.dir, meta.env_path), home=home, uid=uid,
-                                preload=preload)
-        return make_spec
-
-    def _image_spec_factory(self, app: str, version: int, meta: ReleaseMeta,
-                            config: dict[str, str]) -> SpecFactory:
-        """A container of the release's image: the image sets PATH, HOME and the CA bundle."""
-        env = {k: os.environ[k] for k in CONTAINER_PASSTHROUGH if k in os.environ}
-        env.update(config)
-        env.update(TELEMETRY_OFF)
-        env.update({"CREWSHIP_APP": app, "CREWSHIP_RELEASE": f"v{version}",
-                    "PYTHONUNBUFFERED": "1"})
-        fresh = self.apps.get(app)
-        memory = fresh.memory_limit if fresh else None
-        cpus = fresh.cpu_limit if fresh else None
-        placement = fresh.placement if fresh else ()
-        image = meta.image
-
-        def make_spec(index: int, port: int) -> InstanceSpec:
-            instance = f"v{version}.{index}"
-            return InstanceSpec(app=app, release=version, index=index,
-                                argv=runner_argv(meta, "127.0.0.1", port, instance,
-                                                 root=IMAGE_APP_DIR),
-                                env=dict(env), cwd=Path(IMAGE_APP_DIR), port=port,
-                                image=image, memory=memory, cpus=cpus, placement=placement)
-        return make_spec
-
     # ------------------------------------------------------------------ lifecycle
     async def restore(self, skip: Collection[str] = ()) -> None:
         """After a daemon (re)start and ``reconcile``: adopt or start each app's live
@@ -407,7 +327,7 @@ class Deployer:
             if release is None or release.artifact is None:
                 continue
             try:
-                make_spec = self.spec_factory(app.name, release.version,
+                make_spec = self.specs.for_release(app.name, release.version,
                                               Path(release.artifact), release.config)
                 await self.supervisor.adopt(app.name, release.version, make_spec, app.scale,
                                             crashed=app.crashed_at is not None)

@@ -10,6 +10,8 @@ died fails its kickoffs, with that reason; a crashed app (crash loop) refuses ne
 kickoffs and fails its queued ones with the reason. A restarted daemon picks the
 kickoffs of adopted instances up again (``resume``). A running kickoff whose crew asks a
 human is ``PENDING_HUMAN_INPUT`` until ``POST /resume`` answers (``crewship/service/human.py``).
+A kickoff's row (what ``POST /kickoff`` may carry, how a row reads back) is
+``crewship/service/kickoffrows.py``.
 """
 
 from __future__ import annotations
@@ -28,12 +30,21 @@ from crewship.errors import (
     NotFoundError,
     QueueFullError,
     UnavailableError,
-    UnprocessableInputError,
 )
-from crewship.events import EventSink, KickoffFinished, WebhookDue, ignore
+from crewship.events import EventSink, WebhookDue, ignore
 from crewship.model import App
-from crewship.service.dispatch import TERMINAL, Dispatcher, KickoffLimits, hook_urls, run_body
-from crewship.service.human import WAITING, HumanLoop, state_of
+from crewship.service.dispatch import TERMINAL, Dispatcher, KickoffLimits
+from crewship.service.human import WAITING, HumanLoop
+from crewship.service.kickoffrows import (
+    check_uuid,
+    checked_inputs,
+    dump,
+    finished_event,
+    loads,
+    shape,
+    text_of,
+)
+from crewship.service.runhooks import hook_urls, run_body
 from crewship.service.streaming import EventStreamer, StreamSpec
 from crewship.service.traces import clean_spans
 from crewship.store.state import Database, now
@@ -44,15 +55,8 @@ from runtime.runner.flows import RESTORE_KEY
 
 logger = log.get("crewship.service.kickoffs")
 
-STATUS_WORD = {"PENDING": "running", "RUNNING": "running", "SUCCESS": "completed",
-               "FAILURE": "error", "REVOKED": "stopped", WAITING: "pending_human_input"}
 LIVE = ("RUNNING", WAITING)  # on an instance
-MAX_INPUTS_BYTES = 1024 * 1024
 RETRY_AFTER = 5  # seconds a client is told to wait when the queue is full
-
-
-def _loads(text: str | None) -> Any:
-    return json.loads(text) if text else None
 
 
 class KickoffService:
@@ -87,31 +91,14 @@ class KickoffService:
         else:
             rows = self.db.all("SELECT * FROM kickoffs WHERE app_id = ? "
                                "ORDER BY created_at DESC LIMIT ?", app.id, limit)
-        return [self._shape(r) for r in rows]
+        return [shape(r) for r in rows]
 
     async def status(self, app: App, kickoff_id: str) -> dict[str, Any]:
         row = self._row(app, kickoff_id)
-        body = self._shape(row)
+        body = shape(row)
         if row["state"] in LIVE and row["instance"]:
             body.update(await self._progress(app, row["instance"], kickoff_id))
         return body
-
-    def _shape(self, row: sqlite3.Row) -> dict[str, Any]:
-        state = row["state"]
-        human = state_of(row["human_json"])
-        return {
-            "kickoff_id": row["id"], "state": state, "status": STATUS_WORD[state],
-            "result": row["result"], "result_json": _loads(row["result_json"]),
-            "tasks": _loads(row["tasks_json"]) or [], "token_usage": _loads(row["token_usage_json"]),
-            "error": row["error"], "execution_time": row["execution_time"],
-            "current_task": None, "progress": None, "last_step": None,
-            "release": row["release"], "instance": row["instance"],
-            "inputs": _public_inputs(row["inputs_json"]), "meta": _loads(row["meta_json"]),
-            "created_at": row["created_at"], "started_at": row["started_at"],
-            "finished_at": row["finished_at"],
-            "human_input": human["waiting"] if state == WAITING else None,
-            "human_feedback": [r for r in human["rounds"] if "is_approve" in r],
-        }
 
     async def _progress(self, app: App, instance: str, kickoff_id: str) -> dict[str, Any]:
         endpoint = self.supervisor.endpoint(app.name, instance)
@@ -190,7 +177,7 @@ class KickoffService:
         (C.3); ``restore_from``: a ``@persist`` flow's state id (a past kickoff id) to fork from;
         ``human_webhook``: the checked ``humanInputWebhook`` (stored sealed: it may hold a token);
         ``stream``: the crewAI events to stream (``webhooks``), credentials sealed."""
-        encoded = _checked_inputs(inputs)
+        encoded = checked_inputs(inputs)
         problem = self.refusal(app)
         if problem:
             raise UnavailableError(problem)
@@ -199,9 +186,9 @@ class KickoffService:
         if missing:
             raise MissingInputsError(missing)
         if known is not None and known["flow"] and "id" in inputs:
-            _check_uuid(inputs["id"], "inputs.id")
+            check_uuid(inputs["id"], "inputs.id")
         if restore_from is not None:
-            _check_uuid(restore_from, "restoreFromStateId")
+            check_uuid(restore_from, "restoreFromStateId")
             encoded = json.dumps({**inputs, RESTORE_KEY: str(restore_from)})  # the runner forks
         if self.queue_length(app) >= self.limits.queue:
             raise QueueFullError(
@@ -216,7 +203,7 @@ class KickoffService:
                         " webhooks_json, human_webhook, created_at)"
                         " VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?)",
                         kickoff_id, app.id, app.live_release, encoded,
-                        json.dumps(meta) if meta else None, _dump(hooks or None), sealed, now())
+                        json.dumps(meta) if meta else None, dump(hooks or None), sealed, now())
         self.dispatcher.wake(app.name)
         logger.info("kickoff_received", app=app.name, kickoff_id=kickoff_id)
         return kickoff_id
@@ -245,10 +232,10 @@ class KickoffService:
         if known is None:
             row = self.db.one("SELECT state, webhooks_json, meta_json FROM kickoffs "
                               "WHERE id = ?", due.kickoff_id)
-            hooks = _loads(row["webhooks_json"]) if row else None
+            hooks = loads(row["webhooks_json"]) if row else None
             spec = StreamSpec.load(hooks.get("events"), self.db.sealer) \
                 if isinstance(hooks, dict) else None
-            known = (spec, _loads(row["meta_json"]) if row else None)
+            known = (spec, loads(row["meta_json"]) if row else None)
             if row is not None and row["state"] not in TERMINAL:  # settled: _finish forgets
                 self._streams[due.kickoff_id] = known
         spec, meta = known
@@ -295,8 +282,8 @@ class KickoffService:
                 "UPDATE kickoffs SET state = ?, result = ?, result_json = ?, tasks_json = ?, "
                 "token_usage_json = ?, error = ?, execution_time = ?, finished_at = ? "
                 "WHERE id = ?",
-                (state, _text(result.get("result")), _dump(result.get("result_json")),
-                 _dump(result.get("tasks")), _dump(result.get("token_usage")),
+                (state, text_of(result.get("result")), dump(result.get("result_json")),
+                 dump(result.get("tasks")), dump(result.get("token_usage")),
                  error if state != "SUCCESS" else None, result.get("execution_time"), now(),
                  kickoff_id))
             if isinstance(result.get("trace"), list):
@@ -307,8 +294,8 @@ class KickoffService:
             self.streamer.close(kickoff_id)  # what the run streamed goes out, then the stream ends
         logger.info("kickoff_finished", app=row["app_name"], kickoff_id=kickoff_id,
                     state=state, duration_s=result.get("execution_time"))
-        self.on_event(_finished(row, str(state), error if state != "SUCCESS" else None, result,
-                                spans))
+        self.on_event(finished_event(row, str(state), error if state != "SUCCESS" else None,
+                                     result, spans))
         return True
 
     async def stop(self, app: App, kickoff_id: str) -> dict[str, Any]:
@@ -400,58 +387,3 @@ def _age(started_at: str | None) -> float:
     except ValueError:
         return 0.0
     return max(0.0, (dt.datetime.now(dt.UTC) - moment).total_seconds())
-
-
-def _checked_inputs(inputs: Any) -> str:
-    """``inputs`` as JSON, refused when it is not an object, too large or carries a key of ours."""
-    if not isinstance(inputs, dict):
-        raise InvalidInputError("'inputs' must be a JSON object of input names to values")
-    if RESTORE_KEY in inputs:
-        raise InvalidInputError(f"'inputs' may not carry {RESTORE_KEY}: send restoreFromStateId")
-    encoded = json.dumps(inputs)
-    if len(encoded) > MAX_INPUTS_BYTES:
-        raise InvalidInputError("inputs too large (more than 1 MiB)")
-    return encoded
-
-
-def _check_uuid(value: Any, field: str) -> None:
-    """A flow state id must be a UUID (C.3: the documented 422 message)."""
-    valid = isinstance(value, str)
-    if valid:
-        try:
-            uuid.UUID(value)
-        except ValueError:
-            valid = False
-    if not valid:
-        raise UnprocessableInputError(f"'{field}' must be a valid UUID when provided; got {value!r}.")
-
-
-def _public_inputs(text: str | None) -> Any:
-    """Stored inputs as the user sent them (without the restore id crewship adds)."""
-    inputs = _loads(text)
-    if isinstance(inputs, dict):
-        inputs.pop(RESTORE_KEY, None)
-    return inputs
-
-
-def _dump(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _finished(row: sqlite3.Row, state: str, error: str | None,
-              result: dict[str, Any], spans: list[dict[str, Any]]) -> KickoffFinished:
-    usage = result.get("token_usage")
-    return KickoffFinished(
-        app=row["app_name"], kickoff_id=row["id"], release=row["release"], state=state,
-        execution_time=result.get("execution_time"), error=error,
-        result=_text(result.get("result")), result_json=result.get("result_json"),
-        token_usage=usage if isinstance(usage, dict) else None, meta=_loads(row["meta_json"]),
-        webhooks={k: v for k, v in (_loads(row["webhooks_json"]) or {}).items()
-                  if k != "events"},  # the event stream is not telemetry's (credentials)
-        trace=spans)
-
-

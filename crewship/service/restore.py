@@ -223,7 +223,7 @@ class Rebuilder:
             applog.system(f"rebuilt the build of v{live.version} after a restore")
             fresh = d.apps.get(name) or app
             if fresh.scale > 0:
-                make_spec = d.spec_factory(name, live.version, build, live.config)
+                make_spec = d.specs.for_release(name, live.version, build, live.config)
                 await d.supervisor.deploy(name, live.version, make_spec, scale=fresh.scale,
                                           report=report)
         return live.version

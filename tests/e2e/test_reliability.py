@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from bench.chaos import (
-    INPUTS,
     Context,
     Sizes,
     burst,
@@ -26,6 +25,7 @@ from bench.chaos import (
     instance_kills,
     wait_until,
 )
+from bench.chaosload import INPUTS
 from tests.support.receiver import Receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

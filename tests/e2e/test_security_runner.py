@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from runtime.docker import SECRET_MOUNT
+from runtime.container import SECRET_MOUNT
 from runtime.runner.signing import SIGNATURE_HEADER, sign
 from tests.conftest import DOCKER_BASE_IMAGE
 from tests.e2e.test_deploy import configure, new_project

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from runtime.docker import CONTAINER_UID
+from runtime.container import CONTAINER_UID
 from tests.conftest import DOCKER_BASE_IMAGE
 from tests.e2e.test_security_sandbox import deploy, probe_project, targets
 from tests.support.fakellm import FakeLLM

@@ -17,7 +17,6 @@ test's apps); the swarm itself stays (other helpers' plain containers do not car
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,32 +30,11 @@ from tests.e2e.test_deploy import commit_all, configure, new_project, wait_until
 from tests.support.crewapi import CrewAPI
 from tests.support.fakellm import FakeLLM
 from tests.support.server import CrewshipServer, free_port
+from tests.support.swarmcleanup import remove_swarm_apps
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.docker]
 APP = "swarm-demo"
 APPS = (APP, "swarm-other")
-
-
-def cleanup(client: Any) -> None:
-    import docker.errors
-
-    for app in APPS:
-        label = f"crewship.app={app}"
-        for service in client.api.services(filters={"label": label}):
-            with contextlib.suppress(docker.errors.DockerException):
-                client.api.remove_service(service["ID"])
-        deadline = time.monotonic() + 60
-        while client.containers.list(all=True, filters={"label": label}) \
-                and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for secret in client.api.secrets(filters={"label": label}):
-            with contextlib.suppress(docker.errors.DockerException):
-                client.api.remove_secret(secret["ID"])
-        for image in client.images.list(filters={"label": label}):
-            with contextlib.suppress(docker.errors.DockerException):
-                client.images.remove(image.id, force=True)
-    with contextlib.suppress(docker.errors.DockerException):
-        client.images.prune(filters={"dangling": True, "label": "crewship.managed"})
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +45,9 @@ def dock() -> Iterator[Any]:
     if not (client.info().get("Swarm") or {}).get("ControlAvailable"):
         pytest.fail("this dockerd is not a swarm manager: run .ci/docker-setup "
                     "(docker swarm init --advertise-addr 127.0.0.1)", pytrace=False)
-    cleanup(client)
+    remove_swarm_apps(client, APPS)
     yield client
-    cleanup(client)
+    remove_swarm_apps(client, APPS)
     client.close()
 
 

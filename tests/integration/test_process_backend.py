@@ -31,7 +31,8 @@ from runtime.events import (
     SupervisorEvent,
 )
 from runtime.logs import AppLog
-from runtime.process import ProcessBackend, is_running, proc_stat
+from runtime.pidrecord import is_running, proc_stat
+from runtime.process import ProcessBackend
 from runtime.supervisor import Supervisor
 
 APP = "demo"

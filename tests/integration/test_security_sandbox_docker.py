@@ -19,7 +19,8 @@ import pytest
 from builder.image import IMAGE_HOME, IMAGE_UID
 from crewship.config import Layout
 from runtime.backend import InstanceSpec, free_port
-from runtime.docker import CONTAINER_HOME, CONTAINER_UID, PIDS_LIMIT, DockerBackend, connect
+from runtime.container import CONTAINER_HOME, CONTAINER_UID, PIDS_LIMIT
+from runtime.docker import DockerBackend, connect
 from tests.conftest import DOCKER_BASE_IMAGE
 
 pytestmark = [pytest.mark.docker]

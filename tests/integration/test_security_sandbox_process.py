@@ -22,7 +22,8 @@ import pytest
 from crewship.config import Layout
 from runtime.backend import InstanceRef, InstanceSpec, free_port
 from runtime.channel import ChannelError, Peer, RunnerClient
-from runtime.process import ProcessBackend, is_running, proc_stat
+from runtime.pidrecord import is_running, proc_stat
+from runtime.process import ProcessBackend
 from runtime.sandbox import Sandbox, SandboxUnavailableError, first_child
 
 APP = "sandboxed"

@@ -22,9 +22,9 @@ from crewship.config import Layout, Settings, from_env
 from crewship.errors import InvalidInputError
 from crewship.model import AccessLevel
 from crewship.service import sources
-from crewship.service.dispatch import WebhookRelay
 from crewship.service.notify import Deliverer
 from crewship.service.platform import Platform
+from crewship.service.runhooks import WebhookRelay
 from crewship.store.state import Database
 from crewship.urls import (
     CloneURL,

@@ -9,7 +9,8 @@ import pytest
 
 from crewship.config import from_env
 from crewship.errors import InvalidInputError
-from crewship.service.dispatch import _release_of, hook_urls, run_body
+from crewship.service.dispatch import _release_of
+from crewship.service.runhooks import hook_urls, run_body
 
 
 def _row(**values: object) -> sqlite3.Row:

@@ -8,7 +8,7 @@ from builder.image import BuildProgress, build_args, dockerfile, secret_values
 from crewship.errors import InvalidInputError
 from crewship.model import format_memory, parse_cpus, parse_memory
 from crewship.reporter import NullReporter
-from runtime.docker import exit_status
+from runtime.container import exit_status
 
 
 def test_dependency_layer_depends_only_on_the_lock_and_pyproject() -> None:

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from crewship.errors import InvalidInputError, UnprocessableInputError
-from crewship.service.kickoffs import _check_uuid, _checked_inputs
+from crewship.service.kickoffrows import check_uuid as _check_uuid
+from crewship.service.kickoffrows import checked_inputs as _checked_inputs
 
 
 @pytest.mark.parametrize("value", ["test 1", "", 7, None, ["a"], "1234"])
