@@ -202,7 +202,7 @@ def test_swarm_push_scale_kill_rolling_update_rollback_adopt_destroy(
     assert "short briefing" in api.run({"topic": "c", "audience": "d"})["result"]
 
     # 7. logs: every task's lines, tagged by the daemon, across the rollouts.
-    logs = srv.ssh(srv.admin_key, "logs", APP, "-n", "2000", check=True).stdout
+    logs = srv.ssh(srv.admin_key, "logs", APP, "-n", "100000", check=True).stdout
     for tag in ("[v1.1]", "[v1.2]", "[v2.1]", "[v2.2]"):
         assert tag in logs, logs[-3000:]
 

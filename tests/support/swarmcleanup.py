@@ -30,12 +30,13 @@ def remove_swarm_apps(client: Any, apps: Iterable[str], wait: float = 60.0) -> N
             with contextlib.suppress(docker.errors.DockerException):
                 client.api.remove_service(service["ID"])
         deadline = time.monotonic() + wait
-        while client.containers.list(all=True, filters={"label": label}) \
+        # the low-level list: no inspect per container (one that goes meanwhile is a 404)
+        while client.api.containers(all=True, filters={"label": label}) \
                 and time.monotonic() < deadline:
             time.sleep(0.5)
-        for container in client.containers.list(all=True, filters={"label": label}):
+        for container in client.api.containers(all=True, filters={"label": label}):
             with contextlib.suppress(docker.errors.DockerException):
-                container.remove(force=True)
+                client.api.remove_container(container["Id"], force=True)
         for secret in client.api.secrets(filters={"label": label}):
             with contextlib.suppress(docker.errors.DockerException):
                 client.api.remove_secret(secret["ID"])
