@@ -5,17 +5,24 @@
 (the runner puts the release's ``app/`` and ``app/src`` on ``sys.path``). The marker
 ``.crewship-ready`` is written last: a directory without it is a half-built env and
 is removed and rebuilt. A cache hit touches nothing in the env.
+
+``CREWSHIP_ENVS_DIR`` may be shared by several servers: a build holds the key's file lock
+(``.lock-<key>``, ``flock``) besides the server's own asyncio lock, so two processes never
+build one key at once, and the second finds the first's env ready.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import sys
 import tomllib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +36,8 @@ from crewship.reporter import Reporter
 
 READY_MARKER = ".crewship-ready"
 TRASH_PREFIX = ".removing-"
+LOCK_PREFIX = ".lock-"     # a key's cross-process build lock (never removed: see _key_lock)
+LOCK_POLL = 0.2            # seconds between two tries for a lock another process holds
 SYNC_TIMEOUT = 1800.0
 KEY_LENGTH = 24  # hex chars; short enough to keep script shebangs well under 127 bytes
 _PROBE = ("import json, os, platform, sys; print(json.dumps({'version': platform.python_version(),"
@@ -170,15 +179,43 @@ class EnvBuilder:
         if error is not None:
             raise error
         lock = self._locks.setdefault(key, asyncio.Lock())
+        path = self.envs_dir / key
         async with lock:
-            path = self.envs_dir / key
             if (path / READY_MARKER).is_file():
                 report.step("Installing dependencies (cache hit)")
                 return self._ref(key, interpreter, cache_hit=True)
-            report.step("Installing dependencies")
-            await self._build(project_dir, path, report)
-            _write_marker(path, key, interpreter)
-            return self._ref(key, interpreter, cache_hit=False)
+            async with self._key_lock(key, report):
+                if (path / READY_MARKER).is_file():  # another server built it meanwhile
+                    report.step("Installing dependencies (cache hit)")
+                    return self._ref(key, interpreter, cache_hit=True)
+                report.step("Installing dependencies")
+                await self._build(project_dir, path, report)
+                _write_marker(path, key, interpreter)
+                return self._ref(key, interpreter, cache_hit=False)
+
+    @contextlib.asynccontextmanager
+    async def _key_lock(self, key: str, report: Reporter) -> AsyncIterator[None]:
+        """The key's lock across processes (servers sharing ``CREWSHIP_ENVS_DIR``).
+
+        Polled without blocking, so a cancelled build never leaves a thread waiting to take
+        it; closing the file releases it, also when the process dies. The file stays: a
+        lock file removed while another process waits on it would no longer exclude."""
+        self.envs_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.envs_dir / f"{LOCK_PREFIX}{key}", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            told = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not told:
+                        report.info("another server is building this environment: waiting")
+                        told = True
+                    await asyncio.sleep(LOCK_POLL)
+            yield
+        finally:
+            os.close(fd)
 
     async def _build(self, project_dir: Path, path: Path, report: Reporter) -> None:
         await asyncio.to_thread(_reset_dir, path)
@@ -223,13 +260,16 @@ class EnvBuilder:
             return detached
         for entry in sorted(self.envs_dir.iterdir()):
             lock = self._locks.get(entry.name)
-            if entry.name in keep or (lock is not None and lock.locked()):
+            if entry.name in keep or (lock is not None and lock.locked()) \
+                    or entry.name.startswith(LOCK_PREFIX):
                 continue
             trash = entry if entry.name.startswith(TRASH_PREFIX) else \
                 entry.with_name(f"{TRASH_PREFIX}{entry.name}-{os.getpid()}-{id(entry):x}")
             if trash != entry:
                 entry.rename(trash)
             detached.append((entry.name, trash))
+            # its build lock too (gc runs only on an envs dir no other server shares)
+            (self.envs_dir / f"{LOCK_PREFIX}{entry.name}").unlink(missing_ok=True)
         return detached
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.env import READY_MARKER, EnvBuilder
+from builder.env import LOCK_PREFIX, READY_MARKER, EnvBuilder
 from builder.export import export_commit, read_file_at
 from builder.release import BuiltRelease, ReleaseBuilder, load_release, runner_argv
 from builder.validate import check_lockfile
@@ -211,6 +211,55 @@ def test_concurrent_builds_of_one_key_install_once(layout: Layout, project: Proj
     assert asyncio.run(both()) == [False, True]
 
 
+def key_of(work: Path) -> str:
+    return asyncio.run(EnvBuilder(Path("/nonexistent"), sys.executable, UV).key_for(work))
+
+
+# One server's EnvBuilder in a process of its own (servers sharing CREWSHIP_ENVS_DIR).
+ENSURE = """
+import asyncio, json, sys
+from pathlib import Path
+from builder.env import EnvBuilder
+from crewship.reporter import NullReporter
+report = NullReporter()
+ref = asyncio.run(EnvBuilder(Path(sys.argv[1]), sys.executable, sys.argv[3])
+                  .ensure(Path(sys.argv[2]), report))
+print(json.dumps({"hit": ref.cache_hit, "key": ref.key,
+                  "waited": any("another server" in line for line in report.lines)}))
+"""
+
+
+@pytest.mark.slow
+def test_two_servers_sharing_the_envs_dir_build_a_key_once(layout: Layout, project: Project,
+                                                           tmp_path: Path) -> None:
+    import fcntl
+    import json
+
+    project.commit({"pyproject.toml": pyproject(), **CREW_FILES}, lock=True)
+    shared = tmp_path / "shared-envs"
+    key = key_of(project.work)
+    shared.mkdir()
+    holder = os.open(shared / f"{LOCK_PREFIX}{key}", os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # a third builder is at it: both must wait
+    root = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-c", ENSURE, str(shared), str(project.work), UV],
+                              cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    try:
+        time.sleep(3.0)
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        assert not (shared / key).exists()  # nobody built while the lock was held
+    finally:
+        os.close(holder)  # released: one builds, the other finds it ready
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _err in outs]
+    assert sorted(r["hit"] for r in results) == [False, True], results
+    assert all(r["waited"] and r["key"] == key for r in results), results
+    assert (shared / key / READY_MARKER).is_file()
+    subprocess.run([str(shared / key / "bin" / "python"), "-c", "import six"], check=True)
+
+
 def test_half_built_env_is_removed_and_rebuilt(layout: Layout, tmp_path: Path) -> None:
     work = tmp_path / "p"
     write(work, {"pyproject.toml": pyproject(deps=""), "uv.lock": VIRTUAL_LOCK.format(
@@ -234,7 +283,7 @@ def test_uv_failure_is_a_build_error_with_uv_output(layout: Layout, tmp_path: Pa
     with pytest.raises(BuildError, match="uv sync") as info:
         asyncio.run(envs.ensure(work, NullReporter()))
     assert "3.99" in str(info.value)
-    assert list(layout.envs.iterdir()) == []
+    assert [p.name for p in layout.envs.iterdir()] == [f"{LOCK_PREFIX}{key_of(work)}"]
 
 
 # -- failures that install nothing --------------------------------------------------------------
