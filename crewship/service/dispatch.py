@@ -88,6 +88,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._gone: dict[str, str] = {}  # instance id -> why it died (recent ones)
+        self._secretless: set[str] = set()  # serving instances already logged as unusable
         self._closing = False
 
     def following(self, kickoff_id: str) -> bool:
@@ -136,7 +137,7 @@ class Dispatcher:
 
     def _dispatch(self, app: str) -> bool:
         """Claim the oldest PENDING kickoffs for free slots; True if some still wait."""
-        endpoints = [e for e in self.supervisor.endpoints(app) if e.secret]
+        endpoints = usable(app, self.supervisor.endpoints(app), self._secretless)
         free = {e.instance_id: self.limits.concurrency - self._busy.get(e.instance_id, 0)
                 for e in endpoints}
         slots = sum(max(0, n) for n in free.values())
@@ -360,6 +361,21 @@ class Dispatcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def usable(app: str, endpoints: list[Endpoint], logged: set[str]) -> list[Endpoint]:
+    """The endpoints kickoffs can go to: those whose channel secret the daemon holds. One
+    that serves without it can never be sent a run: said once per instance in the log,
+    since its app's kickoffs otherwise wait with no word why."""
+    for endpoint in endpoints:
+        if not endpoint.secret and endpoint.instance_id not in logged:
+            logged.add(endpoint.instance_id)
+            while len(logged) > 256:
+                logged.pop()
+            logger.warning("instance_without_secret", app=app, instance=endpoint.instance_id,
+                           hint="the daemon lost this instance's channel secret: 'restart "
+                                f"{app}' starts instances with new ones")
+    return [e for e in endpoints if e.secret]
 
 
 def _release_of(instance_id: str) -> int | None:

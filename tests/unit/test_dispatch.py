@@ -9,8 +9,9 @@ import pytest
 
 from crewship.config import from_env
 from crewship.errors import InvalidInputError
-from crewship.service.dispatch import _release_of
+from crewship.service.dispatch import _release_of, usable
 from crewship.service.runhooks import hook_urls, run_body
+from runtime.events import Endpoint
 
 
 def _row(**values: object) -> sqlite3.Row:
@@ -56,3 +57,17 @@ def test_kickoff_settings_come_from_the_environment_and_are_checked() -> None:
                 {"CREWSHIP_KICKOFF_TIMEOUT": "-1"}):
         with pytest.raises(InvalidInputError):
             from_env(bad)
+
+
+def test_an_instance_without_its_secret_gets_no_runs_and_is_logged_once(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    ok = Endpoint("demo-v2.1-aaa", "127.0.0.1", 30001, "s" * 64)
+    lost = Endpoint("demo-v2.2-bbb", "127.0.0.1", 30002, "")
+    logged: set[str] = set()
+    assert usable("demo", [ok, lost], logged) == [ok]
+    assert usable("demo", [ok, lost], logged) == [ok]
+    assert logged == {"demo-v2.2-bbb"}
+    said = capsys.readouterr()
+    text = said.out + said.err
+    assert text.count("instance_without_secret") == 1, text
+    assert "restart demo" in text
