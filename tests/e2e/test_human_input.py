@@ -31,12 +31,6 @@ NOT_WAITING = {"error": "Invalid Request",
 
 
 @pytest.fixture(scope="module")
-def rx() -> Iterator[Receiver]:
-    with Receiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
     env = {"CREWSHIP_ALLOW_PRIVATE_URLS": "1"}  # the receiver listens on 127.0.0.1
     with shared_envs_server(tmp_path_factory.mktemp("hitl"), env) as server:

@@ -28,12 +28,6 @@ SCRAPE = "telemetry-scrape-token"  # CREWSHIP_METRICS_TOKEN: /metrics needs a to
 
 
 @pytest.fixture(scope="module")
-def rx() -> Iterator[Receiver]:
-    with Receiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
     env = {"CREWSHIP_ENVS_DIR": str(cache_root() / "server-envs"),
            "CREWSHIP_CRASH_LIMIT": "3", "CREWSHIP_RESTART_DELAY": "0.2",

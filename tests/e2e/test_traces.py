@@ -13,10 +13,9 @@ import pytest
 
 from tests.e2e.test_deploy import configure, new_project, push
 from tests.support.crewapi import CrewAPI
-from tests.support.crewenv import cache_root
 from tests.support.fakellm import FakeLLM
 from tests.support.receiver import Receiver
-from tests.support.server import CrewshipServer
+from tests.support.server import CrewshipServer, shared_envs_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -28,19 +27,10 @@ WANTED = ["crew_kickoff_started", "task_started", "llm_call_started", "llm_call_
 
 
 @pytest.fixture(scope="module")
-def rx() -> Iterator[Receiver]:
-    with Receiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrewshipServer]:
-    env = {"CREWSHIP_ENVS_DIR": str(cache_root() / "server-envs"),
-           "CREWSHIP_ALLOW_PRIVATE_URLS": "1"}  # the receiver listens on 127.0.0.1
-    server = CrewshipServer(tmp_path_factory.mktemp("traces"), env=env)
-    server.start()
-    yield server
-    server.close()
+    env = {"CREWSHIP_ALLOW_PRIVATE_URLS": "1"}  # the receiver listens on 127.0.0.1
+    with shared_envs_server(tmp_path_factory.mktemp("traces"), env) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
