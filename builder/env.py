@@ -180,18 +180,14 @@ class EnvBuilder:
             raise error
         lock = self._locks.setdefault(key, asyncio.Lock())
         path = self.envs_dir / key
-        async with lock:
-            if (path / READY_MARKER).is_file():
+        async with lock, self._key_lock(key, report):  # held by a build only: a hit is instant
+            if (path / READY_MARKER).is_file():  # built before, or by another server meanwhile
                 report.step("Installing dependencies (cache hit)")
                 return self._ref(key, interpreter, cache_hit=True)
-            async with self._key_lock(key, report):
-                if (path / READY_MARKER).is_file():  # another server built it meanwhile
-                    report.step("Installing dependencies (cache hit)")
-                    return self._ref(key, interpreter, cache_hit=True)
-                report.step("Installing dependencies")
-                await self._build(project_dir, path, report)
-                _write_marker(path, key, interpreter)
-                return self._ref(key, interpreter, cache_hit=False)
+            report.step("Installing dependencies")
+            await self._build(project_dir, path, report)
+            _write_marker(path, key, interpreter)
+            return self._ref(key, interpreter, cache_hit=False)
 
     @contextlib.asynccontextmanager
     async def _key_lock(self, key: str, report: Reporter) -> AsyncIterator[None]:
