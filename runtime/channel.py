@@ -32,6 +32,7 @@ from typing import Any
 
 import anyio._backends._asyncio  # noqa: F401  # loaded lazily, it stalled the loop ~0.25 s
 import httpx
+import sniffio  # noqa: F401  # httpcore imports it at every connection: once, here, not racing
 
 from crewship.errors import CrewshipError
 from runtime.runner.signing import PROOF_HEADER, SIGNATURE_HEADER, response_mac, sign
