@@ -223,12 +223,48 @@ def start_runner(env_for: Any, llm: FakeLLM) -> Iterator[Any]:
         runner.kill()
 
 
+def stop_cleanly(runner: RunnerProcess) -> None:
+    """SIGTERM: the runner exits 0, every line it wrote stamped and tagged."""
+    runner.proc.send_signal(signal.SIGTERM)
+    try:
+        assert runner.proc.wait(timeout=30) == 0, runner.output()
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"runner still running 30 s after SIGTERM:\n{runner.output()[-3000:]}")
+    lines = [line for line in runner.output().splitlines() if line]
+    assert all(LINE.match(line) for line in lines), [ln for ln in lines if not LINE.match(ln)]
+
+
+@pytest.fixture(scope="module")
+def serving(env_for: Any, llm: FakeLLM) -> Iterator[Any]:
+    """``serving(name)``: one healthy runner per fixture for the module's tests that leave it
+    serving (a cold start is 4-5 s of CPU); at the end each stops cleanly on SIGTERM."""
+    started: dict[str, RunnerProcess] = {}
+
+    def get(name: str) -> RunnerProcess:
+        if name not in started:
+            spec = FIXTURES[name]
+            project, python = env_for(spec.get("fixture", name))
+            runner = RunnerProcess(project, python, spec["args"], llm)
+            started[name] = runner
+            runner.wait_healthy()
+            print(f"{name}: healthy {time.monotonic() - runner.started:.1f}s after start")
+        return started[name]
+
+    yield get
+    try:
+        for runner in started.values():
+            stop_cleanly(runner)
+    finally:
+        for runner in started.values():
+            runner.kill()
+
+
 @pytest.mark.parametrize("name", list(FIXTURES))
-def test_runner_serves_kickoffs(name: str, start_runner: Any, llm: FakeLLM) -> None:
+def test_runner_serves_kickoffs(name: str, serving: Any, llm: FakeLLM) -> None:
     spec = FIXTURES[name]
-    runner = start_runner(name)
-    health = runner.wait_healthy()
-    print(f"{name}: healthy {time.monotonic() - runner.started:.1f}s after start")
+    runner = serving(name)
+    status, health = call(runner.port, "GET", "/healthz")
+    assert status == 200, health
     assert health["status"] == "ok"
     assert health["inputs"] == spec["inputs"]
     described = {"inputs": spec["inputs"], "optional_inputs": spec["optional"], "flow": "flow" in name}
@@ -254,19 +290,15 @@ def test_runner_serves_kickoffs(name: str, start_runner: Any, llm: FakeLLM) -> N
         assert body["state"] == "FAILURE"
         assert body["error"].startswith("ValueError: ")
 
-    runner.proc.send_signal(signal.SIGTERM)
-    assert runner.proc.wait(timeout=30) == 0
-    lines = [line for line in runner.output().splitlines() if line]
-    assert all(LINE.match(line) for line in lines), [ln for ln in lines if not LINE.match(ln)]
     text = runner.output()
+    assert all(LINE.match(line) for line in text.splitlines() if line)
     assert f"listening on 127.0.0.1:{runner.port}" in text
     assert re.search(r"kickoff k-ok finished SUCCESS in \d+\.\ds", text)
     assert "sk-fake-test-key" not in text
 
 
-def test_runner_rejects_bad_requests(start_runner: Any) -> None:
-    runner = start_runner("classic_crew")
-    runner.wait_healthy()
+def test_runner_rejects_bad_requests(serving: Any) -> None:
+    runner = serving("classic_crew")
     assert call(runner.port, "POST", "/runs", raw=b"{not json")[0] == 400
     assert call(runner.port, "POST", "/runs", {"inputs": ["a"]})[0] == 400
     assert call(runner.port, "GET", "/nowhere")[0] == 404
@@ -307,9 +339,8 @@ def _wait_running(port: int, kickoff_id: str) -> dict[str, Any]:
     pytest.fail(f"{kickoff_id} never showed as RUNNING")
 
 
-def test_stop_revokes_a_running_kickoff(start_runner: Any, llm: FakeLLM) -> None:
-    runner = start_runner("classic_crew")
-    runner.wait_healthy()
+def test_stop_revokes_a_running_kickoff(serving: Any, llm: FakeLLM) -> None:
+    runner = serving("classic_crew")
     llm.delay = 5.0
     try:
         pending = _kickoff_in_thread(runner.port, "k-stop", FIXTURES["classic_crew"]["kickoff"])
@@ -329,11 +360,10 @@ def test_stop_revokes_a_running_kickoff(start_runner: Any, llm: FakeLLM) -> None
         llm.delay = 0.0
 
 
-def test_stop_revokes_a_running_flow(start_runner: Any, llm: FakeLLM) -> None:
+def test_stop_revokes_a_running_flow(serving: Any, llm: FakeLLM) -> None:
     """A flow has no task callbacks to stop at: it is REVOKED at once, its late result is
     discarded, and the runner can still be acknowledged and serve the next run."""
-    runner = start_runner("flow")
-    runner.wait_healthy()
+    runner = serving("flow")
     asked = len(llm.chat_requests())
     llm.delay = 5.0
     try:
@@ -380,11 +410,10 @@ def test_load_failure_exits_nonzero_with_traceback(start_runner: Any) -> None:
     assert all(LINE.match(line) for line in output.splitlines() if line)
 
 
-def test_runner_records_task_and_step_webhooks_for_the_daemon(start_runner: Any) -> None:
+def test_runner_records_task_and_step_webhooks_for_the_daemon(serving: Any) -> None:
     """The runner never gets a webhook URL: it numbers the bodies, the daemon fetches them."""
     spec = FIXTURES["classic_crew"]
-    runner = start_runner("classic_crew")
-    runner.wait_healthy()
+    runner = serving("classic_crew")
     status, body = call(runner.port, "POST", "/runs", {
         "kickoff_id": "k-hooks", "inputs": spec["kickoff"], "meta": {"requestId": "r-1"},
         "webhooks": {"task": True, "step": True}})
@@ -400,11 +429,11 @@ def test_runner_records_task_and_step_webhooks_for_the_daemon(start_runner: Any)
     assert task["name"] == "research_task"
     assert call(runner.port, "GET", "/runs/k-hooks?after=1")[1]["webhook_events"] == events[1:]
     assert "webhook_events" not in call(runner.port, "GET", "/runs/k-hooks")[1]
+    assert call(runner.port, "POST", "/runs/k-hooks/ack")[0] == 200  # else SIGTERM waits for it
 
 
-def test_flow_whose_fields_all_have_defaults_runs_with_no_inputs(start_runner: Any) -> None:
-    runner = start_runner("declarative_flow")
-    runner.wait_healthy()
+def test_flow_whose_fields_all_have_defaults_runs_with_no_inputs(serving: Any) -> None:
+    runner = serving("declarative_flow")
     status, body = run_to_end(runner.port, "k-empty", {})
     assert (status, body["state"]) == (200, "SUCCESS"), body
     assert "AI agents" in body["result"]  # the default from flow.yaml reached the LLM
@@ -444,9 +473,8 @@ def test_persisted_flow_state_is_restored_by_kickoff_id(start_runner: Any) -> No
     assert (after["count"], after["notes"]) == (3, ["plain", "again", "again"])
 
 
-def test_crew_gets_the_trigger_payload_in_its_first_task(start_runner: Any, llm: FakeLLM) -> None:
-    runner = start_runner("classic_crew")
-    runner.wait_healthy()
+def test_crew_gets_the_trigger_payload_in_its_first_task(serving: Any, llm: FakeLLM) -> None:
+    runner = serving("classic_crew")
     inputs = {**FIXTURES["classic_crew"]["kickoff"], "crewai_trigger_payload": {"ticket": "T-4242"}}
     status, body = run_to_end(runner.port, "k-trig", inputs)
     assert (status, body["state"]) == (200, "SUCCESS"), body

@@ -20,7 +20,7 @@ from tests.integration.test_runner import (  # noqa: F401 - the fixtures of that
     env_for,
     llm,
     run_to_end,
-    start_runner,
+    serving,
 )
 
 pytestmark = pytest.mark.slow
@@ -33,9 +33,8 @@ def _by_kind(spans: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [s for s in spans if s["kind"] == kind]
 
 
-def test_a_crew_run_carries_its_trace(start_runner: Any) -> None:
-    runner = start_runner("classic_crew")
-    runner.wait_healthy()
+def test_a_crew_run_carries_its_trace(serving: Any) -> None:
+    runner = serving("classic_crew")
     status, body = run_to_end(runner.port, "k-trace", FIXTURES["classic_crew"]["kickoff"])
     assert (status, body["state"]) == (200, "SUCCESS"), body
     spans = body["trace"]
@@ -62,9 +61,8 @@ def test_a_crew_run_carries_its_trace(start_runner: Any) -> None:
     assert "FAKE-LLM-ANSWER" in (llms[-1]["output"] or "")
 
 
-def test_a_failed_run_has_error_spans(start_runner: Any) -> None:
-    runner = start_runner("classic_crew")
-    runner.wait_healthy()
+def test_a_failed_run_has_error_spans(serving: Any) -> None:
+    runner = serving("classic_crew")
     inputs = {"topic": "FAKE-LLM-FAIL please", "audience": "nobody"}
     _, body = run_to_end(runner.port, "k-fail", inputs)
     assert body["state"] == "FAILURE", body
@@ -73,9 +71,8 @@ def test_a_failed_run_has_error_spans(start_runner: Any) -> None:
     assert any(s["kind"] == "llm" and s["status"] == "error" and s["error"] for s in spans)
 
 
-def test_a_flow_trace_has_methods_and_streams_flow_events(start_runner: Any) -> None:
-    runner = start_runner("flow")
-    runner.wait_healthy()
+def test_a_flow_trace_has_methods_and_streams_flow_events(serving: Any) -> None:
+    runner = serving("flow")
     wanted = ["flow_started", "method_execution_finished", "flow_finished"]
     status, body = call(runner.port, "POST", "/runs", {
         "kickoff_id": "k-flow", "inputs": {"topic": "otters"},
@@ -95,11 +92,11 @@ def test_a_flow_trace_has_methods_and_streams_flow_events(start_runner: Any) -> 
     assert events[-1]["type"] == "flow_finished"
     assert len([e for e in events if e["type"] == "method_execution_finished"]) == len(methods)
     assert all(e["execution_id"] == "k-flow" and e["id"] and e["timestamp"] for e in events)
+    assert call(runner.port, "POST", "/runs/k-flow/ack")[0] == 200
 
 
-def test_streamed_events_come_in_order_as_they_happen(start_runner: Any) -> None:
-    runner = start_runner("classic_crew")
-    runner.wait_healthy()
+def test_streamed_events_come_in_order_as_they_happen(serving: Any) -> None:
+    runner = serving("classic_crew")
     wanted = ["crew_kickoff_started", "task_started", "llm_call_started", "llm_call_completed",
               "task_completed", "crew_kickoff_completed", "no_such_event"]
     status, body = call(runner.port, "POST", "/runs", {
@@ -129,6 +126,7 @@ def test_streamed_events_come_in_order_as_they_happen(start_runner: Any) -> None
     assert any("quantum kittens" in str(m) for m in started["data"]["messages"])
     done = next(e["body"] for e in seen if e["body"].get("type") == "llm_call_completed")
     assert done["data"]["usage"]["total_tokens"] > 0
+    assert call(runner.port, "POST", "/runs/k-stream/ack")[0] == 200
 
 
 TOOL_SCRIPT = r"""
