@@ -22,6 +22,15 @@ from tests.support.server import CrewshipServer
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 LOCK_TIMEOUT = 1.0
+# The lock test needs a change that holds the lock well past LOCK_TIMEOUT: a preloaded fork
+# is live in tenths of a second, so the crew loads slowly while its HOME holds this file.
+SLOW_MARK = "slow-start"
+SLOW_START = f"""
+
+import os as _os, time as _time  # noqa: E401,E402
+if _os.path.exists(_os.path.join(_os.environ["HOME"], "{SLOW_MARK}")):
+    _time.sleep(4)
+"""
 OLD_TEXT, NEW_TEXT = "short briefing", "crisp briefing"
 
 
@@ -55,15 +64,15 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     envs = cache_root() / "server-envs"
     srv = CrewshipServer(tmp_path_factory.mktemp("releases"),
                          env={"CREWSHIP_ENVS_DIR": str(envs),
-                              "CREWSHIP_DEPLOY_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
-                              # the lock test needs a restart that outlasts the lock timeout:
-                              # a cold start takes seconds, a preloaded fork tenths
-                              "CREWSHIP_PRELOAD": "0"})
+                              "CREWSHIP_DEPLOY_LOCK_TIMEOUT": str(LOCK_TIMEOUT)})
     with FakeLLM() as llm:
         srv.start()
         try:
             api = configure(srv, "demo", llm)
             project = new_project(srv, "classic_crew", tmp_path_factory.mktemp("project"))
+            crew_py = project / "src/demo_crew/crew.py"
+            crew_py.write_text(crew_py.read_text() + SLOW_START)
+            commit_all(srv, project, "a start can be made slow")
             v1 = srv.git(None, "rev-parse", "HEAD", cwd=project).stdout.strip()
             assert "=====> demo v1 is live" in push(srv, project, "demo")
             tasks = project / "src/demo_crew/config/tasks.yaml"
@@ -192,6 +201,8 @@ def test_scale_to_zero_stops_the_app_until_it_is_scaled_up(demo: Demo) -> None:
 
 
 def test_a_second_change_waits_for_the_lock_says_for_what_then_gives_up(demo: Demo) -> None:
+    slow = demo.srv.data_dir / "homes" / "demo" / SLOW_MARK
+    slow.write_text("the restart's instance loads for 4 s\n")
     holder = subprocess.Popen([*demo.srv.ssh_argv(demo.srv.admin_key), "restart", "demo"],
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
@@ -201,6 +212,7 @@ def test_a_second_change_waits_for_the_lock_says_for_what_then_gives_up(demo: De
         waiter = demo.ssh("ps:scale", "demo", "2", check=False)
     finally:
         _out, err = holder.communicate(timeout=120)
+        slow.unlink()
     assert holder.returncode == 0, err
     assert "Waiting for admin's restart of demo (started " in waiter.stdout, waiter.stdout
     assert waiter.returncode != 0
