@@ -78,6 +78,7 @@ IMAGE_UID = 10001
 BUILD_TIMEOUT = 1800.0
 MANAGED_LABEL = "crewship.managed"
 DEPS_LABEL = "crewship.deps"   # the dependency stage (the build cache of the environment)
+VENV_LABEL = "crewship.venv"   # the environment copied out of it: every image of the lock's base
 MKIMAGE_HINT = ("mmdebstrap --variant=apt --include=python3,python3-venv,ca-certificates "
                 "bookworm - | docker import - crewship-base:bookworm")
 INDEX_VARS = ("UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "UV_INDEX",
@@ -170,9 +171,13 @@ def ca_bundle(env: dict[str, str] | None = None) -> Path | None:
 
 def dockerfile(base: str, *, with_ca: bool, args: AbstractSet[str], deps_key: str = "") -> str:
     """The generated Dockerfile: a ``deps`` stage that installs the environment (the only
-    place the index settings go in), and a final stage that copies the environment, the
-    code and the runner, so no build arg (an index URL may carry a password) is in the
-    final image's history."""
+    place the index settings go in); a ``venv`` stage, the crew's user and the environment
+    copied out of ``deps``, so no build arg (an index URL may carry a password) is in the
+    final image's history; and the final stage, that plus the code and the runner.
+
+    The ``venv`` stage depends on the lock file alone (its last layer is labelled with the
+    lock's key): a code-only build, or another app's build of the same lock, starts from
+    it instead of copying the environment (~1 GB for crewai) again."""
     ca = "/etc/crewship/ca-bundle.crt"
     ca_lines = [f"COPY ca-bundle.crt {ca}",
                 f"ENV SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca} PIP_CERT={ca}"] if with_ca else []
@@ -189,9 +194,8 @@ def dockerfile(base: str, *, with_ca: bool, args: AbstractSet[str], deps_key: st
         "RUN uv sync --frozen --no-install-project --no-dev --compile-bytecode --no-cache "
         "--python python3",
     ]
-    final = [
-        f"FROM {base}",
-        f'LABEL {MANAGED_LABEL}="true"',
+    venv = [
+        f"FROM {base} AS venv",
         f"RUN (command -v useradd >/dev/null && useradd --uid {IMAGE_UID} --user-group "
         f"--create-home --home-dir {IMAGE_HOME} --shell /bin/sh crew) || "
         f"(echo 'crew:x:{IMAGE_UID}:{IMAGE_UID}::{IMAGE_HOME}:/bin/sh' >> /etc/passwd && "
@@ -200,13 +204,18 @@ def dockerfile(base: str, *, with_ca: bool, args: AbstractSet[str], deps_key: st
         *ca_lines,
         f"WORKDIR {IMAGE_APP_DIR}",
         f"COPY --from=deps {IMAGE_VENV} {IMAGE_VENV}",
+        f'LABEL {VENV_LABEL}="{deps_key or "true"}"',
+    ]
+    final = [
+        "FROM venv",
+        f'LABEL {MANAGED_LABEL}="true"',
         f"COPY app/ {IMAGE_APP_DIR}/",
         f"COPY {RUNNER_DIR}/ {IMAGE_APP_DIR}/{RUNNER_DIR}/",
         f"ENV PATH={IMAGE_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
         f"HOME={IMAGE_HOME} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1",
         f"USER {IMAGE_UID}:{IMAGE_UID}",
     ]
-    return "\n".join([*deps, "", *final]) + "\n"
+    return "\n".join([*deps, "", *venv, "", *final]) + "\n"
 
 
 def secret_values(args: dict[str, str]) -> list[str]:
@@ -519,14 +528,18 @@ class ImageBuilder(ReleaseBuilder):
         return removed
 
     def _gc_deps(self, client: docker.DockerClient) -> None:
-        """Dependency-stage images (the environment cache) no kept release of any app uses."""
+        """Dependency and venv stages (the environment cache) no kept release of any app
+        uses. A venv stage is the base of its lock's images: the ones below it carry the
+        managed label too and go with their releases."""
         used = set()
         for meta in self.layout.releases.glob("*/v*/" + RELEASE_FILE):
             with contextlib.suppress(OSError, ValueError, KeyError):
                 used.add(str(json.loads(meta.read_text())["env_key"]))
-        for image in client.images.list(filters={"label": DEPS_LABEL}):
-            if image.labels.get(DEPS_LABEL) not in used and not image.tags:
-                self._remove_image(client, image.id)
+        for label in (DEPS_LABEL, VENV_LABEL):
+            for image in client.images.list(filters={"label": label}):
+                if image.labels.get(label) not in used and not image.tags \
+                        and MANAGED_LABEL not in image.labels:
+                    self._remove_image(client, image.id)
 
     @staticmethod
     def _remove_image(client: docker.DockerClient, image: str) -> bool:

@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import DOCKER_BASE_IMAGE
 from tests.e2e.test_deploy import commit_all, configure, new_project, wait_until
+from tests.support.dockercache import keep_dependency_layers
 from tests.support.fakellm import FakeLLM
 from tests.support.server import CrewshipServer
 
@@ -35,8 +36,11 @@ def docker_client() -> Any:
 
 
 def cleanup(client: Any) -> None:
-    """Every container and image of the test's apps, then dangling crewship layers."""
+    """Every container and image of the test's apps, then dangling crewship layers (the
+    venv and dependency stages are tagged first: they stay for the next build)."""
     import docker.errors
+
+    keep_dependency_layers(client)
 
     for app in APPS:
         for container in client.containers.list(all=True, filters={"label": f"crewship.app={app}"}):
@@ -47,7 +51,6 @@ def cleanup(client: Any) -> None:
                 client.images.remove(image.id, force=True)
     with contextlib.suppress(docker.errors.DockerException):
         client.images.prune(filters={"dangling": True, "label": "crewship.managed"})
-    # The dependency stages stay: tests/support/dockercache.py keeps them for the next build.
 
 
 @pytest.fixture(scope="module")

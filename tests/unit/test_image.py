@@ -27,15 +27,19 @@ def test_dependency_layer_depends_only_on_the_lock_and_pyproject() -> None:
     assert lines[-1] == "USER 10001:10001"
 
 
-def test_the_final_stage_copies_the_environment_and_sees_no_build_arg() -> None:
-    """Index URLs may carry a password: only the deps stage declares the build args."""
-    text = dockerfile("crewship-base:bookworm", with_ca=False,
+def test_the_final_image_copies_the_environment_and_sees_no_build_arg() -> None:
+    """Index URLs may carry a password: only the deps stage declares the build args. The
+    venv stage (the environment copied out of it) depends on the lock alone, so the code
+    comes after it and a code-only build starts from the cached stage."""
+    text = dockerfile("crewship-base:bookworm", with_ca=False, deps_key="image-k1",
                       args={"UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "HTTPS_PROXY"})
-    final = text.split("\n\n")[1].splitlines()
-    assert final[0] == "FROM crewship-base:bookworm"
-    assert not [line for line in final if line.startswith(("ARG", "RUN uv"))]
-    venv = final.index("COPY --from=deps /app/.venv /app/.venv")
-    assert final[venv + 1] == "COPY app/ /app/"
+    _deps, venv, final = (block.splitlines() for block in text.strip().split("\n\n"))
+    assert venv[0] == "FROM crewship-base:bookworm AS venv"
+    assert venv[-2:] == ["COPY --from=deps /app/.venv /app/.venv",
+                         'LABEL crewship.venv="image-k1"']
+    assert final[:3] == ["FROM venv", 'LABEL crewship.managed="true"', "COPY app/ /app/"]
+    assert not [line for line in venv + final if line.startswith(("ARG", "RUN uv"))]
+    assert not [line for line in venv if line.startswith("COPY app/") or "runner" in line]
     assert "ARG HTTPS_PROXY" not in text  # docker's predefined proxy args stay out of history
 
 
