@@ -12,11 +12,16 @@ registry images.
 
 Everything it makes is removed afterwards by label (services, secrets, images of the
 test's apps); the swarm itself stays (other helpers' plain containers do not care).
+
+The registry's storage is kept in the test cache (``swarm-registry``), its layers held by
+one cache tag: the first push of a run then uploads the code's layers, not the 1.2 GB
+environment (compressing it costs dockerd a minute of CPU).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +33,8 @@ import pytest
 from tests.conftest import DOCKER_BASE_IMAGE
 from tests.e2e.test_deploy import commit_all, configure, new_project, wait_until
 from tests.support.crewapi import CrewAPI
+from tests.support.crewenv import cache_root
+from tests.support.dockercache import keep_dependency_layers
 from tests.support.fakellm import FakeLLM
 from tests.support.server import CrewshipServer, free_port
 from tests.support.swarmcleanup import remove_swarm_apps
@@ -45,8 +52,10 @@ def dock() -> Iterator[Any]:
     if not (client.info().get("Swarm") or {}).get("ControlAvailable"):
         pytest.fail("this dockerd is not a swarm manager: run .ci/docker-setup "
                     "(docker swarm init --advertise-addr 127.0.0.1)", pytrace=False)
+    keep_dependency_layers(client)  # tests/support/dockercache.py: the next build reuses them
     remove_swarm_apps(client, APPS)
     yield client
+    keep_dependency_layers(client)
     remove_swarm_apps(client, APPS)
     client.close()
 
@@ -59,15 +68,52 @@ def registry_port() -> int:
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, dock: Any,
         registry_port: int) -> Iterator[CrewshipServer]:
-    server = CrewshipServer(tmp_path_factory.mktemp("swarm"), args=["--runtime", "swarm"],
+    root = tmp_path_factory.mktemp("swarm")
+    store = cache_root() / "swarm-registry"
+    store.mkdir(parents=True, exist_ok=True)
+    (root / "data" / "registry").mkdir(parents=True)
+    (root / "data" / "registry" / "data").symlink_to(store)
+    server = CrewshipServer(root, args=["--runtime", "swarm"],
                             env={"CREWSHIP_BASE_IMAGE": DOCKER_BASE_IMAGE,
                                  "CREWSHIP_RESTART_DELAY": "0.5",
                                  "CREWSHIP_DRAIN_TIMEOUT": "30",
                                  "CREWSHIP_HEALTH_TIMEOUT": "120",  # a loaded 2-core machine
                                  "CREWSHIP_REGISTRY_PORT": str(registry_port)})
     server.start(timeout=60)
+    mount_kept_layers(server, registry_port)
     yield server
     server.close()
+
+
+CACHE_REPO = "crewship-test/layers"
+MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def keep_layers(dock: Any, image: str, registry_port: int) -> None:
+    """Tag ``image`` into the registry's cache repository, so its garbage collection keeps
+    the layers for the next run (the apps' own repositories go with apps:destroy)."""
+    cached = f"127.0.0.1:{registry_port}/{CACHE_REPO}"
+    dock.images.get(image).tag(cached, "latest")
+    try:
+        for line in dock.api.push(cached, tag="latest", stream=True, decode=True):
+            assert "error" not in line, line
+    finally:
+        dock.images.remove(f"{cached}:latest")
+
+
+def mount_kept_layers(srv: CrewshipServer, registry_port: int) -> None:
+    """Link the cache repository's blobs into the app's repository (named after the server,
+    runtime/swarm.py), so the first push finds its environment's layers already there."""
+    server = hashlib.sha256(str(srv.data_dir.resolve()).encode()).hexdigest()
+    repo = f"crewship/{server[:8]}/{APP}"
+    base = f"http://127.0.0.1:{registry_port}/v2"
+    found = httpx.get(f"{base}/{CACHE_REPO}/manifests/latest", headers={"Accept": MANIFEST})
+    if found.status_code != 200:
+        return  # the first run on this machine
+    manifest = found.json()
+    for blob in [manifest["config"], *manifest["layers"]]:
+        httpx.post(f"{base}/{repo}/blobs/uploads/",
+                   params={"mount": blob["digest"], "from": CACHE_REPO}).raise_for_status()
 
 
 def push(srv: CrewshipServer, project: Path, *, check: bool = True) -> str:
@@ -128,6 +174,7 @@ def test_swarm_push_scale_kill_rolling_update_rollback_adopt_destroy(
     assert all("secret" not in e.lower() or "=" not in e for e in container["Env"]
                if e.startswith("CREWSHIP_"))
     assert api.run({"topic": "quantum tea", "audience": "otters"})["state"] == "SUCCESS"
+    keep_layers(dock, container["Image"], registry_port)
 
     # 2. ps:scale 2: two tasks on distinct ports; kickoffs spread over both.
     out = srv.ssh(srv.admin_key, "ps:scale", APP, "2", check=True, timeout=600).stdout
