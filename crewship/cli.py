@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import shlex
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crewship import config
 from crewship.errors import CrewshipError
+
+if TYPE_CHECKING:
+    from crewship.service.platform import Platform
 
 
 def _server_args(p: argparse.ArgumentParser) -> None:
@@ -62,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open_platform(data_dir: Path | None) -> tuple[config.Settings, object]:
+@contextlib.contextmanager
+def _open_platform(data_dir: Path | None) -> Iterator[tuple[config.Settings, Platform]]:
+    """The offline commands' service layer over the data dir's database, closed after."""
     from crewship.config import Layout
     from crewship.service.platform import Platform
     from crewship.store.state import Database
@@ -70,26 +77,29 @@ def _open_platform(data_dir: Path | None) -> tuple[config.Settings, object]:
     settings = config.from_env(data_dir=data_dir)
     layout = Layout(settings.data_dir.resolve())
     layout.ensure()
-    return settings, Platform(settings, layout, Database(layout.state_db))
+    db = Database(layout.state_db)
+    try:
+        yield settings, Platform(settings, layout, db)
+    finally:
+        db.close()
 
 
 def admin_add_key(name: str, pubkey_file: Path, data_dir: Path | None) -> int:
-    from crewship.service.platform import Platform
-
     if not pubkey_file.is_file():
         raise CrewshipError(f"no such file: {pubkey_file} (give the path of an OpenSSH .pub file)")
-    _, platform = _open_platform(data_dir)
-    assert isinstance(platform, Platform)
-    key = platform.register_admin_key(name, pubkey_file.read_text(), key_name=pubkey_file.stem)
+    with _open_platform(data_dir) as (_, platform):
+        key = platform.register_admin_key(name, pubkey_file.read_text(),
+                                          key_name=pubkey_file.stem)
     print(f"{name} is an admin with key {key.fingerprint}")
     return 0
 
 
 def admin_bootstrap(data_dir: Path | None, ssh_dir: Path) -> int:
-    from crewship.service.platform import Platform
+    with _open_platform(data_dir) as (settings, platform):
+        return _bootstrap(settings, platform, ssh_dir)
 
-    settings, platform = _open_platform(data_dir)
-    assert isinstance(platform, Platform)
+
+def _bootstrap(settings: config.Settings, platform: Platform, ssh_dir: Path) -> int:
     if platform.accounts.has_admin():
         admins = [u.name for u in platform.accounts.users() if u.is_admin]
         print(f"admin already registered ({', '.join(admins)})")

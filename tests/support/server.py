@@ -14,6 +14,7 @@ Its stderr (JSON log lines and the start banner) goes to ``server.log``.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -146,10 +147,15 @@ class CrewshipServer:
         return make_key(self.keys_dir / name, comment=f"{name}@crewship-test")
 
     def admin_add_key(self, name: str, key: Path) -> str:
-        """``crewship admin add-key`` (offline, works whether or not the server runs)."""
-        out = self.cli("admin", "add-key", name, str(key.with_name(key.name + ".pub")),
-                       "--data-dir", str(self.data_dir))
-        return out.stdout.strip()
+        """``crewship admin add-key`` (offline, works whether or not the server runs), in
+        this process: the CLI's own function, without an interpreter start for every server
+        (tests/e2e/test_admin.py runs the command itself)."""
+        from crewship import cli
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            cli.admin_add_key(name, key.with_name(key.name + ".pub"), self.data_dir)
+        return out.getvalue().strip()
 
     def add_user(self, user: str, key_name: str = "laptop", *, by: Path | None = None) -> Path:
         """Make a key for ``user`` and have the admin add it (creating the user)."""
