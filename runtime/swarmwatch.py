@@ -52,7 +52,14 @@ log = get_logger(__name__)
 POLL = 1.0          # seconds between two reads of an app's tasks
 
 
+# update_service's arguments -> the stored spec's fields (``_update(keep=True)``)
+_SPEC_FIELDS = {"labels": "Labels", "mode": "Mode", "task_template": "TaskTemplate",
+                "update_config": "UpdateConfig", "rollback_config": "RollbackConfig",
+                "endpoint_spec": "EndpointSpec"}
+
+
 @dataclass(eq=False, kw_only=True)
+
 class SwarmApp(AppRecord):
     service: str
     generation: str = ""
@@ -115,17 +122,25 @@ class SwarmWatch(SupervisorBase[SwarmApp]):
             return []
         return [t for t in (parse_task(r) for r in raw) if t is not None]
 
-    async def _update(self, st: SwarmApp, **changes: Any) -> None:
+    async def _update(self, st: SwarmApp, *, keep: bool = False, **changes: Any) -> None:
         """``update_service`` at the service's current version: Swarm bumps the version
-        itself while it rolls out, so "update out of sequence" means read and try again."""
+        itself while it rolls out, so "update out of sequence" means read and try again.
+
+        ``keep``: everything but ``changes`` goes back exactly as stored. (The SDK's
+        ``fetch_current_spec`` reads the spec with Docker's defaults filled in, and Swarm
+        takes a task template with defaults added for a new one: it replaced every running
+        task on a mere scale-up.)"""
         for attempt in range(10):
             svc = await self._service(st)
             if svc is None:
                 raise _NotFound(f"{st.name}'s service {st.service} is gone: push to deploy "
                                 "again")
+            stored = svc.get("Spec") or {}
+            kept = {name: stored.get(field) for name, field in _SPEC_FIELDS.items()} \
+                if keep else {}
             try:
                 await self._api("update_service", svc["ID"], svc["Version"]["Index"],
-                                name=st.service, **changes)
+                                name=st.service, **{**kept, **changes})
                 return
             except BackendError as exc:
                 if "out of sequence" not in str(exc) or attempt == 9:
@@ -133,7 +148,7 @@ class SwarmWatch(SupervisorBase[SwarmApp]):
             await asyncio.sleep(0.2)
 
     async def _set_replicas(self, st: SwarmApp, n: int) -> None:
-        await self._update(st, mode={"Replicated": {"Replicas": n}}, fetch_current_spec=True)
+        await self._update(st, keep=True, mode={"Replicated": {"Replicas": n}})
 
     # -- queries ---------------------------------------------------------------
 
