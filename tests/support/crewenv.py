@@ -26,12 +26,14 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,8 +115,12 @@ def _uv_version(uv: str) -> str:
 
 
 def lock_key(pyproject: bytes, uv: str) -> str:
-    """What decides the lock ``uv lock`` writes for a project without a lock of its own."""
-    digest = hashlib.sha256(pyproject)
+    """What decides the lock ``uv lock`` writes for a project without a lock of its own:
+    the pyproject.toml without the ``[tool.*]`` tables uv does not read (``crewai create``
+    writes a new ``[tool.crewai] project_id`` every time)."""
+    data = tomllib.loads(pyproject.decode())
+    data["tool"] = {k: v for k, v in data.get("tool", {}).items() if k == "uv"}
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
     digest.update(f"\0{_uv_version(uv)}\0{sys.version}".encode())
     for name in _INDEX_VARS:
         digest.update(f"\0{name}={os.environ.get(name, '')}".encode())
