@@ -52,9 +52,10 @@ def human_crew(base: Path) -> tuple[Path, Path]:
     return project, python
 
 
-@pytest.fixture
-def crew_runner(tmp_path: Path, llm: FakeLLM) -> Iterator[RunnerProcess]:
-    project, python = human_crew(tmp_path)
+@pytest.fixture(scope="module")
+def crew_runner(tmp_path_factory: pytest.TempPathFactory, llm: FakeLLM) -> Iterator[RunnerProcess]:
+    """One runner for the crew tests (a cold start is 4-5 s of CPU); the last stops it."""
+    project, python = human_crew(tmp_path_factory.mktemp("human"))
     runner = RunnerProcess(project, python, ["--kind", "crew", "--package", "demo_crew"], llm)
     yield runner
     runner.kill()
@@ -131,6 +132,7 @@ def test_a_human_input_task_waits_is_retried_with_feedback_then_approved(
     assert "PINEAPPLE" in done["result"]
     assert call(port, "POST", "/runs/k-h/resume",
                 {"task_id": "research_task", "is_approve": True})[0] == 400
+    assert call(port, "POST", "/runs/k-h/ack")[0] == 200
 
 
 def test_sigterm_fails_a_waiting_kickoff_with_the_reason(crew_runner: RunnerProcess) -> None:
