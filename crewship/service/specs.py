@@ -20,7 +20,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from builder.image import IMAGE_APP_DIR
 from builder.release import ReleaseMeta, load_release, refresh_runner, runner_argv
 from crewship import log
 from crewship.config import Layout, Settings
@@ -98,6 +97,8 @@ class InstanceSpecs:
     def _image_specs(self, app: str, version: int, meta: ReleaseMeta,
                      config: dict[str, str]) -> SpecFactory:
         """A container of the release's image: the image sets PATH, HOME and the CA bundle."""
+        from builder.image import IMAGE_APP_DIR  # the docker SDK: only where images run
+
         env = {k: os.environ[k] for k in CONTAINER_PASSTHROUGH if k in os.environ}
         env.update(config)
         env.update(TELEMETRY_OFF)
