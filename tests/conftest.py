@@ -50,18 +50,43 @@ def docker_module(module: str) -> bool:
         return False
 
 
+# Each module's seconds in the last run that ran it (pytest's cache, .pytest_cache/)
+SECONDS_KEY = "crewship/module-seconds"
+_seconds: dict[str, float] = {}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The longest work first: the docker modules, then e2e, integration, unit (short
-    modules fill the gaps at the end under ``make test``'s xdist workers); the same order
-    on every worker, a module's own tests in their order."""
-    def rank(item: pytest.Item) -> tuple[int, str]:
+    """The longest work first: the docker modules, then the others by how long they took
+    last time, then (never timed) e2e, integration, unit; short modules fill the gaps at
+    the end under ``make test``'s xdist workers, instead of one long module running alone
+    at the end. The same order on every worker, a module's own tests in their order."""
+    cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
+    seconds: dict[str, float] = cache.get(SECONDS_KEY, {}) if cache is not None else {}
+
+    def rank(item: pytest.Item) -> tuple[int, float, int, str]:
         module = item.nodeid.split("::", 1)[0]
         if docker_module(module):
-            return 0, module
+            return 0, 0.0, 0, module
         kind = module.split("/")[1] if module.count("/") >= 2 else ""
-        return {"e2e": 1, "integration": 2}.get(kind, 3), module
+        return 1, -seconds.get(module, 0.0), {"e2e": 1, "integration": 2}.get(kind, 3), module
 
     items.sort(key=rank)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    module = report.nodeid.split("::", 1)[0]
+    _seconds[module] = _seconds.get(module, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The controller (or a run without workers) keeps the modules' seconds for next time."""
+    config = session.config
+    cache = getattr(config, "cache", None)
+    if hasattr(config, "workerinput") or cache is None or not _seconds:
+        return
+    known: dict[str, float] = cache.get(SECONDS_KEY, {})
+    known.update({module: round(s, 1) for module, s in _seconds.items()})
+    cache.set(SECONDS_KEY, known)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
