@@ -4,9 +4,11 @@ one reading of Docker's answers (an error's one line, a timestamp) for every run
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from datetime import datetime
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -26,6 +28,12 @@ def connect(timeout: float, error: type[CrewshipError]) -> docker.DockerClient:
     except docker.errors.DockerException as exc:
         raise error(f"Docker is not reachable at {docker_host()} ({exc}): {DOCKERD_HINT}") from exc
     return client
+
+
+def server_id(root: Path) -> str:
+    """This server's name on a shared Docker daemon (its data dir's hash): what labels its
+    containers, services and secrets, and names its registry repositories."""
+    return hashlib.sha256(str(root).encode()).hexdigest()[:16]
 
 
 def docker_host() -> str:

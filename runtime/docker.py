@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import secrets
 import threading
@@ -91,7 +90,7 @@ class DockerBackend:
         self._closed = False
         self._exit_reasons: dict[str, str] = {}   # instance id -> "memory_exceeded"
         # whose containers these are: one dockerd may serve several crewship servers
-        self._server = hashlib.sha256(str(layout.root).encode()).hexdigest()[:16]
+        self._server = dockerd.server_id(layout.root)
 
     async def _docker(self) -> docker.DockerClient:
         if self._client is None:

@@ -72,6 +72,12 @@ SWARM_HINT = ("this Docker daemon is not a swarm manager: run `docker swarm init
               "--advertise-addr <this machine's address>` (or join this machine to a swarm "
               "as a manager), or run the server with --runtime docker")
 
+
+def repository(server: str, app: str) -> str:
+    """The registry repository of ``app``'s images (``server``: dockerd.server_id)."""
+    return f"crewship/{server[:8]}/{app}"
+
+
 class SwarmSupervisor(SwarmWatch):
     """Apps as Swarm services (see the module docstring)."""
 
@@ -136,7 +142,7 @@ class SwarmSupervisor(SwarmWatch):
         return self._published[image]
 
     def repository(self, app: str) -> str:
-        return f"crewship/{self.server[:8]}/{app}"
+        return repository(self.server, app)
 
     async def _rollout(self, st: SwarmApp, release: int, image: str, scale: int) -> Rollout:
         """A fresh channel secret (a Docker secret) and port base for one rollout."""

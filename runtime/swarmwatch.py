@@ -13,7 +13,6 @@ are answered from that picture, without a Docker call on the request path.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -59,7 +58,6 @@ _SPEC_FIELDS = {"labels": "Labels", "mode": "Mode", "task_template": "TaskTempla
 
 
 @dataclass(eq=False, kw_only=True)
-
 class SwarmApp(AppRecord):
     service: str
     generation: str = ""
@@ -88,7 +86,7 @@ class SwarmWatch(SupervisorBase[SwarmApp]):
         self._timings = Timings(health_timeout, drain_timeout, restart_delay)
         self._client = client
         # whose services these are: the docker runtime's hash of the data dir
-        self.server = hashlib.sha256(str(layout.root).encode()).hexdigest()[:16]
+        self.server = dockerd.server_id(layout.root)
         self._nodes: dict[str, tuple[str, str]] = {}   # node id -> (hostname, address)
         self._published: dict[str, str] = {}          # local image id -> registry digest ref
 

@@ -21,7 +21,6 @@ environment (compressing it costs dockerd a minute of CPU).
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import Any
 import httpx
 import pytest
 
+from crewship.dockerd import server_id
+from runtime.swarm import repository
 from tests.conftest import DOCKER_BASE_IMAGE
 from tests.e2e.test_deploy import commit_all, configure, new_project, wait_until
 from tests.support.crewapi import CrewAPI
@@ -104,8 +105,7 @@ def keep_layers(dock: Any, image: str, registry_port: int) -> None:
 def mount_kept_layers(srv: CrewshipServer, registry_port: int) -> None:
     """Link the cache repository's blobs into the app's repository (named after the server,
     runtime/swarm.py), so the first push finds its environment's layers already there."""
-    server = hashlib.sha256(str(srv.data_dir.resolve()).encode()).hexdigest()
-    repo = f"crewship/{server[:8]}/{APP}"
+    repo = repository(server_id(srv.data_dir.resolve()), APP)
     base = f"http://127.0.0.1:{registry_port}/v2"
     found = httpx.get(f"{base}/{CACHE_REPO}/manifests/latest", headers={"Accept": MANIFEST})
     if found.status_code != 200:

@@ -8,18 +8,16 @@ no kickoff reached them again. Services here have 0 replicas: no container is st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from crewship.config import Layout
-from runtime.registry import Registry
 from runtime.swarm import SwarmSupervisor, secrets_named
 from runtime.swarmspec import LABEL_APP, LABEL_SERVER
 from tests.conftest import DOCKER_BASE_IMAGE
+from tests.support.swarmcleanup import swarm_supervisor
 
 pytestmark = pytest.mark.docker
 APP = "secrets-demo"
@@ -27,23 +25,8 @@ APP = "secrets-demo"
 
 @pytest.fixture
 def sup(tmp_path: Path) -> Iterator[SwarmSupervisor]:
-    import docker
-
-    client = docker.from_env(timeout=60)
-    if not (client.info().get("Swarm") or {}).get("ControlAvailable"):
-        pytest.fail("this dockerd is not a swarm manager: run .ci/docker-setup", pytrace=False)
-    layout = Layout(tmp_path / "data")
-    layout.ensure()
-    supervisor = SwarmSupervisor(layout, Registry("127.0.0.1:1"), client=client)
-    yield supervisor
-    st = supervisor._app(APP)
-    with contextlib.suppress(docker.errors.NotFound):
-        client.api.remove_service(st.service)
-    for item in client.api.secrets(filters={"label": f"{LABEL_APP}={APP}"}):
-        if (item["Spec"].get("Labels") or {}).get(LABEL_SERVER) == supervisor.server:
-            with contextlib.suppress(docker.errors.APIError):
-                client.api.remove_secret(item["ID"])
-    client.close()
+    with swarm_supervisor(tmp_path, APP) as supervisor:
+        yield supervisor
 
 
 def template(secret: dict[str, str]) -> dict[str, Any]:

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runtime.swarm import SwarmSupervisor
 
 
 def remove_swarm_apps(client: Any, apps: Iterable[str], wait: float = 60.0) -> None:
@@ -45,3 +49,29 @@ def remove_swarm_apps(client: Any, apps: Iterable[str], wait: float = 60.0) -> N
                 client.images.remove(image.id, force=True)
     with contextlib.suppress(docker.errors.DockerException):
         client.images.prune(filters={"dangling": True, "label": "crewship.managed"})
+
+
+@contextlib.contextmanager
+def swarm_supervisor(root: Path, app: str) -> Iterator[SwarmSupervisor]:
+    """A ``SwarmSupervisor`` on this machine's swarm (data under ``root``, no registry) for
+    tests that drive its methods on ``app``; everything of ``app`` is removed afterwards."""
+    import docker
+    import pytest
+
+    from crewship.config import Layout
+    from runtime.registry import Registry
+    from runtime.swarm import SwarmSupervisor
+
+    client = docker.from_env(timeout=60)
+    try:
+        if not (client.info().get("Swarm") or {}).get("ControlAvailable"):
+            pytest.fail("this dockerd is not a swarm manager: run .ci/docker-setup",
+                        pytrace=False)
+        layout = Layout(root / "data")
+        layout.ensure()
+        try:
+            yield SwarmSupervisor(layout, Registry("127.0.0.1:1"), client=client)
+        finally:
+            remove_swarm_apps(client, [app])
+    finally:
+        client.close()
